@@ -1,0 +1,205 @@
+"""The epsilon-predicting U-Net (DDPM / Improved-DDPM architecture).
+
+Residual blocks with GroupNorm, SiLU and a scale-shift timestep conditioning, a sinusoidal
+timestep embedding, optional self-attention at chosen downsampling factors, dropout and channel
+multipliers.  Outputs epsilon (3 channels) or epsilon and the variance interpolation v
+(6 channels).  The network is fully convolutional: any H x W works, odd sizes included, because
+the input is padded to a multiple of the total downsampling factor inside ``forward`` and the
+output is cropped back.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    in_channels: int = 3
+    model_channels: int = 64
+    out_channels: int = 6
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (16,)  # downsampling factors that get attention
+    dropout: float = 0.0
+    channel_mult: tuple[int, ...] = (1, 2, 2, 2)
+    num_heads: int = 4
+
+    def __post_init__(self) -> None:
+        # Checkpoints store lists; keep the config hashable and comparable.
+        object.__setattr__(self, "attention_resolutions", tuple(int(a) for a in self.attention_resolutions))
+        object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
+        if self.model_channels < 8 or self.num_res_blocks < 1 or not self.channel_mult:
+            raise ValueError(f"invalid U-Net config {self}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["attention_resolutions"] = list(self.attention_resolutions)
+        d["channel_mult"] = list(self.channel_mult)
+        return d
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.channel_mult) - 1)
+
+
+# Named configurations. Sizes and speeds are measured in README.md ("Model configurations").
+CONFIGS: dict[str, UNetConfig] = {
+    "tiny": UNetConfig(model_channels=16, num_res_blocks=1, channel_mult=(1, 2), attention_resolutions=()),
+    "small": UNetConfig(model_channels=32, num_res_blocks=1, channel_mult=(1, 2, 2), attention_resolutions=(4,)),
+    "base": UNetConfig(model_channels=64, num_res_blocks=2, channel_mult=(1, 2, 2, 2), attention_resolutions=(8,),
+                       dropout=0.1),
+}
+
+
+def named_config(name: str, learn_sigma: bool = True) -> UNetConfig:
+    if name not in CONFIGS:
+        raise ValueError(f"unknown model config {name!r} (choose from {', '.join(CONFIGS)})")
+    cfg = CONFIGS[name]
+    return UNetConfig(**{**cfg.to_dict(), "out_channels": 2 * cfg.in_channels if learn_sigma else cfg.in_channels})
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of (possibly fractional) timesteps, shape [N, dim]."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    groups = 32 if channels % 32 == 0 else 8 if channels % 8 == 0 else 1
+    return nn.GroupNorm(groups, channels)
+
+
+def _zero(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class ResBlock(nn.Module):
+    def __init__(self, channels: int, emb_channels: int, out_channels: int, dropout: float) -> None:
+        super().__init__()
+        self.in_layers = nn.Sequential(_norm(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels))
+        self.out_norm = _norm(out_channels)
+        self.out_layers = nn.Sequential(
+            nn.SiLU(), nn.Dropout(dropout), _zero(nn.Conv2d(out_channels, out_channels, 3, padding=1))
+        )
+        self.skip = nn.Identity() if channels == out_channels else nn.Conv2d(channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.in_layers(x)
+        scale, shift = self.emb_layers(emb)[:, :, None, None].chunk(2, dim=1)
+        h = self.out_norm(h) * (1 + scale) + shift
+        return self.skip(x) + self.out_layers(h)
+
+
+class AttentionBlock(nn.Module):
+    def __init__(self, channels: int, num_heads: int) -> None:
+        super().__init__()
+        if channels % num_heads:
+            raise ValueError(f"{channels} channels do not split into {num_heads} heads")
+        self.num_heads = num_heads
+        self.norm = _norm(channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = _zero(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(n, 3, self.num_heads, c // self.num_heads, h * w)
+        q, k, v = (qkv[:, i].transpose(-1, -2) for i in range(3))  # [n, heads, hw, d]
+        out = F.scaled_dot_product_attention(q, k, v)
+        return x + self.proj(out.transpose(-1, -2).reshape(n, c, h, w))
+
+
+class UNet(nn.Module):
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__()
+        self.config = cfg = config
+        ch = cfg.model_channels
+        emb_ch = 4 * ch
+        self.time_embed = nn.Sequential(nn.Linear(ch, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
+        self.input_conv = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
+
+        self.down = nn.ModuleList()
+        skip_channels = [ch]
+        cur, ds = ch, 1
+        for level, mult in enumerate(cfg.channel_mult):
+            for _ in range(cfg.num_res_blocks):
+                blocks = nn.ModuleList([ResBlock(cur, emb_ch, mult * ch, cfg.dropout)])
+                cur = mult * ch
+                if ds in cfg.attention_resolutions:
+                    blocks.append(AttentionBlock(cur, cfg.num_heads))
+                self.down.append(blocks)
+                skip_channels.append(cur)
+            if level != len(cfg.channel_mult) - 1:
+                self.down.append(nn.ModuleList([nn.Conv2d(cur, cur, 3, stride=2, padding=1)]))
+                skip_channels.append(cur)
+                ds *= 2
+
+        self.middle = nn.ModuleList([
+            ResBlock(cur, emb_ch, cur, cfg.dropout), AttentionBlock(cur, cfg.num_heads),
+            ResBlock(cur, emb_ch, cur, cfg.dropout),
+        ])
+
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+            for i in range(cfg.num_res_blocks + 1):
+                blocks = nn.ModuleList([ResBlock(cur + skip_channels.pop(), emb_ch, mult * ch, cfg.dropout)])
+                cur = mult * ch
+                if ds in cfg.attention_resolutions:
+                    blocks.append(AttentionBlock(cur, cfg.num_heads))
+                if level and i == cfg.num_res_blocks:
+                    blocks.append(_Upsample(cur))
+                    ds //= 2
+                self.up.append(blocks)
+
+        self.out = nn.Sequential(_norm(cur), nn.SiLU(), _zero(nn.Conv2d(cur, cfg.out_channels, 3, padding=1)))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x: [N, C, H, W] on [-1, 1]-ish scale; t: [N] model time in [0, 1000)."""
+        h_in, w_in = x.shape[-2:]
+        f = self.config.downsample_factor
+        pad_h, pad_w = (-h_in) % f, (-w_in) % f
+        if pad_h or pad_w:
+            mode = "reflect" if pad_h < h_in and pad_w < w_in else "replicate"
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(x.dtype))
+        h = self.input_conv(x)
+        skips = [h]
+        for blocks in self.down:
+            for layer in blocks:
+                h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+            skips.append(h)
+        for layer in self.middle:
+            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+        for blocks in self.up:
+            h = torch.cat([h, skips.pop()], dim=1)
+            for layer in blocks:
+                h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+        return self.out(h)[..., :h_in, :w_in]
+
+
+class _Upsample(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["UNet", "UNetConfig", "CONFIGS", "named_config", "timestep_embedding", "count_parameters"]
