@@ -39,6 +39,10 @@ def encode_gaussian(symbols: np.ndarray, means, stds, lo: int, hi: int) -> bytes
     if symbols.size and (symbols.min() < lo or symbols.max() > hi):
         raise ValueError("symbol outside the coder's range")
     means, stds = _params(means, stds, symbols.size)
+    if lo >= hi:  # a one-symbol alphabet carries no information (and constriction needs hi > lo)
+        if lo > hi:
+            raise ValueError("empty symbol range")
+        return b""
     encoder = constriction.stream.queue.RangeEncoder()
     if symbols.size:
         encoder.encode(symbols, constriction.stream.model.QuantizedGaussian(lo, hi), means, stds)
@@ -52,6 +56,10 @@ def decode_gaussian(data: bytes, n: int, means, stds, lo: int, hi: int) -> np.nd
     if len(data) % 4:
         raise FormatError("entropy-coded stream is not a whole number of 32-bit words")
     means, stds = _params(means, stds, n)
+    if lo >= hi:  # see encode_gaussian: every symbol is lo, and the stream is empty
+        if lo > hi or data:
+            raise FormatError("entropy-coded stream does not match its symbol range")
+        return np.full(n, lo, dtype=np.int32)
     if n == 0:
         return np.zeros(0, dtype=np.int32)
     words = np.frombuffer(data, dtype="<u4").astype(np.uint32)

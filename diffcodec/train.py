@@ -55,6 +55,7 @@ class TrainConfig:
     dropout: float | None = None
     device: str = "auto"
     log_file: str = ""
+    max_seconds: float = 0.0  # stop (and save) after this much wall time; 0 = no limit
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -240,8 +241,15 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         if cfg.log_file and rank == 0:
             with open(cfg.log_file, "a") as f:
                 f.write(f"{step}\t{loss.item():.6f}\t{terms['mse'].mean().item():.6f}\t{running_bpd}\n")
-        if step % cfg.save_every == 0 or step == cfg.steps:
+        out_of_time = bool(cfg.max_seconds) and time.time() - t0 > cfg.max_seconds
+        if distributed and cfg.max_seconds:  # every rank must stop at the same step
+            flag = torch.tensor([float(out_of_time)], device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            out_of_time = bool(flag.item())
+        if step % cfg.save_every == 0 or step == cfg.steps or out_of_time:
             save()
+        if out_of_time:
+            break
     bar.close()
     if step == start_step:
         save()
