@@ -24,7 +24,7 @@ from .checkpoint import read_checkpoint, save_checkpoint
 from .data import ImageCrops
 from .diffusion import DiffusionConfig, GaussianDiffusion
 from .errors import DiffcodecError
-from .unet import UNet, named_config
+from .unet import UNet, UNetConfig, named_config
 
 
 @dataclass
@@ -56,6 +56,7 @@ class TrainConfig:
     device: str = "auto"
     log_file: str = ""
     max_seconds: float = 0.0  # stop (and save) after this much wall time; 0 = no limit
+    init_from: str = ""  # start a new run from this checkpoint's EMA weights (fresh optimizer)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -160,7 +161,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         tr = blob.get("train")
         if not tr:
             raise DiffcodecError(f"{out_path} has no training state to resume from")
-        if blob["unet"] != unet_cfg.to_dict() or blob["diffusion"] != diffusion_cfg.to_dict():
+        if UNetConfig(**blob["unet"]) != unet_cfg or DiffusionConfig(**blob["diffusion"]) != diffusion_cfg:
             raise DiffcodecError(f"{out_path} was trained with another model/diffusion configuration")
         net.load_state_dict(tr["model"])
         ema.load_state_dict(blob["ema"])
@@ -168,6 +169,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         if sampler is not None and tr.get("sampler"):
             sampler.load_state_dict(tr["sampler"])
         step, history = int(tr["step"]), list(tr.get("history", []))
+    elif cfg.init_from:
+        blob = read_checkpoint(cfg.init_from)
+        if UNetConfig(**blob["unet"]) != unet_cfg or DiffusionConfig(**blob["diffusion"]) != diffusion_cfg:
+            raise DiffcodecError(f"{cfg.init_from} has another model/diffusion configuration")
+        weights = {k: v.float() for k, v in blob["ema"].items()}
+        net.load_state_dict(weights)
+        ema.load_state_dict(weights)
     model = torch.nn.parallel.DistributedDataParallel(net) if distributed else net
 
     def save() -> None:

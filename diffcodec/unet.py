@@ -28,6 +28,7 @@ class UNetConfig:
     dropout: float = 0.0
     channel_mult: tuple[int, ...] = (1, 2, 2, 2)
     num_heads: int = 4
+    attention_window: int = 16  # attention within windows of this many tokens a side (0 = global)
 
     def __post_init__(self) -> None:
         # Checkpoints store lists; keep the config hashable and comparable.
@@ -51,7 +52,8 @@ class UNetConfig:
 CONFIGS: dict[str, UNetConfig] = {
     "tiny": UNetConfig(model_channels=16, num_res_blocks=1, channel_mult=(1, 2), attention_resolutions=()),
     "small": UNetConfig(model_channels=32, num_res_blocks=1, channel_mult=(1, 2, 2), attention_resolutions=(4,)),
-    "base": UNetConfig(model_channels=64, num_res_blocks=2, channel_mult=(1, 2, 2, 2), attention_resolutions=(8,),
+    # 7.35 M parameters: 14.7 MB as float16, under the 16 MiB a GPU run can return.
+    "base": UNetConfig(model_channels=56, num_res_blocks=2, channel_mult=(1, 2, 2, 2), attention_resolutions=(8,),
                        dropout=0.1),
 }
 
@@ -74,9 +76,18 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return emb
 
 
+class _GroupNorm(nn.GroupNorm):
+    """nn.GroupNorm without F.group_norm's check that refuses groups of a single value (batch 1,
+    one channel per group, a 1 x 1 map: a 1 x 1 image at the lowest level); normalising a single
+    value is well defined (the output is the bias), and the result is otherwise identical."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.group_norm(x, self.num_groups, self.weight, self.bias, self.eps, torch.backends.cudnn.enabled)
+
+
 def _norm(channels: int) -> nn.GroupNorm:
     groups = 32 if channels % 32 == 0 else 8 if channels % 8 == 0 else 1
-    return nn.GroupNorm(groups, channels)
+    return _GroupNorm(groups, channels)
 
 
 def _zero(module: nn.Module) -> nn.Module:
@@ -104,21 +115,51 @@ class ResBlock(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    def __init__(self, channels: int, num_heads: int) -> None:
+    """Multi-head self-attention over windows of ``window`` x ``window`` positions.
+
+    A map no larger than one window (any training crop up to window * downsampling factor)
+    gets global attention; a larger one (a whole photo) is split into windows, padded at the
+    bottom/right with masked-out positions, so attention at test time sees the same number of
+    tokens as in training and costs linear, not quadratic, time in the image size."""
+
+    def __init__(self, channels: int, num_heads: int, window: int = 0) -> None:
         super().__init__()
         if channels % num_heads:
             raise ValueError(f"{channels} channels do not split into {num_heads} heads")
-        self.num_heads = num_heads
+        self.num_heads, self.window = num_heads, window
         self.norm = _norm(channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = _zero(nn.Conv2d(channels, channels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(n, 3, self.num_heads, c // self.num_heads, h * w)
-        q, k, v = (qkv[:, i].transpose(-1, -2) for i in range(3))  # [n, heads, hw, d]
-        out = F.scaled_dot_product_attention(q, k, v)
-        return x + self.proj(out.transpose(-1, -2).reshape(n, c, h, w))
+        qkv = self.qkv(self.norm(x))
+        win = self.window
+        if not win or (h <= win and w <= win):
+            return x + self.proj(self._attend(qkv, None).reshape(n, c, h, w))
+        ph, pw = (-h) % win, (-w) % win
+        qkv = F.pad(qkv, (0, pw, 0, ph))
+        nh, nw = (h + ph) // win, (w + pw) // win
+        # [n, 3c, nh*win, nw*win] -> [n*nh*nw, 3c, win, win]
+        tiles = qkv.reshape(n, 3 * c, nh, win, nw, win).permute(0, 2, 4, 1, 3, 5).reshape(-1, 3 * c, win, win)
+        mask = None
+        if ph or pw:
+            valid = torch.zeros(h + ph, w + pw, dtype=torch.bool, device=x.device)
+            valid[:h, :w] = True
+            valid = valid.reshape(nh, win, nw, win).permute(0, 2, 1, 3).reshape(nh * nw, 1, 1, win * win)
+            mask = valid.repeat(n, 1, 1, 1)  # [n*nh*nw, 1, 1, tokens]: keys that are real
+        out = self._attend(tiles, mask).reshape(n, nh, nw, c, win, win)
+        out = out.permute(0, 3, 1, 4, 2, 5).reshape(n, c, h + ph, w + pw)[:, :, :h, :w]
+        return x + self.proj(out)
+
+    def _attend(self, qkv: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """qkv [B, 3c, a, b] -> attention output [B, c, a*b]."""
+        b, c3, ha, wb = qkv.shape
+        c = c3 // 3
+        qkv = qkv.reshape(b, 3, self.num_heads, c // self.num_heads, ha * wb)
+        q, k, v = (qkv[:, i].transpose(-1, -2) for i in range(3))  # [B, heads, tokens, d]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return out.transpose(-1, -2).reshape(b, c, ha * wb)
 
 
 class UNet(nn.Module):
@@ -138,7 +179,7 @@ class UNet(nn.Module):
                 blocks = nn.ModuleList([ResBlock(cur, emb_ch, mult * ch, cfg.dropout)])
                 cur = mult * ch
                 if ds in cfg.attention_resolutions:
-                    blocks.append(AttentionBlock(cur, cfg.num_heads))
+                    blocks.append(AttentionBlock(cur, cfg.num_heads, cfg.attention_window))
                 self.down.append(blocks)
                 skip_channels.append(cur)
             if level != len(cfg.channel_mult) - 1:
@@ -147,7 +188,7 @@ class UNet(nn.Module):
                 ds *= 2
 
         self.middle = nn.ModuleList([
-            ResBlock(cur, emb_ch, cur, cfg.dropout), AttentionBlock(cur, cfg.num_heads),
+            ResBlock(cur, emb_ch, cur, cfg.dropout), AttentionBlock(cur, cfg.num_heads, cfg.attention_window),
             ResBlock(cur, emb_ch, cur, cfg.dropout),
         ])
 
@@ -157,7 +198,7 @@ class UNet(nn.Module):
                 blocks = nn.ModuleList([ResBlock(cur + skip_channels.pop(), emb_ch, mult * ch, cfg.dropout)])
                 cur = mult * ch
                 if ds in cfg.attention_resolutions:
-                    blocks.append(AttentionBlock(cur, cfg.num_heads))
+                    blocks.append(AttentionBlock(cur, cfg.num_heads, cfg.attention_window))
                 if level and i == cfg.num_res_blocks:
                     blocks.append(_Upsample(cur))
                     ds //= 2

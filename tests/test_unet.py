@@ -1,0 +1,153 @@
+"""The epsilon-predicting U-Net (diffcodec.unet): shapes, initialisation, layout and batching."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from diffcodec.unet import CONFIGS, UNet, UNetConfig, count_parameters, named_config, timestep_embedding
+
+
+def randomize_(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give the zero-initialised layers random weights so the output depends on everything."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            if not p.any():
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    return net
+
+
+@pytest.fixture(scope="module")
+def tiny6():
+    torch.manual_seed(0)
+    return randomize_(UNet(named_config("tiny", learn_sigma=True)).eval(), 1)
+
+
+@pytest.mark.parametrize("size", [(37, 23), (1, 1), (5, 7), (64, 48), (16, 16), (2, 3)])
+@pytest.mark.parametrize("learn_sigma", [True, False])
+def test_tiny_output_shapes(size, learn_sigma):
+    net = UNet(named_config("tiny", learn_sigma=learn_sigma)).eval()
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        out = net(x, torch.tensor([0.0, 999.0]))
+    assert out.shape == (2, 6 if learn_sigma else 3, *size)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (5, 7), (13, 9), (8, 8)])
+def test_small_output_shapes(size):
+    cfg = named_config("small")
+    assert cfg.downsample_factor == 4 and cfg.attention_resolutions  # padding to 4 and attention are exercised
+    net = randomize_(UNet(cfg).eval())
+    with torch.no_grad():
+        out = net(torch.randn(1, 3, *size), torch.tensor([500.0]))
+    assert out.shape == (1, 6, *size) and torch.isfinite(out).all()
+
+
+def test_named_configs():
+    assert set(CONFIGS) >= {"tiny", "small", "base"}
+    for name in CONFIGS:
+        assert named_config(name, learn_sigma=True).out_channels == 6
+        assert named_config(name, learn_sigma=False).out_channels == 3
+    with pytest.raises(ValueError):
+        named_config("huge")
+    with pytest.raises(ValueError):
+        UNetConfig(model_channels=4)
+    # a config survives its dict (as a checkpoint stores it) and stays hashable
+    cfg = named_config("small")
+    again = UNetConfig(**cfg.to_dict())
+    assert again == cfg and hash(again) == hash(cfg)
+    assert isinstance(cfg.to_dict()["channel_mult"], list)
+    assert count_parameters(UNet(named_config("tiny"))) < count_parameters(UNet(named_config("small")))
+
+
+def test_zero_initialised_output():
+    torch.manual_seed(0)
+    net = UNet(named_config("tiny")).eval()
+    x = torch.randn(3, 3, 11, 9)
+    with torch.no_grad():
+        out = net(x, torch.tensor([0.0, 10.0, 999.0]))
+    assert torch.equal(out, torch.zeros_like(out))
+    # ...and only because of the output conv: with it randomised the output is not 0
+    with torch.no_grad():
+        net.out[-1].weight.normal_(0, 0.05)
+        out = net(x, torch.tensor([0.0, 10.0, 999.0]))
+    assert out.abs().max() > 1e-3
+
+
+def test_channels_last_input_matches(tiny6):
+    x = torch.randn(2, 3, 20, 18)
+    t = torch.tensor([3.0, 700.0])
+    with torch.no_grad():
+        ref = tiny6(x, t)
+        cl = tiny6(x.contiguous(memory_format=torch.channels_last), t)
+        net_cl = UNet(tiny6.config).eval()
+        net_cl.load_state_dict(tiny6.state_dict())
+        net_cl = net_cl.to(memory_format=torch.channels_last)
+        both = net_cl(x.contiguous(memory_format=torch.channels_last), t)
+    torch.testing.assert_close(cl, ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(both, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_batch_independence_and_time_dependence(tiny6):
+    """GroupNorm (no batch statistics): an image's output does not depend on its batch-mates."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 3, 15, 17, generator=g)
+    t = torch.tensor([10.0, 500.0, 990.0])
+    with torch.no_grad():
+        batch = tiny6(x, t)
+        single = torch.cat([tiny6(x[i:i + 1], t[i:i + 1]) for i in range(3)])
+        other_t = tiny6(x, torch.tensor([11.0, 300.0, 0.0]))
+    torch.testing.assert_close(batch, single, rtol=1e-4, atol=1e-5)
+    for i in range(3):
+        assert (other_t[i] - batch[i]).abs().max() > 1e-4  # the timestep conditions the output
+
+
+def test_odd_size_output_is_local_and_finite(tiny6):
+    """Padding to the downsampling factor is inside forward: the crop of an odd-sized input's
+    output lines up with the input (a change at the top-left corner leaves the far corner of a
+    large image's output untouched by the pad)."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 3, 37, 23, generator=g)
+    t = torch.tensor([100.0])
+    with torch.no_grad():
+        a = tiny6(x, t)
+        x2 = x.clone()
+        x2[..., 0, 0] += 5.0
+        b = tiny6(x2, t)
+    assert torch.isfinite(a).all()
+    diff = (a - b).abs()[0].amax(0)
+    assert diff[0, 0] > 1e-4
+    # the middle attention block is global, so far pixels may change a little; the corner pixel
+    # changes the most
+    assert diff.max() == diff[:4, :4].max()
+
+
+def test_all_parameters_get_gradients():
+    """Every parameter is used (DDP without find_unused_parameters requires it)."""
+    torch.manual_seed(0)
+    net = randomize_(UNet(named_config("tiny")))
+    out = net(torch.randn(2, 3, 12, 10), torch.tensor([1.0, 900.0]))
+    out.square().mean().backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+
+
+def test_timestep_embedding():
+    t = torch.tensor([0.0, 1.0, 999.5])
+    for dim in (16, 17):
+        emb = timestep_embedding(t, dim)
+        assert emb.shape == (3, dim)
+        half = dim // 2
+        torch.testing.assert_close(emb[0, :half], torch.ones(half))  # cos(0)
+        torch.testing.assert_close(emb[0, half:2 * half], torch.zeros(half))  # sin(0)
+        # highest frequency is 1: emb[1] = cos(1), sin(1)
+        assert float(emb[1, 0]) == pytest.approx(math.cos(1.0), abs=1e-6)
+        assert float(emb[1, half]) == pytest.approx(math.sin(1.0), abs=1e-6)
+        if dim % 2:
+            assert torch.equal(emb[:, -1], torch.zeros(3))
+    # fractional timesteps (respaced chains) give distinct embeddings
+    assert not torch.allclose(timestep_embedding(torch.tensor([4.25]), 16), timestep_embedding(torch.tensor([4.0]), 16))
