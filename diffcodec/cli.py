@@ -76,6 +76,8 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="no progress bar
               help="number of coded latent steps (default: the measured best, see README)")
 @click.option("--t-min", type=click.IntRange(0), default=None, help="timestep of the last latent step")
 @click.option("--tile", type=click.IntRange(0, 16384), default=None, help="side-information tile (px, 0 = whole)")
+@click.option("--spacing", type=click.FloatRange(0.25, 8), default=None,
+              help="timestep spacing power (1 = even, >1 = more steps at low noise)")
 @click.option("--stop-after", type=click.IntRange(0), default=None, help="lossy: code only this many latent steps")
 @click.option("--max-bpp", type=click.FloatRange(0, min_open=True), default=None,
               help="lossy: stop before the file exceeds this many bits per pixel")
@@ -83,9 +85,9 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="no progress bar
 @model_option
 @device_option
 @quiet_option
-def encode(inputs, output, out_dir, steps, t_min, tile, stop_after, max_bpp, seed, model, device, quiet):
+def encode(inputs, output, out_dir, steps, t_min, tile, spacing, stop_after, max_bpp, seed, model, device, quiet):
     """Encode images to .dfc (Algorithm 3): x_T, coded latent steps, then x_0 losslessly."""
-    from .codec import DEFAULT_STEPS, DEFAULT_T_MIN, DEFAULT_TILE, EncodeOptions
+    from .codec import DEFAULT_SPACING, DEFAULT_STEPS, DEFAULT_T_MIN, DEFAULT_TILE, EncodeOptions
     from .codec import encode as encode_image
     from .data import open_image
 
@@ -95,7 +97,7 @@ def encode(inputs, output, out_dir, steps, t_min, tile, stop_after, max_bpp, see
         raise click.UsageError("give -o OUTPUT.dfc or --out-dir DIR")
     prior = _prior(model, device)
     opts = EncodeOptions(steps or DEFAULT_STEPS, DEFAULT_T_MIN if t_min is None else t_min,
-                         DEFAULT_TILE if tile is None else tile, seed, stop_after, max_bpp)
+                         DEFAULT_TILE if tile is None else tile, spacing or DEFAULT_SPACING, seed, stop_after, max_bpp)
     for path in inputs:
         dest = Path(output) if output else Path(out_dir) / (Path(path).stem + ".dfc")
         image = open_image(path)

@@ -48,6 +48,7 @@ from .errors import FormatError, ImageError
 DEFAULT_STEPS = 12
 DEFAULT_T_MIN = 0
 DEFAULT_TILE = 64
+DEFAULT_SPACING = 1.0
 RECONSTRUCTIONS = ("mean", "sample", "flow")
 
 _SCALE_OFFSET, _SCALE_RES = 160, 8.0  # scale = 2 ** ((code - 160) / 8)
@@ -169,13 +170,19 @@ class TileGrid:
 
     def fit(self, residual: np.ndarray) -> bytes:
         """Scale codes minimising the code length of ``residual`` (= symbol minus the coder's
-        mean, [C, H, W]) under unit-bin discretized Gaussians, searched per tile and channel."""
+        mean, [C, H, W]) under unit-bin discretized Gaussians, searched per tile and channel.
+
+        The search starts from the RMS with Sheppard's correction (a unit bin adds 1/12 to the
+        variance: a residual far below one bin wants a tiny scale), tries coarse offsets of one octave
+        from -3 to +4 octaves, then refines by single codes around each tile's best."""
         ms = self.tile_sums(residual**2) / np.maximum(self.tile_sums(np.ones_like(residual)), 1)
-        start = np.round(_SCALE_RES * np.log2(np.sqrt(np.maximum(ms, 1e-12)))) + _SCALE_OFFSET
+        start = np.round(_SCALE_RES * np.log2(np.sqrt(np.maximum(ms - 1 / 12, 1e-6)))) + _SCALE_OFFSET
         r = torch.from_numpy(np.abs(residual))
         best_cost, best = None, None
-        for delta in range(-4, 3):
-            codes = np.clip(start + delta, 0, 255)
+
+        def consider(codes: np.ndarray) -> None:
+            nonlocal best_cost, best
+            codes = np.clip(codes, 0, 255)
             s = torch.from_numpy(self.expand(codes.astype(np.uint8).tobytes()))
             p = torch.special.ndtr((0.5 - r) / s) - torch.special.ndtr((-0.5 - r) / s)
             cost = self.tile_sums(-torch.log2(p.clamp_min(1e-300)).numpy())
@@ -184,22 +191,36 @@ class TileGrid:
             else:
                 better = cost < best_cost
                 best_cost, best = np.where(better, cost, best_cost), np.where(better, codes, best)
+
+        for delta in (-24, -16, -8, 0, 8, 16, 24, 32):
+            consider(start + delta)
+        centre = best.copy()
+        for delta in (-4, -3, -2, -1, 1, 2, 3, 4):
+            consider(centre + delta)
         return best.astype(np.uint8).tobytes()
 
 
 # ----------------------------------------------------------------------------- the chain
 
 
-def chain_timesteps(num_timesteps: int, steps: int, t_min: int = 0) -> tuple[int, ...]:
-    """``steps`` latent steps + x_T: steps + 1 timesteps evenly spaced from t_min to T - 1."""
+def chain_timesteps(num_timesteps: int, steps: int, t_min: int = 0, spacing: float = 1.0) -> tuple[int, ...]:
+    """``steps`` latent steps + x_T: steps + 1 timesteps from t_min to T - 1 at
+    t_min + (T - 1 - t_min) * (i / steps) ** spacing (1 = even; > 1 puts more steps at low noise)."""
     if steps < 1:
         raise ValueError("at least one coded step is needed")
     if not 0 <= t_min < num_timesteps - 1:
         raise ValueError(f"t_min must be in [0, {num_timesteps - 2}]")
-    ts = np.unique(np.round(np.linspace(t_min, num_timesteps - 1, steps + 1)).astype(np.int64))
-    if len(ts) != steps + 1:
+    if not 0.25 <= spacing <= 8:
+        raise ValueError("spacing must be in [0.25, 8]")
+    span = num_timesteps - 1 - t_min
+    if steps > span:
         raise ValueError(f"cannot fit {steps} steps between t={t_min} and T-1={num_timesteps - 1}")
-    return tuple(int(t) for t in ts)
+    ts = [int(round(t_min + span * (i / steps) ** spacing)) for i in range(steps + 1)]
+    for i in range(1, steps + 1):  # keep them strictly increasing where rounding collides
+        ts[i] = max(ts[i], ts[i - 1] + 1)
+    for i in range(steps - 1, -1, -1):
+        ts[i] = min(ts[i], ts[i + 1] - 1)
+    return tuple(ts)
 
 
 class _Chain:
@@ -308,6 +329,7 @@ class EncodeOptions:
     steps: int = DEFAULT_STEPS
     t_min: int = DEFAULT_T_MIN
     tile: int = DEFAULT_TILE
+    spacing: float = DEFAULT_SPACING
     seed: int | None = None
     stop_after: int | None = None  # lossy: code only this many latent steps
     max_bpp: float | None = None  # lossy: stop before the file exceeds this many bits/pixel
@@ -322,7 +344,7 @@ def encode(image, prior: Prior, options: EncodeOptions | None = None,
     cfg = prior.diffusion
     header = fmt.Header(
         w, h, src.mode, bytes.fromhex(prior.fingerprint), cfg.schedule, cfg.num_timesteps,
-        chain_timesteps(cfg.num_timesteps, opt.steps, opt.t_min),
+        chain_timesteps(cfg.num_timesteps, opt.steps, opt.t_min, opt.spacing),
         secrets.randbits(64) if opt.seed is None else opt.seed & (2**64 - 1), "uq", opt.tile, 0,
         src.checksum(), src.palette,
     )
@@ -409,6 +431,7 @@ class Preview:
     bytes: int  # file bytes consumed so far
     image: np.ndarray  # uint8 H x W x 3 estimate of x_0
     lossless: bool = False
+    net_seconds: float = 0.0  # network time spent so far
 
 
 @dataclass
@@ -443,7 +466,7 @@ def iter_previews(data: bytes, prior: Prior, reconstruct: str = "mean", max_step
         out = chain.predict(x, j)
         if every or n == last:
             preview = chain.reconstruct(x, j, out, reconstruct)
-            yield Preview(n, header.timesteps[j], consumed, _to_uint8(preview))
+            yield Preview(n, header.timesteps[j], consumed, _to_uint8(preview), net_seconds=chain.net_seconds)
         if n == last:
             return
         chunk = parsed.chunks[n]
@@ -466,7 +489,7 @@ def iter_previews(data: bytes, prior: Prior, reconstruct: str = "mean", max_step
             if zlib.crc32(np.ascontiguousarray(_native(restored, header.mode)).tobytes()) != header.checksum:
                 raise FormatError("decoded image fails its checksum: the file is damaged, or was encoded "
                                   "on a machine whose network arithmetic differs from this one's")
-            yield Preview(n + 1, -1, consumed, rgb, lossless=True)
+            yield Preview(n + 1, -1, consumed, rgb, lossless=True, net_seconds=chain.net_seconds)
             return
 
 
@@ -483,4 +506,4 @@ def decode(data: bytes, prior: Prior, step: int | None = None, reconstruct: str 
     header = parsed.header
     image = restore_image(preview.image, header, preview.lossless)
     return DecodeResult(image, preview.step, header.num_latent_steps + 1, preview.lossless, parsed.truncated,
-                        header, time.perf_counter() - t0)
+                        header, time.perf_counter() - t0, preview.net_seconds)

@@ -1,0 +1,86 @@
+"""Shared helpers and fixtures for the codec, container, entropy and CLI tests.
+
+Import the fixtures you need by name into a test module (``from codec_fixtures import
+tiny_model_path, tiny_prior``); the tests folder is on ``sys.path`` under pytest's default
+import mode.  The models are tiny random U-Nets: fast, deterministic, and different enough from
+each other that their fingerprints and predictions differ.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from diffcodec.checkpoint import Prior, load_prior, save_checkpoint
+from diffcodec.diffusion import DiffusionConfig, get_named_beta_schedule
+from diffcodec.unet import UNet, named_config
+
+DIFFUSION = DiffusionConfig("cosine", 1000, "learned_range")
+
+
+def make_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
+    """Save a tiny random U-Net whose output is not identically zero (the output conv is
+    zero-initialised, so every parameter gets a little noise)."""
+    torch.manual_seed(seed)
+    cfg = named_config("tiny")
+    net = UNet(cfg)
+    g = torch.Generator().manual_seed(1000 + seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=g))
+    save_checkpoint(path, cfg, DIFFUSION, net.state_dict())
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("models") / "tiny.pt", seed=0)
+
+
+@pytest.fixture(scope="session")
+def other_model_path(tmp_path_factory) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("models_b") / "other.pt", seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_prior(tiny_model_path) -> Prior:
+    return load_prior(tiny_model_path)
+
+
+@pytest.fixture(scope="session")
+def other_prior(other_model_path) -> Prior:
+    return load_prior(other_model_path)
+
+
+def random_rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+class OracleNet(nn.Module):
+    """A 'cheating' epsilon-network that knows the image: for x_t it returns the exact noise
+    eps = (x_t - sqrt(abar_t) x_0) / sqrt(1 - abar_t) (float64 tables of the full chain) and
+    v = 0, so its x_0 prediction is exact at every step."""
+
+    def __init__(self, pixels: np.ndarray, diffusion: DiffusionConfig = DIFFUSION) -> None:
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(1))  # Prior.device looks at the parameters
+        self.x0 = torch.from_numpy(pixels.transpose(2, 0, 1).astype(np.float64) / 127.5 - 1.0)[None]
+        self.abar = np.cumprod(1.0 - get_named_beta_schedule(diffusion.schedule, diffusion.num_timesteps))
+        self.T = diffusion.num_timesteps
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        t = int(round(float(s[0]) * self.T / 1000.0))
+        a = float(self.abar[t])
+        eps = (x.double() - np.sqrt(a) * self.x0) / np.sqrt(1.0 - a)
+        return torch.cat([eps, torch.zeros_like(eps)], dim=1).to(x.dtype)
+
+
+def oracle_prior(pixels: np.ndarray) -> Prior:
+    net = OracleNet(pixels)
+    return Prior(net, named_config("tiny"), DIFFUSION, "ab" * 32, "oracle")

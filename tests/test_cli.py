@@ -1,0 +1,229 @@
+"""The command line (diffcodec.cli) through click's CliRunner with a tiny checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from codec_fixtures import other_model_path, tiny_model_path  # noqa: F401  (fixtures)
+from diffcodec.cli import main
+from diffcodec.container import parse
+
+
+def run(*args: str, ok: bool = True):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    if ok:
+        assert result.exit_code == 0, (result.output, result.exception)
+        assert "Traceback" not in result.output
+    return result
+
+
+def assert_clean_error(result, *needles: str) -> None:
+    """Non-zero exit, one line on stderr that starts with 'error:', no traceback."""
+    assert result.exit_code != 0
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), \
+        repr(result.exception)
+    err = result.stderr.strip()
+    assert "Traceback" not in result.output and "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error:"), err
+    assert "internal error" not in err, err  # a known kind of bad input, reported as such
+    for needle in needles:
+        assert needle.lower() in err.lower(), err
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, tiny_images):
+    d = tmp_path_factory.mktemp("cli")
+    Image.fromarray(tiny_images[2]).save(d / "a.png")  # 37 x 23
+    Image.fromarray(tiny_images[1]).convert("L").save(d / "b.png")  # 48 x 32 grey
+    Image.new("RGBA", (5, 5), (1, 2, 3, 4)).save(d / "rgba.png")
+    (d / "text.txt").write_text("hello, I am not an image\n")
+    (d / "text.png").write_text("hello, I am not an image either\n")
+    (d / "text.dfc").write_text("not a dfc file at all\n")
+    (d / "corrupt.pt").write_bytes(b"PK\x03\x04" + bytes(range(256)) * 4)
+    return d
+
+
+@pytest.fixture(scope="module")
+def encoded(work, tiny_model_path):
+    out = work / "a.dfc"
+    r = run("encode", work / "a.png", "-o", out, "--model", tiny_model_path, "--steps", 3, "--seed", 5, "-q")
+    assert r.output == ""  # quiet means quiet
+    return out
+
+
+def test_encode_info_decode_round_trip(work, encoded, tiny_model_path):
+    r = run("encode", work / "a.png", "-o", work / "a2.dfc", "--model", tiny_model_path, "--steps", 3,
+            "--seed", 5)
+    assert "lossless" in r.output and "bpp" in r.output and "a2.dfc" in r.output
+    assert (work / "a2.dfc").read_bytes() == encoded.read_bytes()  # same seed, same bytes
+    r = run("info", encoded)
+    assert "37" in r.output and "23" in r.output and "RGB" in r.output and "final" in r.output
+    out = work / "a_dec.png"
+    r = run("decode", encoded, "-o", out, "--model", tiny_model_path)
+    assert "lossless" in r.output
+    np.testing.assert_array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(work / "a.png")))
+
+
+def test_info_json(encoded):
+    info = json.loads(run("info", encoded, "--json").output)
+    parsed = parse(encoded.read_bytes())
+    assert info["width"] == 37 and info["height"] == 23 and info["mode"] == "RGB"
+    assert info["bytes"] == encoded.stat().st_size and info["lossless"] is True and info["truncated"] is False
+    assert info["steps_in_file"] == info["steps_announced"] == 4
+    assert len(info["steps"]) == len(parsed.chunks) == 4
+    assert [s["step"] for s in info["steps"]] == [1, 2, 3, 4]
+    assert [s["kind"] for s in info["steps"]] == ["latent"] * 3 + ["final"]
+    assert [s["bytes"] for s in info["steps"]] == [c.size for c in parsed.chunks]
+    assert info["steps"][-1]["cumulative_bpp"] == pytest.approx(8 * info["bytes"] / (37 * 23))
+    assert info["coded_timesteps"] == list(parsed.header.timesteps)
+    assert info["seed"] == 5 and info["header_bytes"] == parsed.header_size
+
+
+def test_info_of_truncated_file(work, encoded):
+    data = encoded.read_bytes()
+    cut = work / "cut.dfc"
+    cut.write_bytes(data[:parse(data).header_size + parse(data).chunks[0].size + 3])
+    info = json.loads(run("info", cut, "--json").output)
+    assert info["truncated"] is True and info["steps_in_file"] == 1 and len(info["steps"]) == 1
+
+
+def test_decode_step_previews_strip(work, encoded, tiny_model_path):
+    out = work / "step1.png"
+    r = run("decode", encoded, "-o", out, "--step", 1, "--model", tiny_model_path)
+    assert "preview after 1" in r.output
+    img = Image.open(out)
+    assert img.size == (37, 23) and img.mode == "RGB"
+    assert not np.array_equal(np.asarray(img), np.asarray(Image.open(work / "a.png")))
+
+    prev = work / "previews"
+    strip = work / "strip.png"
+    run("decode", encoded, "-o", work / "full.png", "--previews", prev, "--strip", strip, "--model",
+        tiny_model_path, "-q")
+    files = sorted(prev.glob("*.png"))
+    assert len(files) == 3 + 2  # num_steps (3 latent + final) + 1 for x_T alone
+    for f in files:
+        assert Image.open(f).size == (37, 23)
+    s = Image.open(strip)
+    assert s.size == (37 * 5, 23)
+    np.testing.assert_array_equal(np.asarray(Image.open(files[-1])), np.asarray(Image.open(work / "a.png")))
+    np.testing.assert_array_equal(np.asarray(Image.open(work / "full.png")), np.asarray(Image.open(work / "a.png")))
+
+
+def test_decode_truncated_file_warns(work, encoded, tiny_model_path):
+    data = encoded.read_bytes()
+    p = parse(data)
+    cut = work / "cut2.dfc"
+    cut.write_bytes(data[:p.header_size + p.chunks[0].size + p.chunks[1].size])
+    r = run("decode", cut, "-o", work / "cut2.png", "--model", tiny_model_path, "-q")
+    assert "truncated after 2 of 4" in r.stderr
+    assert Image.open(work / "cut2.png").size == (37, 23)
+
+
+def test_batch_encode_out_dir(work, tiny_model_path):
+    out = work / "batch"
+    r = run("encode", work / "a.png", work / "b.png", "--out-dir", out, "--model", tiny_model_path, "--steps", 2,
+            "--seed", 1)
+    assert r.output.count("lossless") == 2
+    assert sorted(p.name for p in out.iterdir()) == ["a.dfc", "b.dfc"]
+    assert parse((out / "b.dfc").read_bytes()).header.mode == "L"
+    run("decode", out / "b.dfc", "-o", work / "b_dec.png", "--model", tiny_model_path, "-q")
+    dec = Image.open(work / "b_dec.png")
+    assert dec.mode == "L"
+    np.testing.assert_array_equal(np.asarray(dec), np.asarray(Image.open(work / "b.png")))
+
+
+def test_lossy_encode_options(work, tiny_model_path):
+    out = work / "lossy.dfc"
+    r = run("encode", work / "a.png", "-o", out, "--model", tiny_model_path, "--steps", 3, "--stop-after", 1)
+    assert "lossy, 1 of 4 steps" in r.output
+    assert len(parse(out.read_bytes()).chunks) == 1
+
+
+def test_usage_errors(work, tiny_model_path):
+    r = run("encode", work / "a.png", "--model", tiny_model_path, ok=False)
+    assert r.exit_code == 2 and "Traceback" not in r.output  # neither -o nor --out-dir
+    r = run("encode", work / "a.png", work / "b.png", "-o", work / "x.dfc", "--model", tiny_model_path, ok=False)
+    assert r.exit_code == 2
+    r = run("decode", work / "missing.dfc", "-o", work / "x.png", ok=False)
+    assert r.exit_code == 2
+
+
+def test_nll(work, tiny_model_path):
+    r = run("nll", work / "a.png", "--steps", 5, "--model", tiny_model_path, "-q")
+    assert "bits/dim" in r.output
+    value = float(r.output.split(":")[1].split("bits/dim")[0])
+    assert np.isfinite(value) and value > 0
+    r = run("nll", work / "a.png", "--steps", 5, "--model", tiny_model_path, "-q", "--json")
+    rows = json.loads(r.output)
+    assert len(rows) == 1 and rows[0]["bits_per_dim"] == pytest.approx(value, abs=1e-4)
+    assert rows[0]["steps"] == 5
+    assert rows[0]["bits_per_dim"] == pytest.approx(rows[0]["prior_L_T"] + rows[0]["latent_sum"] + rows[0]["decoder_L_0"],
+                                                    rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_error_missing_model(work):
+    r = run("encode", work / "a.png", "-o", work / "x.dfc", "--model", work / "nope.pt", "-q", ok=False)
+    assert_clean_error(r, "not found")
+    assert not (work / "x.dfc").exists()
+
+
+def test_error_corrupt_model(work, encoded):
+    r = run("encode", work / "a.png", "-o", work / "x.dfc", "--model", work / "corrupt.pt", "-q", ok=False)
+    assert_clean_error(r, "checkpoint")
+    r = run("decode", encoded, "-o", work / "x.png", "--model", work / "text.txt", "-q", ok=False)
+    assert_clean_error(r, "checkpoint")
+
+
+def test_error_text_as_image(work, tiny_model_path):
+    for name in ("text.txt", "text.png"):
+        r = run("encode", work / name, "-o", work / "x.dfc", "--model", tiny_model_path, "-q", ok=False)
+        assert_clean_error(r, "cannot read image")
+
+
+def test_error_text_as_dfc(work, tiny_model_path):
+    for name in ("text.dfc", "a.png"):
+        r = run("decode", work / name, "-o", work / "x.png", "--model", tiny_model_path, "-q", ok=False)
+        assert_clean_error(r, "not a .dfc")
+        r = run("info", work / name, ok=False)
+        assert_clean_error(r, "not a .dfc")
+
+
+def test_error_other_model(work, encoded, other_model_path):
+    r = run("decode", encoded, "-o", work / "x.png", "--model", other_model_path, "-q", ok=False)
+    assert_clean_error(r, "another model")
+    assert not (work / "x.png").exists()
+
+
+def test_error_rgba(work, tiny_model_path):
+    r = run("encode", work / "rgba.png", "-o", work / "x.dfc", "--model", tiny_model_path, "-q", ok=False)
+    assert_clean_error(r, "alpha")
+
+
+def test_error_truncated_header(work, encoded, tiny_model_path):
+    data = encoded.read_bytes()
+    for n in (0, 5, 20, parse(data).header_size - 1):
+        bad = work / f"head{n}.dfc"
+        bad.write_bytes(data[:n])
+        r = run("decode", bad, "-o", work / "x.png", "--model", tiny_model_path, "-q", ok=False)
+        assert_clean_error(r)
+        r = run("info", bad, ok=False)
+        assert_clean_error(r)
+
+
+def test_error_corrupt_chunk(work, encoded, tiny_model_path):
+    data = bytearray(encoded.read_bytes())
+    data[parse(bytes(data)).header_size + 20] ^= 0xFF
+    bad = work / "badchunk.dfc"
+    bad.write_bytes(bytes(data))
+    r = run("decode", bad, "-o", work / "x.png", "--model", tiny_model_path, "-q", ok=False)
+    assert_clean_error(r, "corrupt")
