@@ -210,7 +210,9 @@ DDP_SCRIPT = textwrap.dedent("""
     cfg = TrainConfig(data=sys.argv[1], out=sys.argv[2], model="tiny", crop=16, batch_size=2, num_timesteps=50,
                       steps=3, device="cpu", save_every=10**6)
     summary = train(cfg, progress=False)
-    print("SUMMARY " + json.dumps({k: summary[k] for k in ("steps", "rank", "world")}), flush=True)
+    # one file per rank: the ranks' stdout lines can interleave
+    with open(sys.argv[2] + f".rank{summary['rank']}.json", "w") as f:
+        json.dump({k: summary[k] for k in ("steps", "rank", "world")}, f)
     torch.distributed.destroy_process_group()
 """)
 
@@ -232,8 +234,7 @@ def test_ddp_two_processes_gloo_cpu(image_folder, tmp_path):
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"DDP run hung (killed after 120 s); output so far:\n{e.stdout}\n{e.stderr}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    summaries = sorted((json.loads(line.split("SUMMARY ", 1)[1]) for line in proc.stdout.splitlines()
-                        if "SUMMARY " in line), key=lambda s: s["rank"])
+    summaries = [json.loads(Path(f"{out}.rank{r}.json").read_text()) for r in range(2)]
     assert summaries == [{"steps": 3, "rank": 0, "world": 2}, {"steps": 3, "rank": 1, "world": 2}]
     blob = read_checkpoint(out)
     assert blob["train"]["step"] == 3
