@@ -40,16 +40,17 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=_ints, default=[2, 4, 8, 12, 16, 24])
     ap.add_argument("--t-min", type=_ints, default=[0])
     ap.add_argument("--tile", type=_ints, default=[64])
+    ap.add_argument("--spacing", type=lambda s: [float(x) for x in s.split(",") if x], default=[1.0])
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     prior = load_prior(args.model, args.device)
     images = [center_crop(load_rgb(p), args.crop) for p in list_images(args.images)[: args.limit]]
     rows = []
-    print(f"{'steps':>5} {'t_min':>5} {'tile':>4} {'file b/dim':>10} {'latent':>8} {'final':>8} "
+    print(f"{'steps':>5} {'t_min':>5} {'tile':>4} {'space':>5} {'file b/dim':>10} {'latent':>8} {'final':>8} "
           f"{'ideal':>8} {'file/ideal':>10}")
-    for steps, t_min, tile in itertools.product(args.steps, args.t_min, args.tile):
+    for steps, t_min, tile, spacing in itertools.product(args.steps, args.t_min, args.tile, args.spacing):
         try:
-            opts = EncodeOptions(steps=steps, t_min=t_min, tile=tile, seed=0)
+            opts = EncodeOptions(steps=steps, t_min=t_min, tile=tile, spacing=spacing, seed=0)
             res = [encode(img, prior, opts) for img in images]
         except ValueError as e:
             print(f"skip steps={steps} t_min={t_min}: {e}")
@@ -59,9 +60,9 @@ def main(argv=None) -> int:
         lat = np.mean([sum(8 * s.bytes for s in r.steps if s.kind == "latent") / d for r, d in zip(res, dims)])
         fin = np.mean([sum(8 * s.bytes for s in r.steps if s.kind == "final") / d for r, d in zip(res, dims)])
         ideal = np.mean([sum(s.ideal_bits for s in r.steps) / d for r, d in zip(res, dims)])
-        rows.append({"steps": steps, "t_min": t_min, "tile": tile, "file_bits_per_dim": file_bpd,
+        rows.append({"steps": steps, "t_min": t_min, "tile": tile, "spacing": spacing, "file_bits_per_dim": file_bpd,
                      "latent_bits_per_dim": lat, "final_bits_per_dim": fin, "ideal_bits_per_dim": ideal})
-        print(f"{steps:>5} {t_min:>5} {tile:>4} {file_bpd:>10.4f} {lat:>8.4f} {fin:>8.4f} {ideal:>8.4f} "
+        print(f"{steps:>5} {t_min:>5} {tile:>4} {spacing:>5.2f} {file_bpd:>10.4f} {lat:>8.4f} {fin:>8.4f} {ideal:>8.4f} "
               f"{file_bpd / ideal:>10.3f}", flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

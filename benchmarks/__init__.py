@@ -1,0 +1,1 @@
+"""Rate-distortion benchmark scripts (classical baselines, plots, shared helpers)."""
