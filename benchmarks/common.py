@@ -22,27 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from diffcodec import data as _data
 
-IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 
 #: MS-SSIM with the standard 5 scales and an 11x11 window needs the short side
 #: of the image to exceed (11 - 1) * 2**4 = 160 pixels.
 MS_SSIM_MIN_SIDE: int = 161
 
 
-def load_rgb(path: str | os.PathLike[str]) -> np.ndarray:
-    """Load an image file as a ``uint8`` array of shape ``(H, W, 3)``."""
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-
-
-def list_images(folder: str | os.PathLike[str]) -> list[Path]:
-    """Return the image files (png, jpg, bmp, ppm, tif, webp) in ``folder``, sorted by name."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder not found: {root}")
-    return sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+# Image reading is the library's: the same decoding and folder listing everywhere.
+load_rgb = _data.load_rgb
+list_images = _data.list_images
 
 
 def _check_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -60,6 +60,15 @@ def _curve(doc: Mapping[str, Any], metric: str) -> tuple[list[float], list[float
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
+def _save(fig: Any, out_png: PathLike) -> Path:
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
 def plot_rd(
     json_paths: Sequence[PathLike],
     out_png: PathLike,
@@ -93,12 +102,7 @@ def plot_rd(
     ax.grid(True, which="minor", alpha=0.15)
     ax.minorticks_on()
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return _save(fig, out_png)
 
 
 def plot_lossless_bars(
@@ -133,12 +137,7 @@ def plot_lossless_bars(
     ax.set_title(title or "Lossless compression")
     ax.grid(True, axis="y", alpha=0.4)
     ax.set_axisbelow(True)
-    fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return _save(fig, out_png)
 
 
 def _parse_extra(items: Sequence[str]) -> dict[str, float]:

@@ -22,6 +22,17 @@ from diffcodec.unet import UNet, named_config
 DIFFUSION = DiffusionConfig("cosine", 1000, "learned_range")
 
 
+def randomize_(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give the zero-initialised layers random weights so the network's output depends on
+    everything (and is not identically 0)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            if not p.any():
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    return net
+
+
 def make_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
     """Save a tiny random U-Net whose output is not identically zero (the output conv is
     zero-initialised, so every parameter gets a little noise)."""

@@ -15,15 +15,9 @@ from diffcodec.checkpoint import FORMAT, fingerprint, load_prior, read_checkpoin
 from diffcodec.diffusion import DiffusionConfig
 from diffcodec.errors import CheckpointError, DiffcodecError
 from diffcodec.unet import UNet, named_config
+from codec_fixtures import randomize_
 
 
-def randomize_(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in net.parameters():
-            if not p.any():
-                p.copy_(0.05 * torch.randn(p.shape, generator=g))
-    return net
 
 
 @pytest.fixture(scope="module")

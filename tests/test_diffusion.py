@@ -27,6 +27,7 @@ from diffcodec.diffusion import (
     space_timesteps,
 )
 from diffcodec.unet import UNet, named_config
+from codec_fixtures import randomize_
 
 LN2 = math.log(2.0)
 HALF = 1.0 / 255.0
@@ -134,14 +135,6 @@ def x0_levels(tiny_images) -> torch.Tensor:
     return x
 
 
-def randomize_(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Give the zero-initialised layers random weights so the network's output is not 0."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in net.parameters():
-            if not p.any():
-                p.copy_(0.05 * torch.randn(p.shape, generator=g))
-    return net
 
 
 # ----------------------------------------------------------------------------- schedules

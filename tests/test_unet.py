@@ -8,16 +8,9 @@ import pytest
 import torch
 
 from diffcodec.unet import CONFIGS, UNet, UNetConfig, count_parameters, named_config, timestep_embedding
+from codec_fixtures import randomize_
 
 
-def randomize_(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Give the zero-initialised layers random weights so the output depends on everything."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in net.parameters():
-            if not p.any():
-                p.copy_(0.05 * torch.randn(p.shape, generator=g))
-    return net
 
 
 @pytest.fixture(scope="module")
