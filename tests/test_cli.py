@@ -168,6 +168,31 @@ def test_nll(work, tiny_model_path):
                                                     rel=1e-6)
 
 
+def test_sample_grid_and_strip(work, tiny_model_path):
+    from PIL import Image
+
+    grid, strip = work / "grid.png", work / "strip.png"
+    run("sample", "-o", grid, "-n", 3, "--size", 16, "--steps", 6, "--strip", strip, "--model", tiny_model_path, "-q")
+    assert Image.open(grid).size == (3 * 16, 16)
+    # one column per kept step (6 steps here, at most 10), one row per sample
+    assert Image.open(strip).size == (6 * 16, 3 * 16)
+
+
+def test_train_command_writes_a_resumable_checkpoint(work, image_folder):
+    out = work / "cli_train.pt"
+    args = ("train", "--data", image_folder, "--out", out, "--model", "tiny", "--crop", 16, "--batch-size", 2,
+            "--num-timesteps", 50, "--device", "cpu")
+    def summary(output: str) -> dict:  # the JSON line after the progress bar's output
+        return json.loads(output[output.rindex('{"steps"'):].splitlines()[0])
+
+    r = run(*args, "--steps", 2)
+    assert summary(r.output)["steps"] == 2
+    r = run(*args, "--steps", 3)  # resumes from step 2
+    assert summary(r.output)["steps"] == 3
+    r = run(*args[:-6], "--model", "small", "--steps", 4, "--num-timesteps", 50, "--device", "cpu", ok=False)
+    assert r.exit_code == 1 and r.output.startswith("error:") and "another model" in r.output
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
