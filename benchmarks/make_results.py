@@ -20,9 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import interpolate_psnr_at_bpp  # noqa: E402
 from common import read_results_json  # noqa: E402
-from rd_diffcodec import table4_markdown  # noqa: E402
+from rd_diffcodec import BASELINES as LOSSY, table4_markdown  # noqa: E402
 
-LOSSY = ("jpeg", "webp", "avif", "jpegxl", "jpeg2000")
 RATES = (0.1, 0.25, 0.5, 1.0)
 
 

@@ -33,6 +33,9 @@ from diffcodec.checkpoint import Prior, load_prior  # noqa: E402
 from diffcodec.codec import EncodeOptions, encode, iter_previews  # noqa: E402
 
 
+BASELINES = ("jpeg", "webp", "avif", "jpegxl", "jpeg2000")  # the lossy baselines' JSON names
+
+
 def center_crop(img: np.ndarray, size: int | None) -> np.ndarray:
     if not size:
         return img
@@ -193,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.baselines and args.baselines.is_dir():
         from plots import plot_lossless_bars, plot_rd
 
-        jsons = sorted(p for p in args.baselines.glob("*.json") if p.name not in ("lossless.json", "diffcodec.json"))
+        jsons = [args.baselines / f"{c}.json" for c in BASELINES if (args.baselines / f"{c}.json").exists()]
         plot_rd([*jsons, json_path], args.out / "rd_psnr.png")
         if (args.baselines / "lossless.json").exists():
             extra = {"diffcodec (file)": agg["summary"]["lossless_bits_per_dim"],
