@@ -33,8 +33,8 @@ def _provenance(doc: dict) -> str:
     return f"`{doc.get('command', '?')}` on {doc.get('machine', '?')}, {doc.get('date', '?')}"
 
 
-def build(folder: Path, title: str, diffcodec_dir: Path | None, out_dir: Path) -> str:
-    out = [f"# Results: {title}", ""]
+def build(folder: Path, title: str, diffcodec_dir: Path | None, out_dir: Path, note: str = "") -> str:
+    out = [f"# Results: {title}", ""] + ([note, ""] if note else [])
     dc_path = (diffcodec_dir or folder) / "diffcodec.json"
     dc = read_results_json(dc_path) if dc_path.exists() else None
     bound_path = (diffcodec_dir or folder) / "bound.json"
@@ -51,7 +51,7 @@ def build(folder: Path, title: str, diffcodec_dir: Path | None, out_dir: Path) -
         rows.append(("diffcodec ideal (sum of its steps' KLs)", s["ideal_bits_per_dim"], 3 * s["ideal_bits_per_dim"]))
     if bound:
         b = bound["mean"]["total"]
-        rows.append((f"diffcodec model bound ({bound['steps']}-step chain)", b, 3 * b))
+        rows.append((f"diffcodec model bound ({bound['steps']}-step chain, first {len(bound['per_image'])} images)", b, 3 * b))
     for name, bpd, bpp in sorted(rows, key=lambda r: r[1]):
         out.append(f"| {name} | {bpd:.3f} | {bpp:.3f} |")
     out += ["", f"Baselines: {_provenance(lossless)}."]
@@ -85,8 +85,9 @@ def main(argv=None) -> int:
     ap.add_argument("--title", default="Kodak-24")
     ap.add_argument("--diffcodec-dir", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md")
+    ap.add_argument("--note", default="", help="a paragraph under the title (what run this is)")
     args = ap.parse_args(argv)
-    text = build(args.folder, args.title, args.diffcodec_dir, args.out.parent)
+    text = build(args.folder, args.title, args.diffcodec_dir, args.out.parent, args.note)
     args.out.write_text(text)
     print(text)
     return 0

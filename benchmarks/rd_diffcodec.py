@@ -101,11 +101,14 @@ def table4_markdown(per_step: dict[str, list]) -> str:
     """DDPM Table 4's analog: per coded step, the rate so far and the preview's distortion."""
     lines = ["| step | from t | rate (bits/dim) | ideal (bits/dim) | bpp | RMSE [0,255] | PSNR (dB) |",
              "|---:|---:|---:|---:|---:|---:|---:|"]
+    def num(v, digits: int) -> str:  # JSON stores an infinite PSNR (lossless) as null
+        return "inf" if v is None or v == float("inf") else f"{v:.{digits}f}"
+
     for i in range(len(per_step["step"])):
         t = per_step["timestep"][i]
         lines.append(f"| {per_step['step'][i]} | {'x_0' if t < 0 else t} | {per_step['bits_per_dim'][i]:.4f} | "
                      f"{per_step['ideal_bits_per_dim'][i]:.4f} | {per_step['bpp'][i]:.4f} | "
-                     f"{per_step['rmse'][i]:.3f} | {per_step['psnr'][i]:.2f} |")
+                     f"{per_step['rmse'][i]:.3f} | {num(per_step['psnr'][i], 2)} |")
     return "\n".join(lines)
 
 
