@@ -82,12 +82,18 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="no progress bar
 @click.option("--max-bpp", type=click.FloatRange(0, min_open=True), default=None,
               help="lossy: stop before the file exceeds this many bits per pixel")
 @click.option("--seed", type=int, default=None, help="shared seed (default: random)")
+@click.option("--method", type=click.Choice(["uq", "pfr"]), default=None,
+              help="latent-step coder: universal quantization or chunked Poisson functional representation")
+@click.option("--chunk-bits", type=click.IntRange(1, 20), default=None,
+              help="PFR: target bits per chunk (the search costs 2**(N + margin) candidates per dim)")
 @model_option
 @device_option
 @quiet_option
-def encode(inputs, output, out_dir, steps, t_min, tile, spacing, stop_after, max_bpp, seed, model, device, quiet):
+def encode(inputs, output, out_dir, steps, t_min, tile, spacing, stop_after, max_bpp, seed, method, chunk_bits, model,
+           device, quiet):
     """Encode images to .dfc (Algorithm 3): x_T, coded latent steps, then x_0 losslessly."""
-    from .codec import DEFAULT_SPACING, DEFAULT_STEPS, DEFAULT_T_MIN, DEFAULT_TILE, EncodeOptions
+    from .codec import DEFAULT_CHUNK_BITS, DEFAULT_METHOD, DEFAULT_SPACING, DEFAULT_STEPS, DEFAULT_T_MIN, \
+        DEFAULT_TILE, EncodeOptions
     from .codec import encode as encode_image
     from .data import open_image
 
@@ -97,7 +103,8 @@ def encode(inputs, output, out_dir, steps, t_min, tile, spacing, stop_after, max
         raise click.UsageError("give -o OUTPUT.dfc or --out-dir DIR")
     prior = _prior(model, device)
     opts = EncodeOptions(steps or DEFAULT_STEPS, DEFAULT_T_MIN if t_min is None else t_min,
-                         DEFAULT_TILE if tile is None else tile, spacing or DEFAULT_SPACING, seed, stop_after, max_bpp)
+                         DEFAULT_TILE if tile is None else tile, spacing or DEFAULT_SPACING, seed, stop_after, max_bpp,
+                         method or DEFAULT_METHOD, chunk_bits or DEFAULT_CHUNK_BITS)
     for path in inputs:
         dest = Path(output) if output else Path(out_dir) / (Path(path).stem + ".dfc")
         image = open_image(path)
@@ -110,7 +117,7 @@ def encode(inputs, output, out_dir, steps, t_min, tile, spacing, stop_after, max
             bpp = 8 * len(res.data) / (h.width * h.height)
             kind = "lossless" if res.lossless else f"lossy, {len(res.steps)} of {h.num_latent_steps + 1} steps"
             click.echo(f"{path} -> {dest}: {len(res.data)} bytes, {bpp:.3f} bpp, {bpp / 3:.3f} bits/dim "
-                       f"({kind}), {res.seconds:.1f} s")
+                       f"({kind}, {h.method}), {res.seconds:.1f} s")
 
 
 @main.command()
@@ -180,7 +187,7 @@ def _save_strip(frames, path, max_frames: int = 12) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def info(input, as_json):
     """Print a .dfc header and, per step, bytes, cumulative bpp and bits/dim, and ideal bits."""
-    from .container import FINAL, parse, StepPayload
+    from .container import FINAL, parse, step_ideal_bits
 
     data = Path(input).read_bytes()
     parsed = parse(data)
@@ -189,7 +196,7 @@ def info(input, as_json):
     rows, cum = [], parsed.header_size
     for c in parsed.chunks:
         cum += c.size
-        ideal = StepPayload.from_bytes(c.payload).ideal_bits
+        ideal = step_ideal_bits(c, h.method)
         rows.append({"step": c.index + 1, "kind": "final" if c.kind == FINAL else "latent",
                      "from_timestep": h.timesteps[h.num_latent_steps - c.index], "bytes": c.size,
                      "cumulative_bpp": 8 * cum / pixels, "cumulative_bits_per_dim": 8 * cum / (3 * pixels),

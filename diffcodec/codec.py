@@ -4,19 +4,26 @@ Encoding (Algorithm 3) walks a respaced chain of K + 1 timesteps ``ts`` (ascendi
 ``ts[-1] = T - 1``):
 
 * x_T is drawn from the shared seed (its KL to q(x_T | x_0) is ~0 and costs no bytes);
-* each *latent step* sends x_s ~ q(x_s | x_t, x_0) under p_theta(x_s | x_t) by universal
-  (dithered) quantization: per dimension, step Delta = sqrt(12) * sigma_q, shared dither
-  u ~ U(-1/2, 1/2), symbol k = round((mu_q - mu_p) / Delta - u), receiver
-  x_s = mu_p + Delta * (k + u) = mu_q + uniform noise of the posterior's variance.  k is coded
-  under a discretized Gaussian with mean -u and a scale s (in units of Delta) sent as side
-  information per tile and channel, chosen by the encoder to minimise the actual code length;
+* each *latent step* sends x_s ~ q(x_s | x_t, x_0) under p_theta(x_s | x_t) with one of two
+  channel simulators (the header's method), each an encode/decode pair below:
+
+  - ``uq``, universal (dithered) quantization: per dimension, step Delta = sqrt(12) * sigma_q,
+    shared dither u ~ U(-1/2, 1/2), symbol k = round((mu_q - mu_p) / Delta - u), receiver
+    x_s = mu_p + Delta * (k + u) = mu_q + uniform noise of the posterior's variance.  k is
+    coded under a discretized Gaussian with mean -u and a scale s (in units of Delta) sent as
+    side information per tile and channel, chosen by the encoder to minimise the actual code
+    length; about KL + 0.25 bits/dim;
+  - ``pfr``, chunked Poisson functional representation (:mod:`diffcodec.pfr`): a sample of q
+    (exact up to a search cap) at about KL(q || p') plus 2-4 bits per chunk of ``chunk_bits``
+    bits, p' = N(mu_p, sigma_p^2) with sigma_p sent per tile and channel;
 * the *final step* codes x_0 exactly (256 levels) under a discretized Gaussian centred on the
   model's prediction of x_0 from the last latent, with edge bins open to +-inf, and a scale
   again sent per tile and channel.
 
-The probabilities the latent steps' entropy decoder sees depend only on the dither and the side
-information, never on the network's output bits, so latents decode identically on any machine;
-small floating-point differences only move x_s slightly.  The final step's probabilities depend
+The probabilities the latent steps' entropy decoder sees (and, for PFR, the chunk layout)
+depend only on the seed and the side information, never on the network's output bits, so
+latents decode identically on any machine; small floating-point differences only move x_s
+slightly.  The final step's probabilities depend
 on the network's mean: a CRC of the original pixels in the header tells a mismatch apart.
 
 Decoding (Algorithm 4) replays the chain as far as asked (or as far as a truncated file goes)
@@ -38,6 +45,7 @@ import torch
 from PIL import Image
 
 from . import container as fmt
+from . import pfr
 from .checkpoint import Prior
 from .diffusion import GaussianDiffusion, normal_kl, discretized_gaussian_log_likelihood, respace_betas, \
     get_named_beta_schedule
@@ -45,10 +53,13 @@ from .entropy import decode_gaussian, encode_gaussian, portable_normal, portable
 from .errors import FormatError, ImageError
 
 # Defaults chosen by measurement: see README.md, "Choosing the number of steps".
-DEFAULT_STEPS = 12
-DEFAULT_T_MIN = 0
+DEFAULT_STEPS = 8
+DEFAULT_T_MIN = 10
 DEFAULT_TILE = 64
 DEFAULT_SPACING = 1.0
+DEFAULT_METHOD = "uq"
+DEFAULT_CHUNK_BITS = 8  # PFR: target KL per chunk
+DEFAULT_MARGIN_BITS = 6  # PFR: a chunk searches 2**(chunk bits + margin) candidates
 RECONSTRUCTIONS = ("mean", "sample", "flow")
 
 _SCALE_OFFSET, _SCALE_RES = 160, 8.0  # scale = 2 ** ((code - 160) / 8)
@@ -267,6 +278,9 @@ class _Chain:
     def dither(self, step: int) -> np.ndarray:
         return portable_uniform(self.header.seed, step + 1, self.n).reshape(self.shape[1:])
 
+    def sigma_q(self, j: int) -> float:
+        return math.sqrt(self.diffusion.posterior_variance[j])
+
     def delta(self, j: int) -> float:
         return math.sqrt(12.0 * self.diffusion.posterior_variance[j])
 
@@ -306,8 +320,9 @@ class StepStats:
     timestep: int  # original timestep of x_t the step starts from
     bytes: int  # chunk bytes
     ideal_bits: float  # KL(q || p_theta) (latent) or -log2 p_theta(x_0 | x_t) (final)
-    coded_bits: float  # bits of the entropy-coded stream alone
+    coded_bits: float  # bits of the coded stream alone (PFR: range-coded + raw index bits)
     preview_rmse: float  # RMSE on [0, 255] of the mean preview after this step
+    extra: dict = field(default_factory=dict)  # method-specific statistics (PFR: chunks, caps, time)
 
 
 @dataclass
@@ -333,19 +348,79 @@ class EncodeOptions:
     seed: int | None = None
     stop_after: int | None = None  # lossy: code only this many latent steps
     max_bpp: float | None = None  # lossy: stop before the file exceeds this many bits/pixel
+    method: str = DEFAULT_METHOD  # latent steps: 'uq' or 'pfr'
+    chunk_bits: int = DEFAULT_CHUNK_BITS  # PFR only
+    margin_bits: int = DEFAULT_MARGIN_BITS  # PFR only
+
+
+# ----------------------------------------------------------------------------- latent steps
+
+
+@dataclass
+class _Coded:
+    payload: bytes
+    coded_bits: float
+    x: torch.Tensor  # the next latent, exactly as the decoder will compute it
+    extra: dict
+
+
+def _uq_encode(chain: _Chain, n: int, j: int, mu_q: torch.Tensor, out: dict, ideal: float,
+               opt: EncodeOptions) -> _Coded:
+    """UQ: k = round((mu_q - mu_p) / Delta - u) under N(-u, s^2); x = mu_p + Delta (k + u)."""
+    delta = chain.delta(j)
+    u = chain.dither(n)
+    d = ((mu_q - out["mean"]) / delta)[0].numpy()
+    k = np.rint(d - u)
+    codes = chain.grid.fit(k + u)
+    lo, hi = int(k.min()), int(k.max())
+    stream = encode_gaussian(k.astype(np.int32), -u, chain.grid.expand(codes), lo, hi)
+    payload = fmt.StepPayload(ideal, lo, hi, codes, stream).to_bytes()
+    return _Coded(payload, 8 * len(stream), out["mean"] + delta * torch.from_numpy(k + u)[None], {})
+
+
+def _uq_decode(chain: _Chain, n: int, j: int, payload: bytes, out: dict) -> torch.Tensor:
+    p = fmt.StepPayload.from_bytes(payload, chain.grid.size)
+    u = chain.dither(n)
+    k = decode_gaussian(p.stream, chain.n, -u, chain.grid.expand(p.scale_codes), p.lo, p.hi)
+    return out["mean"] + chain.delta(j) * torch.from_numpy(k.reshape(u.shape) + u)[None]
+
+
+def _pfr_encode(chain: _Chain, n: int, j: int, mu_q: torch.Tensor, out: dict, ideal: float,
+                opt: EncodeOptions) -> _Coded:
+    """PFR: x = mu_p + sigma_p z_{n*}, the search running on the network's device."""
+    step = pfr.encode_step(mu_q[0], out["mean"][0], chain.sigma_q(j), chain.grid, chain.header.seed, n,
+                           opt.chunk_bits, opt.margin_bits, chain.device)
+    payload = fmt.PfrPayload(ideal, opt.chunk_bits, opt.margin_bits, step.offset_code, step.std_code,
+                             step.codes, step.stream, step.raw).to_bytes()
+    return _Coded(payload, step.stats["index_bits"], step.x[None], step.stats)
+
+
+def _pfr_decode(chain: _Chain, n: int, j: int, payload: bytes, out: dict) -> torch.Tensor:
+    p = fmt.PfrPayload.from_bytes(payload, chain.grid.size)
+    x = pfr.decode_step(p.kappa_codes, p.offset_code, p.std_code, p.stream, p.raw, out["mean"][0],
+                        chain.sigma_q(j), chain.grid, chain.header.seed, n, p.chunk_bits, p.margin, chain.device)
+    return x[None]
+
+
+_LATENT_CODERS = {"uq": (_uq_encode, _uq_decode), "pfr": (_pfr_encode, _pfr_decode)}
 
 
 def encode(image, prior: Prior, options: EncodeOptions | None = None,
            progress: Callable[[int, int], None] | None = None) -> EncodeResult:
     """Encode an image (Pillow image or uint8 array) to .dfc bytes with ``prior``."""
     opt = options or EncodeOptions()
+    if opt.method not in _LATENT_CODERS:
+        raise ValueError(f"unknown method {opt.method!r} (choose from {tuple(_LATENT_CODERS)})")
+    if opt.method == "pfr":
+        pfr.check_params(opt.chunk_bits, opt.margin_bits)
+    encode_step = _LATENT_CODERS[opt.method][0]
     src = image if isinstance(image, SourceImage) else prepare_image(image)
     h, w = src.pixels.shape[:2]
     cfg = prior.diffusion
     header = fmt.Header(
         w, h, src.mode, bytes.fromhex(prior.fingerprint), cfg.schedule, cfg.num_timesteps,
         chain_timesteps(cfg.num_timesteps, opt.steps, opt.t_min, opt.spacing),
-        secrets.randbits(64) if opt.seed is None else opt.seed & (2**64 - 1), "uq", opt.tile, 0,
+        secrets.randbits(64) if opt.seed is None else opt.seed & (2**64 - 1), opt.method, opt.tile, 0,
         src.checksum(), src.palette,
     )
     t_start = time.perf_counter()
@@ -369,20 +444,15 @@ def encode(image, prior: Prior, options: EncodeOptions | None = None,
         t = chain.t(j)
         mu_q, _, logvar_q = chain.diffusion.q_posterior_mean_variance(x0, x, t)
         ideal = float(normal_kl(mu_q, logvar_q, out["mean"], out["log_variance"]).sum()) / math.log(2)
-        delta = chain.delta(j)
-        u = chain.dither(n)
-        d = ((mu_q - out["mean"]) / delta)[0].numpy()
-        k = np.rint(d - u)
-        codes = chain.grid.fit(k + u)
-        lo, hi = int(k.min()), int(k.max())
-        stream = encode_gaussian(k.astype(np.int32), -u, chain.grid.expand(codes), lo, hi)
-        chunk = fmt.Chunk(fmt.LATENT, n, fmt.StepPayload(ideal, lo, hi, codes, stream).to_bytes())
+        coded = encode_step(chain, n, j, mu_q, out, ideal, opt)
+        chunk = fmt.Chunk(fmt.LATENT, n, coded.payload)
         if budget is not None and total + chunk.size > budget:
             break
         chunks.append(chunk)
         total += chunk.size
-        result.steps.append(StepStats("latent", header.timesteps[j], chunk.size, ideal, 8 * len(stream), math.nan))
-        x = out["mean"] + delta * torch.from_numpy(k + u)[None]
+        result.steps.append(StepStats("latent", header.timesteps[j], chunk.size, ideal, coded.coded_bits, math.nan,
+                                      coded.extra))
+        x = coded.x
         if progress:
             progress(n + 1, K + 1)
     else:
@@ -456,6 +526,7 @@ def iter_previews(data: bytes, prior: Prior, reconstruct: str = "mean", max_step
     header = parsed.header
     chain = _Chain(prior, header)
     K = header.num_latent_steps
+    decode_step = _LATENT_CODERS[header.method][1]
     last = len(parsed.chunks) if max_step is None else min(max_step, len(parsed.chunks))
     consumed = parsed.header_size
     x = chain.x_T()
@@ -472,11 +543,7 @@ def iter_previews(data: bytes, prior: Prior, reconstruct: str = "mean", max_step
         chunk = parsed.chunks[n]
         consumed += chunk.size
         if j > 0:
-            payload = fmt.StepPayload.from_bytes(chunk.payload, chain.grid.size)
-            u = chain.dither(n)
-            k = decode_gaussian(payload.stream, chain.n, -u, chain.grid.expand(payload.scale_codes),
-                                payload.lo, payload.hi)
-            x = out["mean"] + chain.delta(j) * torch.from_numpy(k.reshape(u.shape) + u)[None]
+            x = decode_step(chain, n, j, chunk.payload, out)
         else:
             grid = chain.final_grid()
             payload = fmt.StepPayload.from_bytes(chunk.payload, grid.size)

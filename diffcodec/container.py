@@ -21,7 +21,7 @@ Header body::
     u16 K, then K x u16             the chain's coded timesteps, strictly increasing, < T;
                                     timesteps[-1] is x_T, timesteps[0] the last latent
     u64 seed                        shared randomness (dither, x_T)
-    u8  method                      0 = universal quantization (UQ)
+    u8  method                      0 = universal quantization (UQ), 1 = chunked PFR
     u16 tile                        side-information tile size in pixels (0 = whole image)
     u16 num_chunks                  chunks the encoder wrote (fewer than K means lossy)
     u32 checksum                    CRC-32 of the original pixels (mode-native bytes)
@@ -35,12 +35,26 @@ Chunk (repeated)::
     N   payload
     u32 CRC-32 of kind .. payload
 
-Step payload::
+Step payload (the final step, and latent steps of method 0 = UQ)::
 
     f32 ideal_bits                  the step's KL (or decoder NLL) under the model, in bits
     i32 lo, i32 hi                  symbol range of the entropy coder (hi - lo < 2**20)
     u32 S, then S x u8              scale codes (side information, one per tile per channel)
     rest                            range-coded symbols (multiple of 4 bytes)
+
+Latent step payload of method 1 = PFR (see diffcodec/pfr.py for the math)::
+
+    f32 ideal_bits                  the step's KL under the model, in bits
+    u8  chunk_bits                  1 .. 20: target KL per chunk in bits
+    u8  margin                      0 .. 7: search margin; every n* < 2**H,
+                                    H = chunk_bits + margin + 4
+    u8  offset code, u8 std code    index model: b ~ N(e + (offset - 128) / 8, (std / 16)^2) on
+                                    [0, H], e = the chunk's expected KL in bits; std code >= 1
+    u32 S, then S x u8              kappa codes (prior width, one per tile per channel)
+    u32 W, then W bytes             range-coded b = floor(log2(n* + 1)), one per chunk in the
+                                    layout's order (multiple of 4 bytes)
+    rest                            raw bits: the b low bits of n* + 1 of each chunk in turn,
+                                    most significant first, zero-padded to a whole byte
 
 A file cut inside a chunk parses up to the last complete chunk and reports ``truncated``; a
 complete chunk whose CRC fails, a bad magic, version or header raises :class:`FormatError`.
@@ -58,7 +72,7 @@ MAGIC = b"\x89DFC\r\n\x1a\n"
 VERSION = 1
 MODES = ("L", "RGB", "P", "1")
 SCHEDULE_IDS = {"linear": 0, "cosine": 1}
-METHODS = {"uq": 0}
+METHODS = {"uq": 0, "pfr": 1}
 LATENT, FINAL = 1, 2
 MAX_SIDE = 16384
 MAX_PIXELS = 2**26
@@ -144,6 +158,44 @@ class StepPayload:
         if len(stream) % 4:
             raise FormatError("step payload stream is not a whole number of words")
         return cls(ideal, lo, hi, data[16:16 + n], stream)
+
+
+@dataclass
+class PfrPayload:
+    ideal_bits: float
+    chunk_bits: int
+    margin: int
+    offset_code: int
+    std_code: int
+    kappa_codes: bytes
+    stream: bytes
+    raw: bytes
+
+    def to_bytes(self) -> bytes:
+        return struct.pack("<fBBBBI", self.ideal_bits, self.chunk_bits, self.margin, self.offset_code,
+                           self.std_code, len(self.kappa_codes)) + self.kappa_codes \
+            + struct.pack("<I", len(self.stream)) + self.stream + self.raw
+
+    @classmethod
+    def from_bytes(cls, data: bytes, expected_codes: int | None = None) -> "PfrPayload":
+        if len(data) < 12:
+            raise FormatError("PFR step payload too short")
+        ideal, cbits, margin, offset, std, n = struct.unpack_from("<fBBBBI", data)
+        if (expected_codes is not None and n != expected_codes) or len(data) < 16 + n:
+            raise FormatError("PFR step payload has the wrong amount of side information")
+        if not (1 <= cbits <= 20 and margin <= 7 and std >= 1):
+            raise FormatError("PFR step payload has implausible coding parameters")
+        (w,) = struct.unpack_from("<I", data, 12 + n)
+        if w % 4 or len(data) < 16 + n + w:
+            raise FormatError("PFR step payload has a bad index stream length")
+        return cls(ideal, cbits, margin, offset, std, data[12:12 + n], data[16 + n:16 + n + w], data[16 + n + w:])
+
+
+def step_ideal_bits(chunk: "Chunk", method: str) -> float:
+    """The ideal bits a chunk's payload records (its first field, whatever the method)."""
+    if chunk.kind == LATENT and method == "pfr":
+        return PfrPayload.from_bytes(chunk.payload).ideal_bits
+    return StepPayload.from_bytes(chunk.payload).ideal_bits
 
 
 @dataclass

@@ -6,10 +6,11 @@ discretized to unit bins centred on the integers, with the edge bins ``lo`` and 
 semantics: decoded in the order encoded).  A stream is the range coder's 32-bit words written
 little-endian, so its length is always a multiple of 4.
 
-Also here: the portable uniform dither and standard normals that encoder and decoder must
-draw identically on every machine (NumPy's PCG64 bit stream is stable across versions and
-platforms; we turn its raw 64-bit words into doubles ourselves rather than trust a sampler
-method whose algorithm may change).
+Also here: raw bit fields (:func:`pack_bits`, the low bits of PFR indices), and the portable
+uniform dither and standard normals that encoder and decoder must draw identically on every
+machine (NumPy's PCG64 bit stream is stable across versions and platforms; we turn its raw
+64-bit words into doubles ourselves rather than trust a sampler method whose algorithm may
+change).
 """
 
 from __future__ import annotations
@@ -86,3 +87,35 @@ def portable_normal(seed: int, stream: int, n: int) -> np.ndarray:
     r = np.sqrt(-2.0 * np.log(u1))
     z = np.concatenate([r * np.cos(2 * np.pi * u[m:]), r * np.sin(2 * np.pi * u[m:])])
     return z[:n]
+
+
+def pack_bits(values: np.ndarray, widths: np.ndarray) -> bytes:
+    """Raw bits: the low ``widths[i]`` bits of ``values[i]`` (0 <= widths <= 52), most significant
+    first, concatenated and zero-padded to whole bytes."""
+    values = np.asarray(values, dtype=np.int64).ravel()
+    widths = np.asarray(widths, dtype=np.int64).ravel()
+    if values.shape != widths.shape or (widths.size and (widths.min() < 0 or widths.max() > 52)):
+        raise ValueError("pack_bits needs one width in [0, 52] per value")
+    total = int(widths.sum())
+    if total == 0:
+        return b""
+    owner = np.repeat(np.arange(values.size), widths)
+    k = np.arange(total) - np.repeat(np.cumsum(widths) - widths, widths)  # bit index inside the value
+    bits = (values[owner] >> (widths[owner] - 1 - k)) & 1
+    return np.packbits(bits.astype(np.uint8)).tobytes()
+
+
+def unpack_bits(data: bytes, widths: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`pack_bits`.  Data of the wrong length or with non-zero padding raises
+    FormatError."""
+    widths = np.asarray(widths, dtype=np.int64).ravel()
+    total = int(widths.sum())
+    if len(data) != -(-total // 8):
+        raise FormatError("raw bit field has the wrong length")
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8)).astype(np.int64)
+    if bits[total:].any():
+        raise FormatError("raw bit field has non-zero padding")
+    owner = np.repeat(np.arange(widths.size), widths)
+    k = np.arange(total) - np.repeat(np.cumsum(widths) - widths, widths)
+    weights = (bits[:total] << (widths[owner] - 1 - k)).astype(np.float64)  # exact: values < 2**53
+    return np.bincount(owner, weights, minlength=widths.size).astype(np.int64)

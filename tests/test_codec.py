@@ -11,7 +11,7 @@ from scipy.stats import norm
 
 import diffcodec.codec as codec
 from codec_fixtures import oracle_prior, other_model_path, other_prior, random_rgb, tiny_model_path, tiny_prior  # noqa: F401
-from diffcodec.codec import EncodeOptions, TileGrid, decode, encode, iter_previews
+from diffcodec.codec import DEFAULT_T_MIN, EncodeOptions, TileGrid, decode, encode, iter_previews
 from diffcodec.container import FINAL, LATENT, StepPayload, parse
 from diffcodec.entropy import MAX_STD, MIN_STD
 from diffcodec.errors import FormatError, ImageError
@@ -86,8 +86,8 @@ def test_encode_result_accounting(rgb_file):
     assert [s.bytes for s in res.steps] == [c.size for c in parsed.chunks]
     assert parsed.header_size + sum(s.bytes for s in res.steps) == len(res.data)
     ts = parsed.header.timesteps
-    assert ts[-1] == 999 and ts[0] == 0 and len(ts) == 5
-    assert [s.timestep for s in res.steps] == [999, ts[3], ts[2], ts[1], 0]
+    assert ts[-1] == 999 and ts[0] == DEFAULT_T_MIN and len(ts) == 5
+    assert [s.timestep for s in res.steps] == [999, ts[3], ts[2], ts[1], ts[0]]
     for s in res.steps:
         assert math.isfinite(s.coded_bits) and s.coded_bits > 0 and s.coded_bits % 32 == 0
         assert math.isfinite(s.ideal_bits) and s.ideal_bits > 0

@@ -1,0 +1,402 @@
+"""Chunked Poisson functional representation (PFR): a latent step that sends a sample of q.
+
+A latent step must send x_s ~ q = N(mu_q, sigma_q^2 I) to a receiver that knows mu_p (the
+model's mean).  PFR (Li and El Gamal, 2018) does it with shared randomness at about
+KL(q || p') + log2(KL + 1) + O(1) bits, for any prior p' the receiver can sample:
+
+* **Prior.** p' = N(mu_p, sigma_p^2) per dimension with sigma_p = r * sigma_q, r = 2**kappa >= 1
+  sent per tile and channel (one byte: kappa = 2 ** ((code - 200) / 10) bits, :data:`KAPPA`).
+  With delta = (mu_q - mu_p) / sigma_q, KL(q || p') per dim is
+  log2 r + ((1 + delta^2) / r^2 - 1) / (2 ln 2) bits, minimised over a tile at
+  r^2 = 1 + mean(delta^2), where its mean is exactly kappa = log2 r.  :func:`fit_codes` starts
+  there and searches nearby codes against KL + an estimated per-chunk overhead.
+* **Chunks.** A group (tile x channel) of n dims with kappa bits/dim is cut into
+  m = ceil(n / d) chunks of near-equal size, d = clamp(floor(chunk_bits / kappa), 1, 4096),
+  visiting the dims in a seeded portable permutation (Philox keys, stable sort) so that a
+  chunk mixes positions.  A chunk of s dims expects e = s * kappa bits.  The layout depends
+  only on the side information, the seed and the step, never on the network's output.
+* **Search.** Candidate n of chunk c is x_n = mu_p + sigma_p z_n, z_n ~ N(0, I) from Philox
+  counter (dim pair, n, c, tag|step); its weight w_n = q(x_n) / p'(x_n) is, in z,
+  log w_n = sum_i [ln r - r^2 (z_i - a_i)^2 / 2 + z_i^2 / 2],  a = delta / r,
+  i.e. sum_i [r^2 a_i z_i - (r^2 - 1) z_i^2 / 2] + const.  Arrivals T_n = E_0 + ... + E_n,
+  E ~ Exp(1) from Philox; the encoder sends n* = argmin_n (ln T_n - ln w_n).  Without a cap
+  x_{n*} ~ q exactly.  The search covers n < N = 2 ** L, and the decoder never needs N: the
+  encoder sets L = clamp(ceil(KL_c) + margin, 1, chunk_bits + margin + 4) from the chunk's
+  realised KL_c = KL(q_c || p'_c) in bits (the format's index range is chunk_bits + margin + 4).
+  The cap makes the sample approximate when the chunk's information density ln w(x), x ~ q
+  (mean KL_c, variance sum_i delta_i^2 / r_i^4 + (1 - 1 / r_i^2)^2 / 2 in nats^2), exceeds
+  ln N, which is likely when KL_c exceeds log2 N - margin.  The encoder counts chunks whose
+  KL_c exceeds L (``over_cap``), whose index fell in the top octave (``top_octave``), and the
+  expected number where the cap binds under a Gaussian approximation of ln w (``cap_binds``).
+* **Index.** b = floor(log2(n* + 1)) is range-coded under a discretized Gaussian on
+  [0, chunk_bits + margin + 4]
+  with mean e + offset and a std, both fitted per step and sent as one byte each; then the b
+  low bits of n* + 1 follow raw (:func:`diffcodec.entropy.pack_bits`).
+* **Decoder.** It rebuilds the layout, decodes the indices and regenerates only the chosen
+  candidate of each chunk.
+
+Everything random comes from :mod:`diffcodec.philox` (exact integer words on any device); the
+search runs on any torch device in candidate blocks of at most ``max_elements`` entries.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from . import philox
+from .entropy import decode_gaussian, encode_gaussian, pack_bits, unpack_bits
+from .errors import FormatError
+
+if TYPE_CHECKING:
+    from .codec import TileGrid as Grid
+
+KAPPA_OFFSET, KAPPA_RES = 200, 10
+KAPPA = np.array([2.0 ** ((c - KAPPA_OFFSET) / KAPPA_RES) for c in range(256)])  # bits/dim
+RATIO = np.array([2.0 ** k for k in KAPPA.tolist()])  # r = sigma_p / sigma_q
+MAX_CHUNK_DIMS = 4096
+MAX_CHUNK_BITS, MAX_MARGIN, CAP_EXTRA = 20, 7, 4  # at most 2**31 candidates: counters stay 32-bit
+OFFSET_ZERO, OFFSET_RES, STD_RES = 128, 8.0, 16.0  # offset = (code - 128) / 8, std = code / 16
+TAG_NORMAL, TAG_ARRIVAL, TAG_ORDER = 1, 2, 3
+SEARCH_ELEMENTS = 2**18
+MIN_BLOCK = 16
+_EPS = 1e-9  # keeps float floor/ceil decisions away from ulp-level platform differences
+
+
+def _dims_per_chunk(kappa: np.ndarray, chunk_bits: int) -> np.ndarray:
+    return np.clip(np.floor(chunk_bits / kappa + _EPS), 1, MAX_CHUNK_DIMS).astype(np.int64)
+
+
+def check_params(chunk_bits: int, margin: int) -> None:
+    if not (1 <= chunk_bits <= MAX_CHUNK_BITS and 0 <= margin <= MAX_MARGIN):
+        raise ValueError(f"PFR needs chunk_bits in [1, {MAX_CHUNK_BITS}] and margin in [0, {MAX_MARGIN}]")
+
+
+# ----------------------------------------------------------------------------- layout
+
+
+@dataclass
+class Plan:
+    """Chunk layout of one step: dims are visited in ``order`` (flat indices into C x H x W),
+    which is chunk-major; position k belongs to chunk ``chunk[k]`` at place ``pos[k]``."""
+
+    order: np.ndarray
+    chunk: np.ndarray
+    pos: np.ndarray
+    starts: np.ndarray  # [C + 1]
+    kappa: np.ndarray  # [C] bits/dim (expected KL rate) of each chunk
+    ratio: np.ndarray  # [C] sigma_p / sigma_q
+    expected_bits: np.ndarray  # [C] e = size * kappa
+
+    @property
+    def num_chunks(self) -> int:
+        return len(self.starts) - 1
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return np.diff(self.starts)
+
+
+def index_range(chunk_bits: int, margin: int) -> int:
+    """The largest b = floor(log2(n* + 1)) a step may code (its search caps' limit)."""
+    return chunk_bits + margin + CAP_EXTRA
+
+
+def _finish(order: np.ndarray, chunk: np.ndarray, kappa: np.ndarray, ratio: np.ndarray) -> Plan:
+    sizes = np.bincount(chunk, minlength=len(kappa))
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    pos = np.arange(len(order)) - starts[chunk]
+    return Plan(order, chunk, pos, starts, kappa, ratio, sizes * kappa)
+
+
+def make_plan(codes: bytes, grid: Grid, key: tuple[int, int], step: int, chunk_bits: int) -> Plan:
+    """The layout both sides derive from the side-information codes, the seed and the step."""
+    n_groups = grid.size
+    gid = (np.arange(grid.c)[:, None, None] * (grid.gh * grid.gw) + grid.rows[None, :, None] * grid.gw
+           + grid.cols[None, None, :]).ravel()
+    dims = gid.size
+    keys = philox.sort_keys(key, torch.arange(dims), 0, 0, (TAG_ORDER << 16) | step, device="cpu").numpy()
+    first = np.argsort(keys, kind="stable")
+    order = first[np.argsort(gid[first], kind="stable")]
+    g = gid[order]
+    n_g = np.bincount(gid, minlength=n_groups)
+    code = np.frombuffer(codes, dtype=np.uint8).astype(np.int64)
+    d_g = _dims_per_chunk(KAPPA[code], chunk_bits)
+    m_g = -(-n_g // d_g)
+    g_start = np.cumsum(n_g) - n_g
+    c_off = np.cumsum(m_g) - m_g
+    rank = np.arange(dims) - g_start[g]
+    chunk = c_off[g] + rank * m_g[g] // n_g[g]
+    owner = np.repeat(np.arange(n_groups), m_g)
+    return _finish(order, chunk, KAPPA[code][owner], RATIO[code][owner])
+
+
+def plan_from_sizes(sizes: np.ndarray, kappa: np.ndarray) -> Plan:
+    """A layout of consecutive chunks with the given sizes and kappas (for synthetic tests)."""
+    sizes, kappa = np.asarray(sizes, dtype=np.int64), np.asarray(kappa, dtype=np.float64)
+    chunk = np.repeat(np.arange(len(sizes)), sizes)
+    return _finish(np.arange(int(sizes.sum())), chunk, kappa, 2.0**kappa)
+
+
+# ----------------------------------------------------------------------------- search
+
+
+@dataclass
+class _Pairs:
+    """Dims of the plan taken two at a time (one Philox call gives two normals)."""
+
+    first: np.ndarray  # position of the pair's first dim
+    second: np.ndarray  # position of its second dim (== first when the chunk ends there)
+    has_second: np.ndarray
+    chunk: np.ndarray
+    index: np.ndarray  # pair index inside the chunk (counter word 0)
+    starts: np.ndarray  # [C + 1] pairs of each chunk
+
+
+def _pairs(plan: Plan) -> _Pairs:
+    first = np.flatnonzero(plan.pos % 2 == 0)
+    nxt = np.minimum(first + 1, len(plan.pos) - 1)
+    has = (first + 1 < len(plan.pos)) & (plan.chunk[nxt] == plan.chunk[first])
+    chunk = plan.chunk[first]
+    starts = np.concatenate([[0], np.cumsum(np.bincount(chunk, minlength=plan.num_chunks))])
+    return _Pairs(first, np.where(has, nxt, first), has, chunk, plan.pos[first] // 2, starts)
+
+
+def _ranges(starts: np.ndarray, which: np.ndarray) -> np.ndarray:
+    """Concatenated index ranges starts[c] .. starts[c + 1] for c in ``which``."""
+    lengths = starts[which + 1] - starts[which]
+    return np.repeat(starts[which] - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+
+
+@dataclass
+class SearchResult:
+    nstar: np.ndarray
+    certified: np.ndarray  # bool [C]: the bound proved n* is the uncapped argmin
+    candidates: int = 0  # candidate x dim-pair evaluations
+    seconds: float = 0.0
+
+
+def search(key: tuple[int, int], step: int, plan: Plan, a: np.ndarray, rsq: np.ndarray, cap_bits: np.ndarray,
+           device: torch.device | str = "cpu", max_elements: int = SEARCH_ELEMENTS) -> SearchResult:
+    """n* = argmin_{n < 2**L_c} ln T_n - ln w_n for every chunk c (L = ``cap_bits``).  ``a`` and
+    ``rsq`` (= r^2) are per position of ``plan.order``; a = (mu_q - mu_p) / sigma_p.
+
+    With f(z) = sum_i [r_i^2 a_i z_i - (r_i^2 - 1) z_i^2 / 2] (ln w up to a per-chunk constant),
+    f <= f_max = sum_i r_i^4 a_i^2 / (2 (r_i^2 - 1)), so once ln T_n - f_max >= the best value
+    so far no later candidate can win: the chunk stops early and its n* is *certified* exact.
+    Chunks still open at their cap are not certified (the cap may have bound)."""
+    t0 = time.perf_counter()
+    dev = torch.device(device)
+    pr = _pairs(plan)
+    lin_e, quad_e = rsq[pr.first] * a[pr.first], 0.5 * (rsq[pr.first] - 1.0)
+    lin_o = np.where(pr.has_second, rsq[pr.second] * a[pr.second], 0.0)
+    quad_o = np.where(pr.has_second, 0.5 * (rsq[pr.second] - 1.0), 0.0)
+    f_max = np.bincount(pr.chunk, lin_e**2 / (4.0 * quad_e) + np.where(pr.has_second, lin_o**2 / (
+        4.0 * np.where(pr.has_second, quad_o, 1.0)), 0.0), minlength=plan.num_chunks)
+    n_pairs = np.diff(pr.starts)
+    res = SearchResult(np.zeros(plan.num_chunks, dtype=np.int64), np.zeros(plan.num_chunks, dtype=bool))
+    tag_n, tag_a = (TAG_NORMAL << 16) | step, (TAG_ARRIVAL << 16) | step
+    per_batch = max(max_elements // MIN_BLOCK, int(n_pairs.max()))
+    bounds = np.searchsorted(np.cumsum(n_pairs), np.arange(per_batch, n_pairs.sum() + per_batch, per_batch),
+                             side="right")
+    c0 = 0
+    for c1 in np.unique(np.clip(bounds, 1, plan.num_chunks)):
+        chunks = np.arange(c0, c1)
+        caps = np.left_shift(1, np.asarray(cap_bits, dtype=np.int64)[chunks])
+        best = torch.full((len(chunks),), math.inf, dtype=torch.float64, device=dev)
+        pick = torch.zeros(len(chunks), dtype=torch.int64, device=dev)
+        carry = torch.zeros(len(chunks), dtype=torch.float64, device=dev)
+        bound = torch.from_numpy(f_max[chunks]).to(dev)
+        open_ = np.ones(len(chunks), dtype=bool)
+        n0, active = 0, np.zeros(0, dtype=np.int64)
+        while True:
+            now = np.flatnonzero(open_ & (caps > n0))
+            if not len(now):
+                break
+            if len(now) != len(active):
+                active = now
+                sel = _ranges(pr.starts, chunks[active])
+                t = {k: torch.from_numpy(np.ascontiguousarray(v)).to(dev) for k, v in dict(
+                    index=pr.index[sel], chunk=pr.chunk[sel], lin_e=lin_e[sel], quad_e=quad_e[sel],
+                    lin_o=lin_o[sel], quad_o=quad_o[sel], ends=np.cumsum(n_pairs[chunks[active]]) - 1,
+                    ids=chunks[active], caps=caps[active], local=active).items()}
+            block = max(max_elements // len(t["index"]), MIN_BLOCK)
+            block = int(min(block, max(n0, MIN_BLOCK), caps[active].max() - n0))
+            n = torch.arange(n0, n0 + block, dtype=torch.int64, device=dev)[:, None]
+            z1, z2 = philox.normals(key, t["index"][None], n, t["chunk"][None], tag_n)
+            f = (t["lin_e"] - t["quad_e"] * z1).mul_(z1).add_((t["lin_o"] - t["quad_o"] * z2).mul_(z2))
+            ends = torch.cumsum(f, dim=1)[:, t["ends"]]
+            log_w = torch.cat([ends[:, :1], ends[:, 1:] - ends[:, :-1]], dim=1)
+            e, _ = philox.exponentials(key, n, t["ids"][None], 0, tag_a)
+            arrivals = torch.cumsum(e, dim=0) + carry[t["local"]][None]
+            carry[t["local"]] = arrivals[-1]
+            value = (torch.log(arrivals) - log_w).masked_fill(n >= t["caps"][None], math.inf)
+            low, arg = value.min(dim=0)
+            better = low < best[t["local"]]
+            best[t["local"]] = torch.where(better, low, best[t["local"]])
+            pick[t["local"]] = torch.where(better, arg + n0, pick[t["local"]])
+            done = (torch.log(arrivals[-1]) - bound[t["local"]] >= best[t["local"]]).cpu().numpy()
+            res.certified[chunks[active[done]]] = True
+            open_[active[done]] = False
+            res.candidates += block * len(t["index"])
+            n0 += block
+        res.nstar[c0:c1] = pick.cpu().numpy()
+        c0 = c1
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def regenerate(key: tuple[int, int], step: int, plan: Plan, nstar: np.ndarray,
+               device: torch.device | str = "cpu") -> torch.Tensor:
+    """z_{n*} of every chunk, per position of ``plan.order`` (float64, CPU)."""
+    pr = _pairs(plan)
+    dev = torch.device(device)
+    z1, z2 = philox.normals(key, torch.from_numpy(pr.index).to(dev), torch.from_numpy(nstar[pr.chunk]).to(dev),
+                            torch.from_numpy(pr.chunk).to(dev), (TAG_NORMAL << 16) | step)
+    z = torch.empty(len(plan.order), dtype=torch.float64)
+    z[torch.from_numpy(pr.first)] = z1.cpu()
+    z[torch.from_numpy(pr.second[pr.has_second])] = z2.cpu()[torch.from_numpy(pr.has_second)]
+    return z
+
+
+# ----------------------------------------------------------------------------- side information
+
+
+def fit_codes(delta2: np.ndarray, grid: Grid) -> bytes:
+    """kappa codes per tile and channel from delta^2 = ((mu_q - mu_p) / sigma_q)^2, [C, H, W]:
+    the code nearest (in KL(q || p')) to the KL-optimal r^2 = 1 + mean(delta^2), searched -2 .. +2
+    around the rounded log2(kappa).  An unbiased kappa keeps each chunk's expected KL e (which
+    the index model and the chunk sizes use) honest; chunk_bits alone sets the chunk size."""
+    n = grid.tile_sums(np.ones_like(delta2)).ravel()
+    s = grid.tile_sums(delta2).ravel()
+    kappa_opt = 0.5 * np.log2(1.0 + s / n)
+    start = np.round(KAPPA_RES * np.log2(np.maximum(kappa_opt, 1e-30)) + KAPPA_OFFSET)
+    best_cost, best = None, None
+    for shift in range(-2, 3):
+        code = np.clip(start + shift, 0, 255).astype(np.int64)
+        cost = n * KAPPA[code] + ((n + s) / RATIO[code] ** 2 - n) / (2.0 * math.log(2.0))
+        if best is None:
+            best_cost, best = cost, code
+        else:
+            better = cost < best_cost
+            best_cost, best = np.where(better, cost, best_cost), np.where(better, code, best)
+    return best.astype(np.uint8).tobytes()
+
+
+# ----------------------------------------------------------------------------- index coding
+
+
+def _index_model(plan: Plan, offset_code: int, std_code: int) -> tuple[np.ndarray, float]:
+    return plan.expected_bits + (offset_code - OFFSET_ZERO) / OFFSET_RES, std_code / STD_RES
+
+
+def _model_cost(b: np.ndarray, means: np.ndarray, std: float, hi: int) -> float:
+    bt, m = torch.from_numpy(b.astype(np.float64)), torch.from_numpy(means)
+    upper = torch.where(bt >= hi, torch.tensor(math.inf, dtype=torch.float64), bt + 0.5)
+    lower = torch.where(bt <= 0, torch.tensor(-math.inf, dtype=torch.float64), bt - 0.5)
+    p = torch.special.ndtr((upper - m) / std) - torch.special.ndtr((lower - m) / std)
+    return float(-torch.log2(p.clamp_min(2.0**-24)).sum())
+
+
+def encode_indices(nstar: np.ndarray, plan: Plan, hi: int) -> tuple[int, int, bytes, bytes]:
+    """(offset code, std code, range-coded b's in [0, hi], raw low bits) for the chunks' indices."""
+    value = nstar.astype(np.int64) + 1
+    b = (np.frexp(value.astype(np.float64))[1] - 1).astype(np.int64)  # floor(log2 v), exact below 2**53
+    resid = b - plan.expected_bits
+    off0 = int(np.clip(np.round(resid.mean() * OFFSET_RES) + OFFSET_ZERO, 0, 255))
+    std0 = float(np.clip(np.round(max(resid.std(), 0.5) * STD_RES), 1, 255))
+    best = None
+    for off in range(off0 - 8, off0 + 9, 2):
+        for f in (0.5, 0.63, 0.79, 1.0, 1.26, 1.59, 2.0):
+            codes = (int(np.clip(off, 0, 255)), int(np.clip(round(std0 * f), 1, 255)))
+            cost = _model_cost(b, *_index_model(plan, *codes), hi)
+            if best is None or cost < best[0]:
+                best = (cost, codes)
+    offset_code, std_code = best[1]
+    means, std = _index_model(plan, offset_code, std_code)
+    stream = encode_gaussian(b, means, std, 0, hi)
+    return offset_code, std_code, stream, pack_bits(value - np.left_shift(1, b), b)
+
+
+def decode_indices(stream: bytes, raw: bytes, plan: Plan, offset_code: int, std_code: int, hi: int) -> np.ndarray:
+    """Inverse of :func:`encode_indices`; inconsistent data raises FormatError."""
+    if std_code < 1:
+        raise FormatError("PFR index model has a zero std")
+    means, std = _index_model(plan, offset_code, std_code)
+    b = decode_gaussian(stream, plan.num_chunks, means, std, 0, hi).astype(np.int64)
+    nstar = np.left_shift(1, b) + unpack_bits(raw, b) - 1
+    if (nstar >= 1 << hi).any():
+        raise FormatError("PFR index beyond the step's index range")
+    return nstar
+
+
+# ----------------------------------------------------------------------------- one step
+
+
+@dataclass
+class PfrStep:
+    codes: bytes  # kappa code per tile and channel
+    offset_code: int
+    std_code: int
+    stream: bytes
+    raw: bytes
+    x: torch.Tensor  # [C, H, W] the sample, as the decoder computes it
+    stats: dict = field(default_factory=dict)
+
+
+def _sample(plan: Plan, z: torch.Tensor, mu_p: torch.Tensor, sigma_q: float) -> torch.Tensor:
+    """x = mu_p + sigma_q r z at the plan's positions."""
+    flat = mu_p.reshape(-1).to(torch.float64).clone()
+    order = torch.from_numpy(plan.order)
+    flat[order] = flat[order] + sigma_q * torch.from_numpy(plan.ratio[plan.chunk]) * z
+    return flat.reshape(mu_p.shape)
+
+
+def encode_step(mu_q: torch.Tensor, mu_p: torch.Tensor, sigma_q: float, grid: Grid, seed: int, step: int,
+                chunk_bits: int, margin: int, device: torch.device | str = "cpu",
+                max_elements: int = SEARCH_ELEMENTS) -> PfrStep:
+    """Send x ~ N(mu_q, sigma_q^2) ([C, H, W], float64) to a receiver knowing mu_p."""
+    check_params(chunk_bits, margin)
+    key = philox.seed_key(seed)
+    delta = ((mu_q - mu_p) / sigma_q).to(torch.float64).cpu().numpy()
+    codes = fit_codes(delta**2, grid)
+    plan = make_plan(codes, grid, key, step, chunk_bits)
+    hi = index_range(chunk_bits, margin)
+    r = plan.ratio[plan.chunk]
+    d = delta.ravel()[plan.order]
+    c = 1.0 / (r * r)
+    ln2 = math.log(2.0)
+    kl = np.bincount(plan.chunk, np.log2(r) + ((1.0 + d * d) * c - 1.0) / (2.0 * ln2), minlength=plan.num_chunks)
+    sd = np.sqrt(np.bincount(plan.chunk, d * d * c * c + 0.5 * (1.0 - c) ** 2, minlength=plan.num_chunks)) / ln2
+    cap = np.clip(np.ceil(kl) + margin, 1, hi).astype(np.int64)
+    found = search(key, step, plan, d / r, r * r, cap, device, max_elements)
+    offset_code, std_code, stream, raw = encode_indices(found.nstar, plan, hi)
+    x = _sample(plan, regenerate(key, step, plan, found.nstar, device), mu_p.cpu(), sigma_q)
+    binds = 0.5 * torch.special.erfc(torch.from_numpy((cap - kl) / np.maximum(sd, 1e-12) / math.sqrt(2.0)))
+    binds[torch.from_numpy(found.certified)] = 0.0
+    stats = {"chunks": plan.num_chunks, "mean_chunk_dims": float(plan.sizes.mean()),
+             "kl_prior_bits": float(kl.sum()), "over_cap": int((kl > cap).sum()),
+             "uncertified": int((~found.certified).sum()),
+             "top_octave": int((found.nstar + 1 >= np.left_shift(1, cap - 1)).sum()),
+             "cap_binds": float(binds.sum()), "index_bits": 8 * (len(stream) + len(raw)),
+             "candidates": found.candidates, "search_seconds": found.seconds}
+    return PfrStep(codes, offset_code, std_code, stream, raw, x, stats)
+
+
+def decode_step(codes: bytes, offset_code: int, std_code: int, stream: bytes, raw: bytes, mu_p: torch.Tensor,
+                sigma_q: float, grid: Grid, seed: int, step: int, chunk_bits: int, margin: int,
+                device: torch.device | str = "cpu") -> torch.Tensor:
+    """The receiver's x ([C, H, W], float64) from one step's PFR data."""
+    try:
+        check_params(chunk_bits, margin)
+    except ValueError as e:
+        raise FormatError(str(e)) from None
+    key = philox.seed_key(seed)
+    plan = make_plan(codes, grid, key, step, chunk_bits)
+    nstar = decode_indices(stream, raw, plan, offset_code, std_code, index_range(chunk_bits, margin))
+    return _sample(plan, regenerate(key, step, plan, nstar, device), mu_p.cpu(), sigma_q)
