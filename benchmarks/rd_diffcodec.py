@@ -45,14 +45,18 @@ def center_crop(img: np.ndarray, size: int | None) -> np.ndarray:
     return np.ascontiguousarray(img[y:y + ch, x:x + cw])
 
 
-def run_image(img: np.ndarray, prior: Prior, opts: EncodeOptions, bound_steps: int | None = None) -> dict[str, Any]:
-    """Encode one image, decode every step, and measure everything per step."""
+def run_image(img: np.ndarray, prior: Prior, opts: EncodeOptions, bound_steps: int | None = None,
+              strip_png: Path | None = None) -> dict[str, Any]:
+    """Encode one image, decode every step, and measure everything per step (and write the
+    progression of its previews to ``strip_png`` if given)."""
     h, w = img.shape[:2]
     dims = 3 * h * w
     enc = encode(img, prior, opts)
     t0 = time.perf_counter()
     previews = list(iter_previews(enc.data, prior))
     decode_seconds = time.perf_counter() - t0
+    if strip_png is not None:
+        progression_strip([p.image for p in previews], strip_png)
     ideal_cum = np.concatenate([[0.0], np.cumsum([s.ideal_bits for s in enc.steps])])
     steps = []
     for p, ideal in zip(previews, ideal_cum):
@@ -135,9 +139,8 @@ def plot_rate_distortion_vs_step(per_step: dict[str, list], out_png: Path) -> No
     plt.close(fig)
 
 
-def progression_strip(img: np.ndarray, prior: Prior, opts: EncodeOptions, out_png: Path, frames: int = 8) -> None:
-    enc = encode(img, prior, opts)
-    previews = [p.image for p in iter_previews(enc.data, prior)]
+def progression_strip(previews: list[np.ndarray], out_png: Path, frames: int = 8) -> None:
+    """Up to ``frames`` previews, evenly picked from first to last, side by side."""
     idx = np.unique(np.round(np.linspace(0, len(previews) - 1, frames)).astype(int))
     Image.fromarray(np.concatenate([previews[i] for i in idx], axis=1)).save(out_png)
 
@@ -171,15 +174,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = list_images(args.images)[: args.limit or None]
         images = {p.name: center_crop(load_rgb(p), args.crop) for p in paths}
     per_image = {}
-    for name, img in images.items():
-        per_image[name] = r = run_image(img, prior, opts, args.bound_steps or None)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for i, (name, img) in enumerate(images.items()):
+        strip = args.out / "diffcodec_progression.png" if i == 0 else None
+        per_image[name] = r = run_image(img, prior, opts, args.bound_steps or None, strip)
         print(f"{name}: {r['steps'][-1]['bits_per_dim']:.4f} bits/dim lossless "
               f"(ideal {r['steps'][-1]['ideal_bits_per_dim']:.4f}), enc {r['encode_seconds']:.1f} s, "
               f"dec {r['decode_seconds']:.1f} s", flush=True)
     agg = aggregate(per_image)
     ps = agg["per_step"]
     lossy = [i for i, r in enumerate(ps["rmse"]) if r > 0]
-    args.out.mkdir(parents=True, exist_ok=True)
     n = len(images)
     json_path = write_results_json(
         args.out / "diffcodec.json", "diffcodec",
@@ -194,8 +198,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     (args.out / "diffcodec_table4.md").write_text(table4_markdown(ps) + "\n")
     plot_rate_distortion_vs_step(ps, args.out / "diffcodec_rate_distortion_vs_step.png")
-    first = next(iter(images.values()))
-    progression_strip(first, prior, opts, args.out / "diffcodec_progression.png")
     if args.baselines and args.baselines.is_dir():
         from plots import plot_lossless_bars, plot_rd
 
