@@ -30,7 +30,7 @@ from common import (  # noqa: E402
 )
 
 from diffcodec.checkpoint import Prior, load_prior  # noqa: E402
-from diffcodec.codec import EncodeOptions, encode, iter_previews  # noqa: E402
+from diffcodec.codec import EncodeOptions, encode, iter_previews, progression_strip  # noqa: E402
 
 
 BASELINES = ("jpeg", "webp", "avif", "jpegxl", "jpeg2000")  # the lossy baselines' JSON names
@@ -56,7 +56,7 @@ def run_image(img: np.ndarray, prior: Prior, opts: EncodeOptions, bound_steps: i
     previews = list(iter_previews(enc.data, prior))
     decode_seconds = time.perf_counter() - t0
     if strip_png is not None:
-        progression_strip([p.image for p in previews], strip_png)
+        Image.fromarray(progression_strip([p.image for p in previews], max_frames=8)).save(strip_png)
     ideal_cum = np.concatenate([[0.0], np.cumsum([s.ideal_bits for s in enc.steps])])
     steps = []
     for p, ideal in zip(previews, ideal_cum):
@@ -137,12 +137,6 @@ def plot_rate_distortion_vs_step(per_step: dict[str, list], out_png: Path) -> No
     fig.tight_layout()
     fig.savefig(out_png)
     plt.close(fig)
-
-
-def progression_strip(previews: list[np.ndarray], out_png: Path, frames: int = 8) -> None:
-    """Up to ``frames`` previews, evenly picked from first to last, side by side."""
-    idx = np.unique(np.round(np.linspace(0, len(previews) - 1, frames)).astype(int))
-    Image.fromarray(np.concatenate([previews[i] for i in idx], axis=1)).save(out_png)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

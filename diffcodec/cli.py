@@ -136,7 +136,9 @@ def encode(inputs, output, out_dir, steps, t_min, tile, spacing, stop_after, max
 def decode(input, output, step, reconstruct, previews, strip, model, device, quiet):
     """Decode a .dfc file (Algorithm 4) as far as asked or as far as the file goes."""
     from .codec import decode as decode_file
-    from .codec import iter_previews, restore_image
+    from PIL import Image
+
+    from .codec import iter_previews, progression_strip, restore_image
     from .container import parse
 
     data = Path(input).read_bytes()
@@ -157,7 +159,7 @@ def decode(input, output, step, reconstruct, previews, strip, model, device, qui
                     img.save(Path(previews) / f"step{p.step:04d}.png")
                 bar.update(1)
         if strip:
-            _save_strip(frames, strip)
+            Image.fromarray(progression_strip([np.asarray(f) for f in frames])).save(strip)
         restore_image(p.image, parsed.header, p.lossless).save(output)
         result_step, lossless = p.step, p.lossless
     else:
@@ -167,19 +169,6 @@ def decode(input, output, step, reconstruct, previews, strip, model, device, qui
     if not quiet:
         what = "lossless" if lossless else f"preview after {result_step} coded step(s) ({reconstruct})"
         click.echo(f"{input} -> {output}: {what}")
-
-
-def _save_strip(frames, path, max_frames: int = 12) -> None:
-    from PIL import Image
-
-    if len(frames) > max_frames:
-        idx = np.unique(np.round(np.linspace(0, len(frames) - 1, max_frames)).astype(int))
-        frames = [frames[i] for i in idx]
-    w, h = frames[0].size
-    out = Image.new("RGB", (w * len(frames), h))
-    for i, f in enumerate(frames):
-        out.paste(f, (i * w, 0))
-    out.save(path)
 
 
 @main.command()

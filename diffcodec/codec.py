@@ -307,6 +307,12 @@ class _Chain:
         return out["pred_xstart"]
 
 
+def progression_strip(previews: list[np.ndarray], max_frames: int = 12) -> np.ndarray:
+    """Up to ``max_frames`` previews (uint8 H x W x 3), evenly picked from first to last, side by side."""
+    idx = np.unique(np.round(np.linspace(0, len(previews) - 1, min(max_frames, len(previews)))).astype(int))
+    return np.concatenate([previews[i] for i in idx], axis=1)
+
+
 def _to_uint8(x0: torch.Tensor) -> np.ndarray:
     return ((x0[0].double() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
 
