@@ -74,6 +74,7 @@ def run_image(img: np.ndarray, prior: Prior, opts: EncodeOptions, bound_steps: i
         "ideal_latent_bits_per_dim": sum(s.ideal_bits for s in enc.steps if s.kind == "latent") / dims,
         "ideal_final_bits_per_dim": sum(s.ideal_bits for s in enc.steps if s.kind == "final") / dims,
         "header_bytes": previews[0].bytes, "steps": steps,
+        "latent_coders": [s.extra.get("method", enc.header.method) for s in enc.steps if s.kind == "latent"],
     }
     if bound_steps:
         from diffcodec.likelihood import bits_per_dim
@@ -147,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--steps", type=int, default=None, help="coded latent steps (default: codec default)")
     ap.add_argument("--tile", type=int, default=None)
+    ap.add_argument("--method", choices=["auto", "uq", "pfr"], default=None, help="latent coder (default: codec's)")
+    ap.add_argument("--pfr-budget", type=float, default=None, help="auto: PFR search budget per step")
     ap.add_argument("--crop", type=int, default=0, help="centre-crop images to this size (CPU runs)")
     ap.add_argument("--limit", type=int, default=0, help="use only the first N images")
     ap.add_argument("--bound-steps", type=int, default=0, help="also compute the bound with this chain length")
@@ -160,6 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         opts.steps = args.steps
     if args.tile is not None:
         opts.tile = args.tile
+    if args.method:
+        opts.method = args.method
+    opts.pfr_budget = args.pfr_budget
     if args.smoke:
         from skimage import data
 

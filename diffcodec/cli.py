@@ -82,15 +82,19 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="no progress bar
 @click.option("--max-bpp", type=click.FloatRange(0, min_open=True), default=None,
               help="lossy: stop before the file exceeds this many bits per pixel")
 @click.option("--seed", type=int, default=None, help="shared seed (default: random)")
-@click.option("--method", type=click.Choice(["uq", "pfr"]), default=None,
-              help="latent-step coder: universal quantization or chunked Poisson functional representation")
+@click.option("--method", type=click.Choice(["auto", "uq", "pfr"]), default=None,
+              help="latent-step coder: universal quantization, chunked Poisson functional representation, or "
+                   "auto (default): per step the smaller of the two, PFR tried within --pfr-budget")
 @click.option("--chunk-bits", type=click.IntRange(1, 20), default=None,
               help="PFR: target bits per chunk (the search costs 2**(N + margin) candidates per dim)")
+@click.option("--pfr-budget", type=click.FloatRange(0), default=None,
+              help="auto: most PFR search work per step, in candidate x dim-pair evaluations "
+                   "(default 2**26 on CPU, about 10 s of a core; 2**36 on CUDA)")
 @model_option
 @device_option
 @quiet_option
-def encode(inputs, output, out_dir, steps, t_min, tile, spacing, stop_after, max_bpp, seed, method, chunk_bits, model,
-           device, quiet):
+def encode(inputs, output, out_dir, steps, t_min, tile, spacing, stop_after, max_bpp, seed, method, chunk_bits,
+           pfr_budget, model, device, quiet):
     """Encode images to .dfc (Algorithm 3): x_T, coded latent steps, then x_0 losslessly."""
     from .codec import DEFAULT_CHUNK_BITS, DEFAULT_METHOD, DEFAULT_SPACING, DEFAULT_STEPS, DEFAULT_T_MIN, \
         DEFAULT_TILE, EncodeOptions
@@ -104,7 +108,7 @@ def encode(inputs, output, out_dir, steps, t_min, tile, spacing, stop_after, max
     prior = _prior(model, device)
     opts = EncodeOptions(steps or DEFAULT_STEPS, DEFAULT_T_MIN if t_min is None else t_min,
                          DEFAULT_TILE if tile is None else tile, spacing or DEFAULT_SPACING, seed, stop_after, max_bpp,
-                         method or DEFAULT_METHOD, chunk_bits or DEFAULT_CHUNK_BITS)
+                         method or DEFAULT_METHOD, chunk_bits or DEFAULT_CHUNK_BITS, pfr_budget=pfr_budget)
     for path in inputs:
         dest = Path(output) if output else Path(out_dir) / (Path(path).stem + ".dfc")
         image = open_image(path)
@@ -176,7 +180,7 @@ def decode(input, output, step, reconstruct, previews, strip, model, device, qui
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def info(input, as_json):
     """Print a .dfc header and, per step, bytes, cumulative bpp and bits/dim, and ideal bits."""
-    from .container import FINAL, parse, step_ideal_bits
+    from .container import FINAL, latent_payload, parse, step_ideal_bits
 
     data = Path(input).read_bytes()
     parsed = parse(data)
@@ -186,7 +190,8 @@ def info(input, as_json):
     for c in parsed.chunks:
         cum += c.size
         ideal = step_ideal_bits(c, h.method)
-        rows.append({"step": c.index + 1, "kind": "final" if c.kind == FINAL else "latent",
+        coder = "exact" if c.kind == FINAL else latent_payload(c.payload, h.method)[0]
+        rows.append({"step": c.index + 1, "kind": "final" if c.kind == FINAL else "latent", "coder": coder,
                      "from_timestep": h.timesteps[h.num_latent_steps - c.index], "bytes": c.size,
                      "cumulative_bpp": 8 * cum / pixels, "cumulative_bits_per_dim": 8 * cum / (3 * pixels),
                      "ideal_bits": ideal, "coded_over_ideal": 8 * c.size / ideal if ideal > 0 else None})
@@ -203,11 +208,11 @@ def info(input, as_json):
         if k not in ("steps", "coded_timesteps"):
             click.echo(f"{k:>18}: {v}")
     click.echo(f"{'coded_timesteps':>18}: {h.timesteps[0]} .. {h.timesteps[-1]} ({len(h.timesteps)} incl. x_T)")
-    click.echo(f"{'step':>5} {'kind':>6} {'from t':>7} {'bytes':>9} {'cum bpp':>9} {'cum b/dim':>9} "
+    click.echo(f"{'step':>5} {'kind':>6} {'coder':>5} {'from t':>7} {'bytes':>9} {'cum bpp':>9} {'cum b/dim':>9} "
                f"{'ideal bits':>11} {'coded/ideal':>11}")
     for r in rows:
         ratio = f"{r['coded_over_ideal']:.3f}" if r["coded_over_ideal"] else "-"
-        click.echo(f"{r['step']:>5} {r['kind']:>6} {r['from_timestep']:>7} {r['bytes']:>9} "
+        click.echo(f"{r['step']:>5} {r['kind']:>6} {r['coder']:>5} {r['from_timestep']:>7} {r['bytes']:>9} "
                    f"{r['cumulative_bpp']:>9.4f} {r['cumulative_bits_per_dim']:>9.4f} {r['ideal_bits']:>11.1f} {ratio:>11}")
 
 

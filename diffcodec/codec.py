@@ -16,6 +16,10 @@ Encoding (Algorithm 3) walks a respaced chain of K + 1 timesteps ``ts`` (ascendi
   - ``pfr``, chunked Poisson functional representation (:mod:`diffcodec.pfr`): a sample of q
     (exact up to a search cap) at about KL(q || p') plus 2-4 bits per chunk of ``chunk_bits``
     bits, p' = N(mu_p, sigma_p^2) with sigma_p sent per tile and channel;
+  - ``auto`` (the default), per step the shorter of the two: UQ is always coded, PFR is tried
+    where its estimated cost undercuts UQ's and its search fits a budget; each latent payload
+    then starts with its coder's tag.  UQ wins the high-KL steps (its +0.25 bits/dim is small
+    beside their KL), PFR the low-KL ones (where UQ costs many times the KL);
 * the *final step* codes x_0 exactly (256 levels) under a discretized Gaussian centred on the
   model's prediction of x_0 from the last latent, with edge bins open to +-inf, and a scale
   again sent per tile and channel.
@@ -57,9 +61,12 @@ DEFAULT_STEPS = 8
 DEFAULT_T_MIN = 10
 DEFAULT_TILE = 64
 DEFAULT_SPACING = 1.0
-DEFAULT_METHOD = "uq"
+DEFAULT_METHOD = "auto"
 DEFAULT_CHUNK_BITS = 8  # PFR: target KL per chunk
 DEFAULT_MARGIN_BITS = 6  # PFR: a chunk searches 2**(chunk bits + margin) candidates
+# auto: the most candidate x dim-pair evaluations a step's PFR search may take (an upper bound
+# that ignores early stops), by the network's device: ~15 s of one CPU core, ~1 s of an H100.
+DEFAULT_PFR_BUDGET = {"cpu": 2.0**26, "cuda": 2.0**36}
 RECONSTRUCTIONS = ("mean", "sample", "flow")
 
 _SCALE_OFFSET, _SCALE_RES = 160, 8.0  # scale = 2 ** ((code - 160) / 8)
@@ -354,9 +361,10 @@ class EncodeOptions:
     seed: int | None = None
     stop_after: int | None = None  # lossy: code only this many latent steps
     max_bpp: float | None = None  # lossy: stop before the file exceeds this many bits/pixel
-    method: str = DEFAULT_METHOD  # latent steps: 'uq' or 'pfr'
+    method: str = DEFAULT_METHOD  # latent steps: 'uq', 'pfr' or 'auto' (the cheaper of the two per step)
     chunk_bits: int = DEFAULT_CHUNK_BITS  # PFR only
     margin_bits: int = DEFAULT_MARGIN_BITS  # PFR only
+    pfr_budget: float | None = None  # auto: search budget per step (None: DEFAULT_PFR_BUDGET of the device)
 
 
 # ----------------------------------------------------------------------------- latent steps
@@ -392,10 +400,10 @@ def _uq_decode(chain: _Chain, n: int, j: int, payload: bytes, out: dict) -> torc
 
 
 def _pfr_encode(chain: _Chain, n: int, j: int, mu_q: torch.Tensor, out: dict, ideal: float,
-                opt: EncodeOptions) -> _Coded:
+                opt: EncodeOptions, codes: bytes | None = None) -> _Coded:
     """PFR: x = mu_p + sigma_p z_{n*}, the search running on the network's device."""
     step = pfr.encode_step(mu_q[0], out["mean"][0], chain.sigma_q(j), chain.grid, chain.header.seed, n,
-                           opt.chunk_bits, opt.margin_bits, chain.device)
+                           opt.chunk_bits, opt.margin_bits, chain.device, codes=codes)
     payload = fmt.PfrPayload(ideal, opt.chunk_bits, opt.margin_bits, step.offset_code, step.std_code,
                              step.codes, step.stream, step.raw).to_bytes()
     return _Coded(payload, step.stats["index_bits"], step.x[None], step.stats)
@@ -408,7 +416,33 @@ def _pfr_decode(chain: _Chain, n: int, j: int, payload: bytes, out: dict) -> tor
     return x[None]
 
 
-_LATENT_CODERS = {"uq": (_uq_encode, _uq_decode), "pfr": (_pfr_encode, _pfr_decode)}
+def _auto_encode(chain: _Chain, n: int, j: int, mu_q: torch.Tensor, out: dict, ideal: float,
+                 opt: EncodeOptions) -> _Coded:
+    """The smaller of UQ and PFR for this step.  UQ is always coded (it is cheap); PFR is tried
+    when its estimate (KL to its prior plus the per-chunk index overhead) undercuts UQ's real
+    bits and its search fits the budget; the shorter payload wins, tagged with its method."""
+    uq = _uq_encode(chain, n, j, mu_q, out, ideal, opt)
+    delta = ((mu_q - out["mean"]) / chain.sigma_q(j))[0].numpy()
+    est = pfr.estimate(delta, chain.grid, opt.chunk_bits, opt.margin_bits)
+    budget = opt.pfr_budget if opt.pfr_budget is not None else DEFAULT_PFR_BUDGET.get(chain.device.type, 2.0**26)
+    notes = {"uq_bits": uq.coded_bits, "pfr_estimate_bits": est.bits, "pfr_search_pairs": est.search_pairs}
+    best, method = uq, "uq"
+    if est.search_pairs <= budget and est.bits < uq.coded_bits:
+        tried = _pfr_encode(chain, n, j, mu_q, out, ideal, opt, codes=est.codes)
+        notes["pfr_bits"] = tried.coded_bits
+        if len(tried.payload) < len(uq.payload):
+            best, method = tried, "pfr"
+    extra = {**best.extra, **notes, "method": method}
+    return _Coded(fmt.tag_latent_payload(best.payload, method), best.coded_bits, best.x, extra)
+
+
+def _auto_decode(chain: _Chain, n: int, j: int, payload: bytes, out: dict) -> torch.Tensor:
+    method, inner = fmt.latent_payload(payload, "auto")
+    return _LATENT_CODERS[method][1](chain, n, j, inner, out)
+
+
+_LATENT_CODERS = {"uq": (_uq_encode, _uq_decode), "pfr": (_pfr_encode, _pfr_decode),
+                  "auto": (_auto_encode, _auto_decode)}
 
 
 def encode(image, prior: Prior, options: EncodeOptions | None = None,
@@ -417,8 +451,10 @@ def encode(image, prior: Prior, options: EncodeOptions | None = None,
     opt = options or EncodeOptions()
     if opt.method not in _LATENT_CODERS:
         raise ValueError(f"unknown method {opt.method!r} (choose from {tuple(_LATENT_CODERS)})")
-    if opt.method == "pfr":
+    if opt.method in ("pfr", "auto"):
         pfr.check_params(opt.chunk_bits, opt.margin_bits)
+    if opt.pfr_budget is not None and not opt.pfr_budget >= 0:
+        raise ValueError("the PFR search budget must be >= 0")
     encode_step = _LATENT_CODERS[opt.method][0]
     src = image if isinstance(image, SourceImage) else prepare_image(image)
     h, w = src.pixels.shape[:2]

@@ -21,7 +21,8 @@ Header body::
     u16 K, then K x u16             the chain's coded timesteps, strictly increasing, < T;
                                     timesteps[-1] is x_T, timesteps[0] the last latent
     u64 seed                        shared randomness (dither, x_T)
-    u8  method                      0 = universal quantization (UQ), 1 = chunked PFR
+    u8  method                      0 = universal quantization (UQ), 1 = chunked PFR,
+                                    2 = per step (each latent payload names its own)
     u16 tile                        side-information tile size in pixels (0 = whole image)
     u16 num_chunks                  chunks the encoder wrote (fewer than K means lossy)
     u32 checksum                    CRC-32 of the original pixels (mode-native bytes)
@@ -41,6 +42,11 @@ Step payload (the final step, and latent steps of method 0 = UQ)::
     i32 lo, i32 hi                  symbol range of the entropy coder (hi - lo < 2**20)
     u32 S, then S x u8              scale codes (side information, one per tile per channel)
     rest                            range-coded symbols (multiple of 4 bytes)
+
+Latent step payload of method 2 = per step::
+
+    u8  step method                 0 = UQ, 1 = PFR
+    rest                            that method's latent step payload (above or below)
 
 Latent step payload of method 1 = PFR (see diffcodec/pfr.py for the math)::
 
@@ -72,7 +78,8 @@ MAGIC = b"\x89DFC\r\n\x1a\n"
 VERSION = 1
 MODES = ("L", "RGB", "P", "1")
 SCHEDULE_IDS = {"linear": 0, "cosine": 1}
-METHODS = {"uq": 0, "pfr": 1}
+METHODS = {"uq": 0, "pfr": 1, "auto": 2}
+STEP_METHODS = ("uq", "pfr")  # what one latent step can be coded with
 LATENT, FINAL = 1, 2
 MAX_SIDE = 16384
 MAX_PIXELS = 2**26
@@ -191,10 +198,27 @@ class PfrPayload:
         return cls(ideal, cbits, margin, offset, std, data[12:12 + n], data[16 + n:16 + n + w], data[16 + n + w:])
 
 
+def latent_payload(payload: bytes, method: str) -> tuple[str, bytes]:
+    """(step method, that method's payload) of a latent chunk in a file of ``method``."""
+    if method != "auto":
+        return method, payload
+    if not payload or payload[0] >= len(STEP_METHODS):
+        raise FormatError("latent step names an unknown coding method")
+    return STEP_METHODS[payload[0]], payload[1:]
+
+
+def tag_latent_payload(payload: bytes, step_method: str) -> bytes:
+    """The payload of a latent step coded with ``step_method`` in a per-step (auto) file."""
+    return bytes([STEP_METHODS.index(step_method)]) + payload
+
+
 def step_ideal_bits(chunk: "Chunk", method: str) -> float:
     """The ideal bits a chunk's payload records (its first field, whatever the method)."""
-    if chunk.kind == LATENT and method == "pfr":
-        return PfrPayload.from_bytes(chunk.payload).ideal_bits
+    if chunk.kind == LATENT:
+        step_method, payload = latent_payload(chunk.payload, method)
+        if step_method == "pfr":
+            return PfrPayload.from_bytes(payload).ideal_bits
+        return StepPayload.from_bytes(payload).ideal_bits
     return StepPayload.from_bytes(chunk.payload).ideal_bits
 
 

@@ -267,6 +267,11 @@ def regenerate(key: tuple[int, int], step: int, plan: Plan, nstar: np.ndarray,
 # ----------------------------------------------------------------------------- side information
 
 
+def _tile_kl_bits(n: np.ndarray, s: np.ndarray, code: np.ndarray) -> np.ndarray:
+    """KL(q || p') in bits of groups of n dims with sum(delta^2) = s under the codes' widths."""
+    return n * KAPPA[code] + ((n + s) / RATIO[code] ** 2 - n) / (2.0 * math.log(2.0))
+
+
 def fit_codes(delta2: np.ndarray, grid: Grid) -> bytes:
     """kappa codes per tile and channel from delta^2 = ((mu_q - mu_p) / sigma_q)^2, [C, H, W]:
     the code nearest (in KL(q || p')) to the KL-optimal r^2 = 1 + mean(delta^2), searched -2 .. +2
@@ -279,13 +284,49 @@ def fit_codes(delta2: np.ndarray, grid: Grid) -> bytes:
     best_cost, best = None, None
     for shift in range(-2, 3):
         code = np.clip(start + shift, 0, 255).astype(np.int64)
-        cost = n * KAPPA[code] + ((n + s) / RATIO[code] ** 2 - n) / (2.0 * math.log(2.0))
+        cost = _tile_kl_bits(n, s, code)
         if best is None:
             best_cost, best = cost, code
         else:
             better = cost < best_cost
             best_cost, best = np.where(better, cost, best_cost), np.where(better, code, best)
     return best.astype(np.uint8).tobytes()
+
+
+@dataclass
+class Estimate:
+    """What a PFR step would cost, known before any search (from the side information alone)."""
+
+    codes: bytes  # the kappa codes the step would send
+    kl_bits: float  # KL(q || p') of the whole step, bits
+    chunks: int
+    search_pairs: float  # candidate x dim-pair evaluations if no chunk stops early (an upper bound)
+
+    @property
+    def bits(self) -> float:
+        """Expected coded bits: the KL plus :data:`INDEX_OVERHEAD_BITS` per chunk."""
+        return self.kl_bits + INDEX_OVERHEAD_BITS * self.chunks
+
+
+# Coded index bits per chunk beyond its KL(q || p'): the range-coded b plus the raw bits' excess
+# over the KL; 2.0-2.7 measured on steps of 10-1700 chunks (README, "Choosing the coder per step").
+INDEX_OVERHEAD_BITS = 2.5
+
+
+def estimate(delta: np.ndarray, grid: Grid, chunk_bits: int, margin: int) -> Estimate:
+    """Cost and search effort of coding a step whose normalised offsets are ``delta`` =
+    (mu_q - mu_p) / sigma_q ([C, H, W]) with PFR, from the codes :func:`fit_codes` picks."""
+    check_params(chunk_bits, margin)
+    delta2 = np.asarray(delta, dtype=np.float64) ** 2
+    codes = fit_codes(delta2, grid)
+    code = np.frombuffer(codes, dtype=np.uint8).astype(np.int64)
+    n = grid.tile_sums(np.ones_like(delta2)).ravel()
+    kl = _tile_kl_bits(n, grid.tile_sums(delta2).ravel(), code)
+    d = _dims_per_chunk(KAPPA[code], chunk_bits)
+    m = -(-n.astype(np.int64) // d)
+    cap = np.clip(np.ceil(kl / m) + margin, 1, index_range(chunk_bits, margin))
+    pairs = np.ceil(n / m / 2.0)
+    return Estimate(codes, float(kl.sum()), int(m.sum()), float((m * pairs * 2.0**cap).sum()))
 
 
 # ----------------------------------------------------------------------------- index coding
@@ -359,12 +400,14 @@ def _sample(plan: Plan, z: torch.Tensor, mu_p: torch.Tensor, sigma_q: float) -> 
 
 def encode_step(mu_q: torch.Tensor, mu_p: torch.Tensor, sigma_q: float, grid: Grid, seed: int, step: int,
                 chunk_bits: int, margin: int, device: torch.device | str = "cpu",
-                max_elements: int = SEARCH_ELEMENTS) -> PfrStep:
-    """Send x ~ N(mu_q, sigma_q^2) ([C, H, W], float64) to a receiver knowing mu_p."""
+                max_elements: int = SEARCH_ELEMENTS, codes: bytes | None = None) -> PfrStep:
+    """Send x ~ N(mu_q, sigma_q^2) ([C, H, W], float64) to a receiver knowing mu_p (``codes``:
+    the kappa codes when already fitted, e.g. by :func:`estimate`)."""
     check_params(chunk_bits, margin)
     key = philox.seed_key(seed)
     delta = ((mu_q - mu_p) / sigma_q).to(torch.float64).cpu().numpy()
-    codes = fit_codes(delta**2, grid)
+    if codes is None:
+        codes = fit_codes(delta**2, grid)
     plan = make_plan(codes, grid, key, step, chunk_bits)
     hi = index_range(chunk_bits, margin)
     r = plan.ratio[plan.chunk]

@@ -16,7 +16,8 @@ import rd_diffcodec  # noqa: E402
 
 def test_rd_benchmark_smoke(tmp_path, tiny_model_path):  # noqa: F811
     out = tmp_path / "rd"
-    assert rd_diffcodec.main(["--smoke", "--out", str(out), "--model", str(tiny_model_path), "--steps", "3"]) == 0
+    assert rd_diffcodec.main(["--smoke", "--out", str(out), "--model", str(tiny_model_path), "--steps", "3",
+                              "--pfr-budget", "0"]) == 0
     doc = json.loads((out / "diffcodec.json").read_text())
     assert set(doc["results"]) >= {"bpp", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time"}
     ps = doc["per_step"]
@@ -27,6 +28,7 @@ def test_rd_benchmark_smoke(tmp_path, tiny_model_path):  # noqa: F811
     np.testing.assert_allclose(summary["lossless_bits_per_dim"], ps["bits_per_dim"][-1])
     assert summary["latent_bits_per_dim"] + summary["final_bits_per_dim"] < summary["lossless_bits_per_dim"]
     assert len(doc["results"]["bpp"]) == 4  # the lossy points
+    assert doc["per_image"]["astronaut_32"]["latent_coders"] == ["uq"] * 3  # a zero PFR budget: UQ only
     table = (out / "diffcodec_table4.md").read_text()
     assert table.count("\n") == 2 + 5
     for png in ("diffcodec_rate_distortion_vs_step.png", "diffcodec_progression.png"):

@@ -12,7 +12,7 @@ from scipy.stats import norm
 import diffcodec.codec as codec
 from codec_fixtures import oracle_prior, other_model_path, other_prior, random_rgb, tiny_model_path, tiny_prior  # noqa: F401
 from diffcodec.codec import DEFAULT_T_MIN, EncodeOptions, TileGrid, decode, encode, iter_previews
-from diffcodec.container import FINAL, LATENT, StepPayload, parse
+from diffcodec.container import FINAL, LATENT, StepPayload, latent_payload, parse
 from diffcodec.entropy import MAX_STD, MIN_STD
 from diffcodec.errors import FormatError, ImageError
 
@@ -22,6 +22,7 @@ STEPS = 3
 def _opts(**kw) -> EncodeOptions:
     kw.setdefault("steps", STEPS)
     kw.setdefault("seed", 7)
+    kw.setdefault("pfr_budget", 0)  # the default method (auto) without PFR searches: fast; PFR has its own tests
     return EncodeOptions(**kw)
 
 
@@ -320,7 +321,8 @@ def test_oracle_prior_latents_cost_nothing(tiny_prior, tiny_images):
     stream_bits = sum(s.coded_bits for s in latent)
     side_bits = sum(8 * s.bytes - s.coded_bits for s in latent)  # chunk framing, ranges, scale codes
     assert stream_bits / dims < 0.01, (stream_bits, side_bits)
-    assert side_bits == 4 * 8 * (11 + 16 + 3)  # fixed overhead only: 3 scale codes per step (one tile)
+    # fixed overhead only: chunk framing, the step's coder tag (auto), UQ's fields, 3 scale codes (one tile)
+    assert side_bits == 4 * 8 * (11 + 1 + 16 + 3)
     assert res.prior_rmse < 1.0  # the oracle's x_0 estimate is exact from x_T on
     out = decode(res.data, prior)
     assert out.lossless
@@ -437,7 +439,8 @@ def test_tiled_side_information(tile, tiny_prior, tiny_images):
     grid = TileGrid(3, 23, 37, tile)
     n_tiles = (-(-23 // tile)) * (-(-37 // tile)) if tile else 1
     for c in parsed.chunks:
-        assert len(StepPayload.from_bytes(c.payload).scale_codes) == 3 * n_tiles == grid.size
+        payload = latent_payload(c.payload, parsed.header.method)[1] if c.kind == LATENT else c.payload
+        assert len(StepPayload.from_bytes(payload).scale_codes) == 3 * n_tiles == grid.size
     out = decode(res.data, tiny_prior)
     np.testing.assert_array_equal(np.asarray(out.image), img)
 

@@ -19,7 +19,7 @@ from codec_fixtures import random_rgb, tiny_model_path, tiny_prior  # noqa: F401
 from diffcodec import philox, pfr
 from diffcodec.cli import main
 from diffcodec.codec import EncodeOptions, TileGrid, decode, encode, iter_previews
-from diffcodec.container import LATENT, Chunk, PfrPayload, StepPayload, parse
+from diffcodec.container import LATENT, Chunk, PfrPayload, StepPayload, latent_payload, parse
 from diffcodec.entropy import encode_gaussian, pack_bits, unpack_bits
 from diffcodec.errors import FormatError
 
@@ -239,10 +239,12 @@ def test_method_byte(pfr_file, tiny_prior, tiny_images):
     res, _ = pfr_file
     assert parse(_set_method(res.data, 1)).header.method == "pfr"
     with pytest.raises(FormatError, match="method"):
-        parse(_set_method(res.data, 2))
+        parse(_set_method(res.data, 3))
     with pytest.raises(FormatError):  # PFR payloads read as UQ
         decode(_set_method(res.data, 0), tiny_prior)
-    uq = encode(tiny_images[2], tiny_prior, EncodeOptions(steps=2, seed=1))
+    with pytest.raises(FormatError):  # untagged payloads read as per-step ones
+        decode(_set_method(res.data, 2), tiny_prior)
+    uq = encode(tiny_images[2], tiny_prior, EncodeOptions(steps=2, seed=1, method="uq"))
     with pytest.raises(FormatError):  # UQ payloads read as PFR
         decode(_set_method(uq.data, 1), tiny_prior)
     with pytest.raises(ValueError):
@@ -297,10 +299,79 @@ def test_cli_method_and_info(tmp_path, tiny_model_path):
     assert r.exit_code == 0 and "pfr" in r.output, r.output
     info = json.loads(run(main, ["info", str(tmp_path / "a.dfc"), "--json"]).output)
     assert info["method"] == "pfr" and info["lossless"] and len(info["steps"]) == 3
-    assert run(main, ["info", str(tmp_path / "a.dfc")]).output.count("pfr") == 1
+    assert run(main, ["info", str(tmp_path / "a.dfc")]).output.count("pfr") == 1 + 2  # the method, 2 steps' coder
     r = run(main, ["decode", str(tmp_path / "a.dfc"), "-o", str(tmp_path / "b.png"), "--model", str(tiny_model_path)])
     assert r.exit_code == 0
     decoded, original = (np.asarray(Image.open(tmp_path / f)) for f in ("b.png", "a.png"))
     np.testing.assert_array_equal(decoded, original)
     r = run(main, ["encode", str(tmp_path / "a.png"), "-o", str(tmp_path / "c.dfc"), "--chunk-bits", "40"])
     assert r.exit_code != 0
+
+
+# ----------------------------------------------------------------------------- per-step choice (auto)
+
+
+def test_estimate_matches_the_step_it_predicts():
+    """pfr.estimate's KL is the sum the encoder's plan computes, and its chunk count the plan's."""
+    rng = np.random.default_rng(3)
+    grid = TileGrid(3, 20, 28, 8)
+    delta = rng.normal(0, 0.4, (3, 20, 28)) * rng.uniform(0.2, 3, (3, 1, 1))
+    est = pfr.estimate(delta, grid, chunk_bits=6, margin=4)
+    plan = pfr.make_plan(est.codes, grid, philox.seed_key(1), 0, 6)
+    r = plan.ratio[plan.chunk]
+    d = delta.ravel()[plan.order]
+    kl = np.sum(np.log2(r) + ((1.0 + d * d) / (r * r) - 1.0) / (2.0 * math.log(2.0)))
+    assert est.kl_bits == pytest.approx(kl, rel=1e-9)
+    assert est.chunks == plan.num_chunks
+    assert est.bits == pytest.approx(kl + pfr.INDEX_OVERHEAD_BITS * plan.num_chunks)
+    assert est.search_pairs >= plan.num_chunks * 2 ** 4  # every chunk searches at least 2**margin
+
+
+@pytest.fixture(scope="module")
+def auto_files(tiny_prior):
+    img = random_rgb(12, 16, 6)
+    common = dict(steps=3, seed=4, chunk_bits=6, margin_bits=4)
+    uq = encode(img, tiny_prior, EncodeOptions(method="uq", **common))
+    auto = encode(img, tiny_prior, EncodeOptions(method="auto", pfr_budget=math.inf, **common))
+    none = encode(img, tiny_prior, EncodeOptions(method="auto", pfr_budget=0, **common))
+    return img, uq, auto, none
+
+
+def test_auto_takes_the_cheaper_coder_per_step(auto_files, tiny_prior):
+    img, uq, auto, _ = auto_files
+    assert auto.header.method == "auto"
+    latent = [s for s in auto.steps if s.kind == "latent"]
+    coders = [s.extra["method"] for s in latent]
+    assert "pfr" in coders  # the low-KL steps of this image go to PFR
+    for s in latent:
+        assert s.coded_bits <= s.extra["uq_bits"]  # never worse than UQ on the same step
+        if s.extra["method"] == "pfr":
+            assert s.extra["pfr_bits"] < s.extra["uq_bits"]
+    assert len(auto.data) < len(uq.data)
+    np.testing.assert_array_equal(np.asarray(decode(auto.data, tiny_prior).image), img)
+    parsed = parse(auto.data)
+    assert [latent_payload(c.payload, "auto")[0] for c in parsed.chunks if c.kind == LATENT] == coders
+
+
+def test_auto_without_budget_is_uq_with_tags(auto_files, tiny_prior):
+    """A zero search budget never tries PFR: the same chain as UQ, one tag byte per latent step."""
+    img, uq, _, none = auto_files
+    assert [s.extra["method"] for s in none.steps if s.kind == "latent"] == ["uq"] * 3
+    assert len(none.data) == len(uq.data) + 3
+    for a, b in zip(iter_previews(none.data, tiny_prior), iter_previews(uq.data, tiny_prior)):
+        np.testing.assert_array_equal(a.image, b.image)
+
+
+def test_auto_unknown_step_tag_is_a_format_error(auto_files, tiny_prior):
+    _, _, auto, _ = auto_files
+    parsed = parse(auto.data)
+    for tag in (2, 255):
+        chunks = list(parsed.chunks)
+        chunks[0] = Chunk(LATENT, 0, bytes([tag]) + chunks[0].payload[1:])
+        data = auto.data[:parsed.header_size] + b"".join(ch.to_bytes() for ch in chunks)
+        with pytest.raises(FormatError, match="unknown coding method"):
+            decode(data, tiny_prior)
+    chunks = list(parsed.chunks)
+    chunks[0] = Chunk(LATENT, 0, b"")
+    with pytest.raises(FormatError):
+        decode(auto.data[:parsed.header_size] + b"".join(ch.to_bytes() for ch in chunks), tiny_prior)
