@@ -323,7 +323,9 @@ def test_oracle_prior_latents_cost_nothing(tiny_prior, tiny_images):
     assert stream_bits / dims < 0.01, (stream_bits, side_bits)
     # fixed overhead only: chunk framing, the step's coder tag (auto), UQ's fields, 3 scale codes (one tile)
     assert side_bits == 4 * 8 * (11 + 1 + 16 + 3)
-    assert res.prior_rmse < 1.0  # the oracle's x_0 estimate is exact from x_T on
+    assert latent[0].preview_rmse < 1.0  # the oracle's x_0 estimate is exact after one step
+    grey = np.sqrt(np.mean((img.astype(np.float64) - 128.0) ** 2))  # x_T: the flat mid-grey preview
+    assert res.prior_rmse == pytest.approx(grey)
     out = decode(res.data, prior)
     assert out.lossless
     np.testing.assert_array_equal(np.asarray(out.image), img)
