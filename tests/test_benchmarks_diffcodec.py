@@ -33,3 +33,13 @@ def test_rd_benchmark_smoke(tmp_path, tiny_model_path):  # noqa: F811
     assert table.count("\n") == 2 + 5
     for png in ("diffcodec_rate_distortion_vs_step.png", "diffcodec_progression.png"):
         assert (out / png).stat().st_size > 1000
+
+
+def test_pfr_speed_smoke(tmp_path):
+    import pfr_speed
+
+    out = tmp_path / "speed.json"
+    assert pfr_speed.main(["--size", "8", "--kl", "0.5", "--chunk-bits", "6", "--margin", "3", "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["chunks"] >= 1 and row["candidate_pairs"] > 0 and row["pairs_per_second"] > 0
+    assert 0.5 < row["coded_over_kl"] < 4  # about the KL plus a few bits per chunk
