@@ -43,6 +43,9 @@ class TrainConfig:
     lr: float = 2e-4
     weight_decay: float = 0.0
     warmup: int = 200
+    lr_decay: str = "none"  # 'none', 'cosine' or 'linear': from decay_start down to min_lr at ``steps``
+    decay_start: int = 0  # the decay starts at max(warmup, decay_start)
+    min_lr: float = 0.0
     grad_clip: float = 1.0
     ema_rate: float = 0.999
     steps: int = 1000
@@ -110,8 +113,21 @@ def _step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 64 + rank)
 
 
+LR_DECAYS = ("none", "cosine", "linear")
+
+
 def _lr(cfg: TrainConfig, step: int) -> float:
-    return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+    """Linear warm-up to ``lr``, then constant, or decayed (cosine or linear) from
+    max(warmup, decay_start) to ``min_lr`` at ``steps``."""
+    if cfg.lr_decay not in LR_DECAYS:
+        raise DiffcodecError(f"unknown lr decay {cfg.lr_decay!r} (choose from {LR_DECAYS})")
+    lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+    start = max(cfg.warmup, cfg.decay_start)
+    if cfg.lr_decay == "none" or step < start or cfg.steps <= start:
+        return lr
+    f = min(1.0, (step - start) / (cfg.steps - start))
+    w = 0.5 * (1.0 + math.cos(math.pi * f)) if cfg.lr_decay == "cosine" else 1.0 - f
+    return cfg.min_lr + (cfg.lr - cfg.min_lr) * w
 
 
 @torch.no_grad()

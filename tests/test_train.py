@@ -241,3 +241,20 @@ def test_ddp_two_processes_gloo_cpu(image_folder, tmp_path):
     prior = load_prior(out)
     assert prior.unet == named_config("tiny")
     assert any(v.abs().sum() > 0 for k, v in blob["ema"].items() if k.startswith("out."))  # it trained
+
+
+def test_learning_rate_schedules():
+    from diffcodec.train import _lr
+
+    base = dict(lr=1e-3, warmup=10, steps=110)
+    const = TrainConfig(**base)
+    assert _lr(const, 0) == pytest.approx(1e-4) and _lr(const, 9) == pytest.approx(1e-3) and _lr(const, 100) == 1e-3
+    cos = TrainConfig(**base, lr_decay="cosine", min_lr=1e-4)
+    assert _lr(cos, 4) == pytest.approx(5e-4)  # warm-up unchanged
+    assert _lr(cos, 10) == pytest.approx(1e-3)
+    assert _lr(cos, 60) == pytest.approx(1e-4 + 0.9e-3 * 0.5)  # half way: cos(pi/2) = 0
+    assert _lr(cos, 110) == pytest.approx(1e-4) and _lr(cos, 500) == pytest.approx(1e-4)
+    lin = TrainConfig(**base, lr_decay="linear", decay_start=60)
+    assert _lr(lin, 59) == pytest.approx(1e-3) and _lr(lin, 85) == pytest.approx(5e-4)
+    with pytest.raises(DiffcodecError, match="lr decay"):
+        _lr(TrainConfig(**base, lr_decay="step"), 0)
