@@ -45,6 +45,17 @@ def center_crop(img: np.ndarray, size: int | None) -> np.ndarray:
     return np.ascontiguousarray(img[y:y + ch, x:x + cw])
 
 
+def coder_description(opts: EncodeOptions) -> str:
+    """How the latent steps were coded, for the results' description."""
+    if opts.method == "uq":
+        return "UQ"
+    pfr = f"PFR {opts.chunk_bits}+{opts.margin_bits} bits"
+    if opts.method == "pfr":
+        return pfr
+    budget = "the device's default budget" if opts.pfr_budget is None else f"budget {opts.pfr_budget:g}"
+    return f"auto: UQ or {pfr} per step, {budget}"
+
+
 def run_image(img: np.ndarray, prior: Prior, opts: EncodeOptions, bound_steps: int | None = None,
               strip_png: Path | None = None) -> dict[str, Any]:
     """Encode one image, decode every step, and measure everything per step (and write the
@@ -187,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     n = len(images)
     json_path = write_results_json(
         args.out / "diffcodec.json", "diffcodec",
-        f"diffcodec ({Path(prior.source).name}, {opts.steps} UQ steps, tile {opts.tile}) on {n} image(s)"
+        f"diffcodec ({Path(prior.source).name}, {opts.steps} steps, {coder_description(opts)}, tile {opts.tile}) "
+        f"on {n} image(s)"
         + (f", centre crops {args.crop}px" if args.crop else ""),
         {"bpp": [ps["bpp"][i] for i in lossy], "psnr-rgb": [ps["psnr"][i] for i in lossy],
          "ms-ssim-rgb": [ps["ms_ssim"][i] for i in lossy],
