@@ -180,7 +180,7 @@ def decode(input, output, step, reconstruct, previews, strip, model, device, qui
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def info(input, as_json):
     """Print a .dfc header and, per step, bytes, cumulative bpp and bits/dim, and ideal bits."""
-    from .container import FINAL, latent_payload, parse, step_ideal_bits
+    from .container import FINAL, FINAL_KINDS, latent_payload, parse, step_ideal_bits
 
     data = Path(input).read_bytes()
     parsed = parse(data)
@@ -190,8 +190,9 @@ def info(input, as_json):
     for c in parsed.chunks:
         cum += c.size
         ideal = step_ideal_bits(c, h.method)
-        coder = "exact" if c.kind == FINAL else latent_payload(c.payload, h.method)[0]
-        rows.append({"step": c.index + 1, "kind": "final" if c.kind == FINAL else "latent", "coder": coder,
+        final = c.kind in FINAL_KINDS
+        coder = ("exact" if c.kind == FINAL else "chan") if final else latent_payload(c.payload, h.method)[0]
+        rows.append({"step": c.index + 1, "kind": "final" if final else "latent", "coder": coder,
                      "from_timestep": h.timesteps[h.num_latent_steps - c.index], "bytes": c.size,
                      "cumulative_bpp": 8 * cum / pixels, "cumulative_bits_per_dim": 8 * cum / (3 * pixels),
                      "ideal_bits": ideal, "coded_over_ideal": 8 * c.size / ideal if ideal > 0 else None})
@@ -199,7 +200,7 @@ def info(input, as_json):
                "model_fingerprint": h.fingerprint.hex(), "schedule": h.schedule, "T": h.num_timesteps,
                "coded_timesteps": list(h.timesteps), "seed": h.seed, "method": h.method, "tile": h.tile,
                "steps_in_file": len(parsed.chunks), "steps_announced": h.num_chunks,
-               "truncated": parsed.truncated, "lossless": bool(parsed.chunks) and parsed.chunks[-1].kind == FINAL,
+               "truncated": parsed.truncated, "lossless": bool(parsed.chunks) and parsed.chunks[-1].kind in FINAL_KINDS,
                "header_bytes": parsed.header_size, "steps": rows}
     if as_json:
         click.echo(json.dumps(summary, indent=2))

@@ -22,7 +22,8 @@ Encoding (Algorithm 3) walks a respaced chain of K + 1 timesteps ``ts`` (ascendi
     beside their KL), PFR the low-KL ones (where UQ costs many times the KL);
 * the *final step* codes x_0 exactly (256 levels) under a discretized Gaussian centred on the
   model's prediction of x_0 from the last latent, with edge bins open to +-inf, and a scale
-  again sent per tile and channel.
+  again sent per tile and channel; RGB channels may be predicted from the ones before
+  (:mod:`diffcodec.final`).
 
 The probabilities the latent steps' entropy decoder sees (and, for PFR, the chunk layout)
 depend only on the seed and the side information, never on the network's output bits, so
@@ -55,6 +56,7 @@ from .diffusion import GaussianDiffusion, normal_kl, discretized_gaussian_log_li
     get_named_beta_schedule
 from .entropy import decode_gaussian, encode_gaussian, portable_normal, portable_uniform
 from .errors import FormatError, ImageError
+from .final import decode_final, encode_final
 
 # Defaults chosen by measurement: see README.md, "Choosing the number of steps".
 DEFAULT_STEPS = 8
@@ -516,12 +518,12 @@ def encode(image, prior: Prior, options: EncodeOptions | None = None,
         mu = chain.final_mean(out["pred_xstart"])
         sym = src.pixels.transpose(2, 0, 1).astype(np.int64)[:src.coded_channels]
         ideal = _decoder_bits(x0, out, grey=src.coded_channels == 1)
-        codes = grid.fit(sym - mu)
-        stream = encode_gaussian(sym.astype(np.int32), mu, grid.expand(codes), 0, 255)
-        chunk = fmt.Chunk(fmt.FINAL, K, fmt.StepPayload(ideal, 0, 255, codes, stream).to_bytes())
+        coded = encode_final(sym, mu, grid, ideal)
+        chunk = fmt.Chunk(coded.kind, K, coded.payload)
         if budget is None or total + chunk.size <= budget:
             chunks.append(chunk)
-            result.steps.append(StepStats("final", header.timesteps[0], chunk.size, ideal, 8 * len(stream), 0.0))
+            result.steps.append(StepStats("final", header.timesteps[0], chunk.size, ideal, coded.coded_bits, 0.0,
+                                          {"channel_prediction": coded.kind == fmt.FINAL_PRED}))
         if progress:
             progress(K + 1, K + 1)
 
@@ -598,11 +600,7 @@ def iter_previews(data: bytes, prior: Prior, reconstruct: str = "mean", max_step
         if j > 0:
             x = decode_step(chain, n, j, chunk.payload, out)
         else:
-            grid = chain.final_grid()
-            payload = fmt.StepPayload.from_bytes(chunk.payload, grid.size)
-            mu = chain.final_mean(out["pred_xstart"])
-            sym = decode_gaussian(payload.stream, mu.size, mu, grid.expand(payload.scale_codes), 0, 255)
-            sym = sym.reshape(mu.shape).astype(np.uint8)
+            sym = decode_final(chunk.kind, chunk.payload, chain.final_mean(out["pred_xstart"]), chain.final_grid())
             rgb = np.repeat(sym, 3, axis=0) if sym.shape[0] == 1 else sym
             rgb = np.ascontiguousarray(rgb.transpose(1, 2, 0))
             restored = restore_image(rgb, header, lossless=True)

@@ -30,7 +30,8 @@ Header body::
 
 Chunk (repeated)::
 
-    u8  kind                        1 = latent step, 2 = final (x_0) step
+    u8  kind                        1 = latent step, 2 = final (x_0) step,
+                                    3 = final step with channel prediction (RGB)
     u16 index                       0, 1, 2, ... in order
     u32 payload length N            at most 2**30
     N   payload
@@ -42,6 +43,13 @@ Step payload (the final step, and latent steps of method 0 = UQ)::
     i32 lo, i32 hi                  symbol range of the entropy coder (hi - lo < 2**20)
     u32 S, then S x u8              scale codes (side information, one per tile per channel)
     rest                            range-coded symbols (multiple of 4 bytes)
+
+Final step payload of kind 3 (channel-predicted, see diffcodec/final.py)::
+
+    f32 ideal_bits                  the decoder NLL under the model, in bits
+    u32 S, then S x u8              scale codes (one per tile per channel)
+    u32 P, then P x u8              predictor codes (a, b, c per tile): coefficient = (code - 128) / 32
+    3 x (u32 W, W bytes)            range-coded symbols of channel 0, 1, 2 (multiples of 4 bytes)
 
 Latent step payload of method 2 = per step::
 
@@ -80,7 +88,8 @@ MODES = ("L", "RGB", "P", "1")
 SCHEDULE_IDS = {"linear": 0, "cosine": 1}
 METHODS = {"uq": 0, "pfr": 1, "auto": 2}
 STEP_METHODS = ("uq", "pfr")  # what one latent step can be coded with
-LATENT, FINAL = 1, 2
+LATENT, FINAL, FINAL_PRED = 1, 2, 3
+FINAL_KINDS = (FINAL, FINAL_PRED)
 MAX_SIDE = 16384
 MAX_PIXELS = 2**26
 MAX_HEADER = 65536
@@ -198,6 +207,42 @@ class PfrPayload:
         return cls(ideal, cbits, margin, offset, std, data[12:12 + n], data[16 + n:16 + n + w], data[16 + n + w:])
 
 
+@dataclass
+class PredictedFinalPayload:
+    ideal_bits: float
+    scale_codes: bytes
+    predictor_codes: bytes
+    streams: tuple[bytes, bytes, bytes]
+
+    def to_bytes(self) -> bytes:
+        out = struct.pack("<fI", self.ideal_bits, len(self.scale_codes)) + self.scale_codes
+        out += struct.pack("<I", len(self.predictor_codes)) + self.predictor_codes
+        return out + b"".join(struct.pack("<I", len(s)) + s for s in self.streams)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, expected_codes: int | None = None) -> "PredictedFinalPayload":
+        try:
+            ideal, n = struct.unpack_from("<fI", data)
+            scales = data[8:8 + n]
+            (m,) = struct.unpack_from("<I", data, 8 + n)
+            pos = 12 + n + m
+            predictors = data[12 + n:pos]
+            streams = []
+            for _ in range(3):
+                (w,) = struct.unpack_from("<I", data, pos)
+                streams.append(data[pos + 4:pos + 4 + w])
+                if len(streams[-1]) != w or w % 4:
+                    raise FormatError("final step has a bad stream length")
+                pos += 4 + w
+        except struct.error:
+            raise FormatError("final step payload is truncated") from None
+        if pos != len(data) or len(scales) != n or len(predictors) != m:
+            raise FormatError("final step payload has the wrong length")
+        if expected_codes is not None and not (n == m == expected_codes):
+            raise FormatError("final step has the wrong amount of side information")
+        return cls(ideal, scales, predictors, tuple(streams))
+
+
 def latent_payload(payload: bytes, method: str) -> tuple[str, bytes]:
     """(step method, that method's payload) of a latent chunk in a file of ``method``."""
     if method != "auto":
@@ -219,6 +264,8 @@ def step_ideal_bits(chunk: "Chunk", method: str) -> float:
         if step_method == "pfr":
             return PfrPayload.from_bytes(payload).ideal_bits
         return StepPayload.from_bytes(payload).ideal_bits
+    if chunk.kind == FINAL_PRED:
+        return PredictedFinalPayload.from_bytes(chunk.payload).ideal_bits
     return StepPayload.from_bytes(chunk.payload).ideal_bits
 
 
@@ -282,10 +329,9 @@ def parse(data: bytes) -> Parsed:
         (crc,) = struct.unpack_from("<I", data, pos + 7 + n)
         if zlib.crc32(data[pos:pos + 7 + n]) != crc:
             raise FormatError(f"chunk {len(out.chunks)} is corrupt (CRC mismatch)")
-        if index != len(out.chunks) or kind not in (LATENT, FINAL):
+        if index != len(out.chunks) or kind not in (LATENT, *FINAL_KINDS):
             raise FormatError(f"chunk {len(out.chunks)} is out of order or of unknown kind")
-        expected_kind = FINAL if index == header.num_latent_steps else LATENT
-        if kind != expected_kind:
+        if (kind in FINAL_KINDS) != (index == header.num_latent_steps):
             raise FormatError(f"chunk {index} has the wrong kind")
         out.chunks.append(Chunk(kind, index, bytes(data[pos + 7:pos + 7 + n])))
         pos += 11 + n

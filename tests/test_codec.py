@@ -10,9 +10,10 @@ from PIL import Image
 from scipy.stats import norm
 
 import diffcodec.codec as codec
+import diffcodec.final as final_step
 from codec_fixtures import oracle_prior, other_model_path, other_prior, random_rgb, tiny_model_path, tiny_prior  # noqa: F401
 from diffcodec.codec import DEFAULT_T_MIN, EncodeOptions, TileGrid, decode, encode, iter_previews
-from diffcodec.container import FINAL, LATENT, StepPayload, latent_payload, parse
+from diffcodec.container import FINAL, FINAL_PRED, LATENT, StepPayload, latent_payload, parse
 from diffcodec.entropy import MAX_STD, MIN_STD
 from diffcodec.errors import FormatError, ImageError
 
@@ -370,15 +371,19 @@ def test_coded_rate_close_to_decoder_probabilities(rgb_file, tiny_prior, monkeyp
         return out
 
     monkeypatch.setattr(codec, "decode_gaussian", spy)
+    monkeypatch.setattr(final_step, "decode_gaussian", spy)
     assert decode(res.data, tiny_prior).lossless
-    assert len(calls) == len(res.steps)
+    final_calls = 3 if res.steps[-1].extra["channel_prediction"] else 1  # one stream per channel if predicted
+    assert len(calls) == len(res.steps) - 1 + final_calls
     for i, (data, n, means, stds, lo, hi, sym) in enumerate(calls):
         coded = 8 * len(data)
-        assert coded == res.steps[i].coded_bits
+        if i < len(res.steps) - 1:
+            assert coded == res.steps[i].coded_bits
         ideal = _ideal_bits(data, n, means, stds, lo, hi, sym)
         assert math.isfinite(ideal) and ideal > 0
         assert coded <= 1.05 * ideal + 64, (i, coded, ideal)
         assert coded >= 0.95 * ideal - 64, (i, coded, ideal)
+    assert sum(8 * len(c[0]) for c in calls[len(res.steps) - 1:]) == res.steps[-1].coded_bits
     # the final step's symbols are the pixels, coded under the model's mean
     assert calls[-1][4:6] == (0, 255)
 
@@ -486,13 +491,30 @@ def test_latent_decoding_does_not_depend_on_network_bits(rgb_file, tiny_prior, o
             return out
         return f
 
-    monkeypatch.setattr(codec, "decode_gaussian", spy("true"))
+    for module in (codec, final_step):
+        monkeypatch.setattr(module, "decode_gaussian", spy("true"))
     decode(res.data, tiny_prior)
     impostor = dataclasses.replace(other_prior, fingerprint=tiny_prior.fingerprint)
-    monkeypatch.setattr(codec, "decode_gaussian", spy("impostor"))
+    for module in (codec, final_step):
+        monkeypatch.setattr(module, "decode_gaussian", spy("impostor"))
     with pytest.raises(FormatError, match="checksum|corrupt"):
         decode(res.data, impostor)
     latent = len(res.steps) - 1
-    assert len(records["true"]) == latent + 1 and len(records["impostor"]) >= latent
+    assert len(records["true"]) > latent and len(records["impostor"]) >= latent
     for a, b in zip(records["true"][:latent], records["impostor"][:latent]):
         np.testing.assert_array_equal(a, b)
+
+
+def test_shipped_model_round_trip(tiny_images):
+    """The default model inside the package loads with no arguments and codes a photo losslessly;
+    on a photo its final step takes the channel-predicted layout (diffcodec.final)."""
+    from diffcodec.checkpoint import load_prior
+
+    prior = load_prior()
+    img = tiny_images[0]
+    res = encode(img, prior, _opts())
+    assert res.lossless and res.steps[-1].extra["channel_prediction"]
+    assert parse(res.data).chunks[-1].kind == FINAL_PRED
+    out = decode(res.data, prior)
+    assert out.lossless
+    np.testing.assert_array_equal(np.asarray(out.image), img)

@@ -14,7 +14,7 @@ from PIL import Image
 from codec_fixtures import tiny_model_path, tiny_prior  # noqa: F401  (fixtures)
 from diffcodec import container as fmt
 from diffcodec.codec import EncodeOptions, decode, encode
-from diffcodec.container import FINAL, LATENT, MAGIC, Chunk, Header, Parsed, StepPayload, parse
+from diffcodec.container import FINAL, FINAL_PRED, LATENT, MAGIC, Chunk, Header, Parsed, StepPayload, parse
 from diffcodec.errors import DiffcodecError, FormatError
 
 FP = bytes(range(32))
@@ -240,6 +240,7 @@ def test_hostile_header_field_flips_with_valid_crc():
     ("bad_crc_last", "chunk 2 is corrupt"),
     ("wrong_index", "out of order"),
     ("unknown_kind", "out of order or of unknown kind"),
+    ("predicted_final_too_early", "wrong kind"),
     ("final_too_early", "wrong kind"),
     ("latent_last", "wrong kind"),
     ("trailing", "trailing data"),
@@ -258,9 +259,11 @@ def test_hostile_chunks(case, match):
     elif case == "wrong_index":
         cb[1] = Chunk(LATENT, 2, chunks[1].payload).to_bytes()
     elif case == "unknown_kind":
-        cb[1] = Chunk(3, 1, chunks[1].payload).to_bytes()
+        cb[1] = Chunk(4, 1, chunks[1].payload).to_bytes()
     elif case == "final_too_early":
         cb[0] = Chunk(FINAL, 0, chunks[0].payload).to_bytes()
+    elif case == "predicted_final_too_early":
+        cb[1] = Chunk(FINAL_PRED, 1, chunks[1].payload).to_bytes()
     elif case == "latent_last":
         cb[2] = Chunk(LATENT, 2, chunks[2].payload).to_bytes()
     elif case == "trailing":
