@@ -42,7 +42,7 @@ import math
 import secrets
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
 
 import numpy as np
@@ -69,6 +69,9 @@ DEFAULT_MARGIN_BITS = 6  # PFR: a chunk searches 2**(chunk bits + margin) candid
 # auto: the most candidate x dim-pair evaluations a step's PFR search may take (an upper bound
 # that ignores early stops), by the network's device: ~15 s of one CPU core, ~1 s of an H100.
 DEFAULT_PFR_BUDGET = {"cpu": 2.0**26, "cuda": 2.0**36}
+# auto: when the chosen (chunk bits, margin) does not fit the budget, cheaper settings are tried
+# in this order (search cost ~ 2**(chunk bits + margin) per dim; smaller chunks pay more bits each).
+PFR_FALLBACKS = ((6, 5), (5, 4), (4, 3), (3, 2))
 RECONSTRUCTIONS = ("mean", "sample", "flow")
 # Below this alpha-bar x_t holds no usable signal: the network's x_0 estimate divides its error by
 # sqrt(alpha-bar) (the cosine schedule's x_T: 2.4e-9, a factor 2e4) and clips to saturated noise,
@@ -431,17 +434,25 @@ def _pfr_decode(chain: _Chain, n: int, j: int, payload: bytes, out: dict) -> tor
 
 def _auto_encode(chain: _Chain, n: int, j: int, mu_q: torch.Tensor, out: dict, ideal: float,
                  opt: EncodeOptions) -> _Coded:
-    """The smaller of UQ and PFR for this step.  UQ is always coded (it is cheap); PFR is tried
-    when its estimate (KL to its prior plus the per-chunk index overhead) undercuts UQ's real
-    bits and its search fits the budget; the shorter payload wins, tagged with its method."""
+    """The smaller of UQ and PFR for this step.  UQ is always coded (it is cheap); PFR is tried,
+    with the options' chunk bits and margin or else the first of :data:`PFR_FALLBACKS` whose
+    search fits the budget, when its estimate (KL to its prior plus the per-chunk index
+    overhead) undercuts UQ's real bits; the shorter payload wins, tagged with its method."""
     uq = _uq_encode(chain, n, j, mu_q, out, ideal, opt)
     delta = ((mu_q - out["mean"]) / chain.sigma_q(j))[0].numpy()
-    est = pfr.estimate(delta, chain.grid, opt.chunk_bits, opt.margin_bits)
     budget = opt.pfr_budget if opt.pfr_budget is not None else DEFAULT_PFR_BUDGET.get(chain.device.type, 2.0**26)
-    notes = {"uq_bits": uq.coded_bits, "pfr_estimate_bits": est.bits, "pfr_search_pairs": est.search_pairs}
+    settings = [(opt.chunk_bits, opt.margin_bits)] + [
+        (c, m) for c, m in PFR_FALLBACKS if c + m < opt.chunk_bits + opt.margin_bits]
+    for chunk_bits, margin in settings:  # the first setting whose search fits the budget
+        est = pfr.estimate(delta, chain.grid, chunk_bits, margin)
+        if est.search_pairs <= budget:
+            break
+    notes = {"uq_bits": uq.coded_bits, "pfr_estimate_bits": est.bits, "pfr_search_pairs": est.search_pairs,
+             "pfr_chunk_bits": chunk_bits, "pfr_margin_bits": margin}
     best, method = uq, "uq"
     if est.search_pairs <= budget and est.bits < uq.coded_bits:
-        tried = _pfr_encode(chain, n, j, mu_q, out, ideal, opt, codes=est.codes)
+        tried = _pfr_encode(chain, n, j, mu_q, out, ideal, replace(opt, chunk_bits=chunk_bits, margin_bits=margin),
+                            codes=est.codes)
         notes["pfr_bits"] = tried.coded_bits
         if len(tried.payload) < len(uq.payload):
             best, method = tried, "pfr"

@@ -375,3 +375,23 @@ def test_auto_unknown_step_tag_is_a_format_error(auto_files, tiny_prior):
     chunks[0] = Chunk(LATENT, 0, b"")
     with pytest.raises(FormatError):
         decode(auto.data[:parsed.header_size] + b"".join(ch.to_bytes() for ch in chunks), tiny_prior)
+
+
+def test_auto_falls_back_to_cheaper_pfr_settings_within_budget(tiny_prior):
+    """A budget too small for the options' (chunk bits, margin) makes auto search with the first
+    cheaper setting that fits; the payload records it and the file decodes losslessly."""
+    from diffcodec.codec import PFR_FALLBACKS
+
+    img = random_rgb(12, 16, 6)
+    res = encode(img, tiny_prior, EncodeOptions(method="auto", steps=3, seed=4, pfr_budget=1e5))
+    latent = [s for s in res.steps if s.kind == "latent"]
+    assert all(s.extra["pfr_search_pairs"] <= 1e5 for s in latent if s.extra["method"] == "pfr")
+    settings = {(s.extra["pfr_chunk_bits"], s.extra["pfr_margin_bits"]) for s in latent}
+    assert settings <= set(PFR_FALLBACKS) and "pfr" in [s.extra["method"] for s in latent]
+    parsed = parse(res.data)
+    for c, s in zip(parsed.chunks, latent):
+        method, payload = latent_payload(c.payload, "auto")
+        if method == "pfr":
+            p = PfrPayload.from_bytes(payload)
+            assert (p.chunk_bits, p.margin) == (s.extra["pfr_chunk_bits"], s.extra["pfr_margin_bits"])
+    np.testing.assert_array_equal(np.asarray(decode(res.data, tiny_prior).image), img)
