@@ -53,7 +53,7 @@ def coder_description(opts: EncodeOptions) -> str:
     if opts.method == "pfr":
         return pfr
     budget = "the device's default budget" if opts.pfr_budget is None else f"budget {opts.pfr_budget:g}"
-    return f"auto: UQ or {pfr} per step, {budget}"
+    return f"auto: UQ or {pfr} (or cheaper settings that fit) per step, {budget}"
 
 
 def run_image(img: np.ndarray, prior: Prior, opts: EncodeOptions, bound_steps: int | None = None,
