@@ -43,7 +43,7 @@ def run(size: int, kl: float, device: str, chunk_bits: int, margin: int, seed: i
     x = pfr.decode_step(step.codes, step.offset_code, step.std_code, step.stream, step.raw, mu_p, 1.0, grid, seed,
                         0, chunk_bits, margin, "cpu")
     dec = time.perf_counter() - t0
-    assert torch.equal(x, step.x.cpu()) or torch.allclose(x, step.x.cpu(), rtol=0, atol=1e-9)
+    assert torch.allclose(x, step.x.cpu(), rtol=0, atol=1e-9)
     s = step.stats
     dims = 3 * size * size
     return {"size": size, "kl_bits_per_dim": kl, "device": device, "chunk_bits": chunk_bits, "margin": margin,

@@ -440,11 +440,13 @@ def _auto_encode(chain: _Chain, n: int, j: int, mu_q: torch.Tensor, out: dict, i
     overhead) undercuts UQ's real bits; the shorter payload wins, tagged with its method."""
     uq = _uq_encode(chain, n, j, mu_q, out, ideal, opt)
     delta = ((mu_q - out["mean"]) / chain.sigma_q(j))[0].numpy()
-    budget = opt.pfr_budget if opt.pfr_budget is not None else DEFAULT_PFR_BUDGET.get(chain.device.type, 2.0**26)
+    budget = opt.pfr_budget if opt.pfr_budget is not None else \
+        DEFAULT_PFR_BUDGET.get(chain.device.type, DEFAULT_PFR_BUDGET["cpu"])
     settings = [(opt.chunk_bits, opt.margin_bits)] + [
         (c, m) for c, m in PFR_FALLBACKS if c + m < opt.chunk_bits + opt.margin_bits]
+    tiles = pfr.fit_tiles(delta, chain.grid)  # the side information does not depend on the setting
     for chunk_bits, margin in settings:  # the first setting whose search fits the budget
-        est = pfr.estimate(delta, chain.grid, chunk_bits, margin)
+        est = tiles.estimate(chunk_bits, margin)
         if est.search_pairs <= budget:
             break
     notes = {"uq_bits": uq.coded_bits, "pfr_estimate_bits": est.bits, "pfr_search_pairs": est.search_pairs,

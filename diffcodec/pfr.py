@@ -277,8 +277,11 @@ def fit_codes(delta2: np.ndarray, grid: Grid) -> bytes:
     the code nearest (in KL(q || p')) to the KL-optimal r^2 = 1 + mean(delta^2), searched -2 .. +2
     around the rounded log2(kappa).  An unbiased kappa keeps each chunk's expected KL e (which
     the index model and the chunk sizes use) honest; chunk_bits alone sets the chunk size."""
-    n = grid.tile_sums(np.ones_like(delta2)).ravel()
-    s = grid.tile_sums(delta2).ravel()
+    return _fit_tile_codes(grid.tile_sums(np.ones_like(delta2)).ravel(), grid.tile_sums(delta2).ravel())
+
+
+def _fit_tile_codes(n: np.ndarray, s: np.ndarray) -> bytes:
+    """:func:`fit_codes` from each tile's dim count n and sum of delta^2 s."""
     kappa_opt = 0.5 * np.log2(1.0 + s / n)
     start = np.round(KAPPA_RES * np.log2(np.maximum(kappa_opt, 1e-30)) + KAPPA_OFFSET)
     best_cost, best = None, None
@@ -313,20 +316,39 @@ class Estimate:
 INDEX_OVERHEAD_BITS = 2.5
 
 
-def estimate(delta: np.ndarray, grid: Grid, chunk_bits: int, margin: int) -> Estimate:
-    """Cost and search effort of coding a step whose normalised offsets are ``delta`` =
-    (mu_q - mu_p) / sigma_q ([C, H, W]) with PFR, from the codes :func:`fit_codes` picks."""
-    check_params(chunk_bits, margin)
+@dataclass
+class TileFit:
+    """The side information a PFR step would send, and its KL per tile: what :func:`estimate`
+    needs, fitted once per step whatever chunk size is then considered."""
+
+    codes: bytes
+    dims: np.ndarray  # [tiles x channels] dims of each group
+    kl: np.ndarray  # [tiles x channels] KL(q || p') of each group, bits
+
+    def estimate(self, chunk_bits: int, margin: int) -> Estimate:
+        check_params(chunk_bits, margin)
+        code = np.frombuffer(self.codes, dtype=np.uint8).astype(np.int64)
+        d = _dims_per_chunk(KAPPA[code], chunk_bits)
+        m = -(-self.dims.astype(np.int64) // d)
+        cap = np.clip(np.ceil(self.kl / m) + margin, 1, index_range(chunk_bits, margin))
+        pairs = np.ceil(self.dims / m / 2.0)
+        return Estimate(self.codes, float(self.kl.sum()), int(m.sum()), float((m * pairs * 2.0**cap).sum()))
+
+
+def fit_tiles(delta: np.ndarray, grid: Grid) -> TileFit:
+    """The codes :func:`fit_codes` picks for normalised offsets ``delta`` = (mu_q - mu_p) /
+    sigma_q ([C, H, W]), with each group's size and KL under them."""
     delta2 = np.asarray(delta, dtype=np.float64) ** 2
-    codes = fit_codes(delta2, grid)
-    code = np.frombuffer(codes, dtype=np.uint8).astype(np.int64)
     n = grid.tile_sums(np.ones_like(delta2)).ravel()
-    kl = _tile_kl_bits(n, grid.tile_sums(delta2).ravel(), code)
-    d = _dims_per_chunk(KAPPA[code], chunk_bits)
-    m = -(-n.astype(np.int64) // d)
-    cap = np.clip(np.ceil(kl / m) + margin, 1, index_range(chunk_bits, margin))
-    pairs = np.ceil(n / m / 2.0)
-    return Estimate(codes, float(kl.sum()), int(m.sum()), float((m * pairs * 2.0**cap).sum()))
+    s = grid.tile_sums(delta2).ravel()
+    codes = _fit_tile_codes(n, s)
+    return TileFit(codes, n, _tile_kl_bits(n, s, np.frombuffer(codes, dtype=np.uint8).astype(np.int64)))
+
+
+def estimate(delta: np.ndarray, grid: Grid, chunk_bits: int, margin: int) -> Estimate:
+    """Cost and search effort of coding a step whose normalised offsets are ``delta`` with PFR
+    at ``chunk_bits`` and ``margin`` (see :class:`TileFit` to consider several)."""
+    return fit_tiles(delta, grid).estimate(chunk_bits, margin)
 
 
 # ----------------------------------------------------------------------------- index coding
