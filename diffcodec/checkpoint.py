@@ -8,7 +8,11 @@ A checkpoint is a ``torch.save`` dict holding only plain data and tensors, loade
     unet         UNetConfig as a dict
     diffusion    DiffusionConfig as a dict
     ema          the EMA weights (state dict), the weights the codec and nll use
-    fingerprint  hex SHA-256 over the configuration and the EMA tensors (dtype, shape, bytes)
+    fingerprint  hex SHA-256 over the configuration, the EMA tensors (dtype, shape, bytes) and
+                 the x_0 error table when there is one
+    xstart_mse   optional: float64 [T, C], the network's mean squared x_0 error per timestep
+                 and channel on held-out photos (diffcodec.errtable); the codec's analytic
+                 reverse variances and trajectory come from it
     train        optional: {"step", "model", "optimizer", "sampler", "config", ...} to resume
     meta         optional: free-form plain data (data set, recipe, measured figures)
 
@@ -27,6 +31,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .diffusion import DiffusionConfig
@@ -36,13 +41,18 @@ from .unet import UNet, UNetConfig
 FORMAT = "diffcodec-checkpoint"
 VERSION = 1
 DEFAULT_MODEL = "default.pt"
+TABLE_KEY = "@xstart_mse"
 
 
-def fingerprint(unet: dict, diffusion: dict, ema: dict[str, torch.Tensor]) -> str:
+def fingerprint(unet: dict, diffusion: dict, ema: dict[str, torch.Tensor],
+                xstart_mse: torch.Tensor | None = None) -> str:
     h = hashlib.sha256()
     h.update(json.dumps({"unet": unet, "diffusion": diffusion}, sort_keys=True).encode())
-    for name in sorted(ema):
-        tensor = ema[name].detach().cpu().contiguous()
+    tensors = dict(ema)
+    if xstart_mse is not None:  # a checkpoint without a table keeps the fingerprint it always had
+        tensors[TABLE_KEY] = xstart_mse
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
         h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
         h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
@@ -56,15 +66,21 @@ def save_checkpoint(
     train: dict | None = None,
     meta: dict | None = None,
     dtype: torch.dtype | None = None,
+    xstart_mse=None,
 ) -> str:
     """Write a checkpoint atomically; returns its fingerprint. ``dtype`` casts the EMA weights
-    (e.g. torch.float16 for a shipped model)."""
+    (e.g. torch.float16 for a shipped model); ``xstart_mse`` is the x_0 error table."""
     ema = {k: (v.detach().cpu().to(dtype) if dtype and v.is_floating_point() else v.detach().cpu())
            for k, v in ema.items()}
     u, d = unet.to_dict(), diffusion.to_dict()
-    fp = fingerprint(u, d, ema)
+    table = None if xstart_mse is None else torch.as_tensor(np.asarray(xstart_mse, dtype=np.float64))
+    if table is not None and (table.dim() != 2 or table.shape[0] != diffusion.num_timesteps):
+        raise CheckpointError(f"x_0 error table must be [T={diffusion.num_timesteps}, C], got {tuple(table.shape)}")
+    fp = fingerprint(u, d, ema, table)
     blob = {"format": FORMAT, "version": VERSION, "unet": u, "diffusion": d, "ema": ema,
             "fingerprint": fp}
+    if table is not None:
+        blob["xstart_mse"] = table
     if train is not None:
         blob["train"] = train
     if meta is not None:
@@ -95,7 +111,7 @@ def _validate(blob, where: str) -> dict:
     if blob.get("version") != VERSION:
         raise CheckpointError(f"{where}: checkpoint version {blob.get('version')} is not supported")
     try:
-        got = fingerprint(blob["unet"], blob["diffusion"], blob["ema"])
+        got = fingerprint(blob["unet"], blob["diffusion"], blob["ema"], blob.get("xstart_mse"))
     except (KeyError, TypeError, AttributeError, RuntimeError):
         raise CheckpointError(f"{where}: checkpoint is incomplete or corrupt") from None
     if got != blob.get("fingerprint"):
@@ -113,6 +129,7 @@ class Prior:
     fingerprint: str
     source: str
     meta: dict = field(default_factory=dict)
+    xstart_mse: np.ndarray | None = None  # [T, C] x_0 error table, when the checkpoint has one
 
     @property
     def device(self) -> torch.device:
@@ -140,10 +157,25 @@ def load_prior(path: str | Path | None = None, device: str | torch.device = "cpu
     device = torch.device(device)
     if device.type == "cpu":
         net = net.to(memory_format=torch.channels_last)
-    return Prior(net.to(device), ucfg, dcfg, blob["fingerprint"], str(path), blob.get("meta") or {})
+    table = blob.get("xstart_mse")
+    if table is not None:
+        table = table.double().numpy()
+        if table.ndim != 2 or table.shape[0] != dcfg.num_timesteps or not np.isfinite(table).all():
+            raise CheckpointError(f"{path}: its x_0 error table has the wrong shape or values")
+    return Prior(net.to(device), ucfg, dcfg, blob["fingerprint"], str(path), blob.get("meta") or {}, table)
 
 
 def checkpoint_bytes(blob: dict) -> bytes:
     buf = io.BytesIO()
     torch.save(blob, buf)
     return buf.getvalue()
+
+
+def attach_xstart_mse(src: str | Path, dst: str | Path, table) -> str:
+    """Write ``dst``: the checkpoint ``src`` (EMA weights, configuration, meta; no training
+    state) with the x_0 error table ``table`` [T, C]; returns its (new) fingerprint."""
+    blob = read_checkpoint(src)
+    meta = dict(blob.get("meta") or {})
+    meta["xstart_mse_of"] = blob["fingerprint"]
+    return save_checkpoint(dst, UNetConfig(**blob["unet"]), DiffusionConfig(**blob["diffusion"]), blob["ema"],
+                           meta=meta, xstart_mse=table)

@@ -10,7 +10,13 @@ from pathlib import Path
 import click
 import numpy as np
 
+from .codec import EncodeOptions
 from .errors import DiffcodecError
+from .kinds import LatentMethod, Reconstruction, values
+from .trajectory import MAX_EFFORT
+
+# Files claiming more pixels are refused unless asked (a 12-megapixel photo decodes within ~4 GB).
+MAX_PIXELS_DEFAULT = 25_000_000
 
 MODEL_HELP = "model checkpoint (default: the model shipped with diffcodec)"
 
@@ -23,8 +29,11 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
-        except (DiffcodecError, ValueError, OSError) as e:
+        except (DiffcodecError, OSError) as e:  # bad input: the user's to fix
             click.echo(f"error: {e}", err=True)
+            sys.exit(1)
+        except MemoryError:
+            click.echo("error: out of memory (try a smaller image or --max-pixels)", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -53,7 +62,8 @@ def _prior(model, device):
 def _bar(quiet: bool, total: int, desc: str):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, disable=quiet, leave=False, dynamic_ncols=True, file=sys.stderr)
+    # delay: nothing is drawn for work that ends (or fails) within half a second
+    return tqdm(total=total, desc=desc, disable=quiet, leave=False, dynamic_ncols=True, file=sys.stderr, delay=0.5)
 
 
 @click.group(cls=_Group)
@@ -66,38 +76,34 @@ device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda
                              show_default=True, help="where the network runs")
 model_option = click.option("--model", type=click.Path(dir_okay=False), default=None, help=MODEL_HELP)
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="no progress bar or summary")
+max_pixels_option = click.option("--max-pixels", type=click.IntRange(1), default=MAX_PIXELS_DEFAULT, show_default=True,
+                                 help="refuse files whose header claims a larger image (memory is spent per pixel)")
 
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="output .dfc (one input)")
 @click.option("--out-dir", type=click.Path(file_okay=False), help="output folder (several inputs)")
-@click.option("--steps", type=click.IntRange(1, 4000), default=None,
-              help="number of coded latent steps (default: the measured best, see README)")
-@click.option("--t-min", type=click.IntRange(0), default=None, help="timestep of the last latent step")
-@click.option("--tile", type=click.IntRange(0, 16384), default=None, help="side-information tile (px, 0 = whole)")
-@click.option("--spacing", type=click.FloatRange(0.25, 8), default=None,
-              help="timestep spacing power (1 = even, >1 = more steps at low noise)")
+@click.option("-e", "--effort", type=click.IntRange(1, MAX_EFFORT), default=EncodeOptions.effort, show_default=True,
+              help="1 (fastest) .. 9 (smallest): the network calls and PFR search the chain is planned for")
+@click.option("--method", type=click.Choice(values(LatentMethod)), default=EncodeOptions.method.value,
+              show_default=True, help="latent-step coders: as planned per step (auto), or all UQ / all PFR")
+@click.option("--steps", type=click.IntRange(1, 4000), default=None, help="force this many latent steps")
+@click.option("--t-min", type=click.IntRange(0), default=None, help="force the timestep of the last latent step")
+@click.option("--tile", type=click.IntRange(0, 16384), default=EncodeOptions.tile, show_default=True,
+              help="side-information tile (px, 0 = whole image)")
 @click.option("--stop-after", type=click.IntRange(0), default=None, help="lossy: code only this many latent steps")
 @click.option("--max-bpp", type=click.FloatRange(0, min_open=True), default=None,
               help="lossy: stop before the file exceeds this many bits per pixel")
 @click.option("--seed", type=int, default=None, help="shared seed (default: random)")
-@click.option("--method", type=click.Choice(["auto", "uq", "pfr"]), default=None,
-              help="latent-step coder: universal quantization, chunked Poisson functional representation, or "
-                   "auto (default): per step the smaller of the two, PFR tried within --pfr-budget")
 @click.option("--chunk-bits", type=click.IntRange(1, 20), default=None,
               help="PFR: target bits per chunk (the search costs 2**(N + margin) candidates per dim)")
-@click.option("--pfr-budget", type=click.FloatRange(0), default=None,
-              help="auto: most PFR search work per step, in candidate x dim-pair evaluations "
-                   "(default 2**26 on CPU, about 10 s of a core; 2**36 on CUDA)")
 @model_option
 @device_option
 @quiet_option
-def encode(inputs, output, out_dir, steps, t_min, tile, spacing, stop_after, max_bpp, seed, method, chunk_bits,
-           pfr_budget, model, device, quiet):
+def encode(inputs, output, out_dir, effort, method, steps, t_min, tile, stop_after, max_bpp, seed, chunk_bits, model,
+           device, quiet):
     """Encode images to .dfc (Algorithm 3): x_T, coded latent steps, then x_0 losslessly."""
-    from .codec import DEFAULT_CHUNK_BITS, DEFAULT_METHOD, DEFAULT_SPACING, DEFAULT_STEPS, DEFAULT_T_MIN, \
-        DEFAULT_TILE, EncodeOptions
     from .codec import encode as encode_image
     from .data import open_image
 
@@ -106,14 +112,16 @@ def encode(inputs, output, out_dir, steps, t_min, tile, spacing, stop_after, max
     if not output and not out_dir:
         raise click.UsageError("give -o OUTPUT.dfc or --out-dir DIR")
     prior = _prior(model, device)
-    opts = EncodeOptions(steps or DEFAULT_STEPS, DEFAULT_T_MIN if t_min is None else t_min,
-                         DEFAULT_TILE if tile is None else tile, spacing or DEFAULT_SPACING, seed, stop_after, max_bpp,
-                         method or DEFAULT_METHOD, chunk_bits or DEFAULT_CHUNK_BITS, pfr_budget=pfr_budget)
+    opts = EncodeOptions(effort=effort, method=LatentMethod(method), steps=steps, t_min=t_min, tile=tile, seed=seed,
+                         stop_after=stop_after, max_bpp=max_bpp, pfr_chunk_bits=chunk_bits)
     for path in inputs:
         dest = Path(output) if output else Path(out_dir) / (Path(path).stem + ".dfc")
         image = open_image(path)
-        with _bar(quiet, opts.steps + 1, Path(path).name) as bar:
-            res = encode_image(image, prior, opts, progress=lambda n, k: bar.update(n - bar.n))
+        with _bar(quiet, 1, Path(path).name) as bar:
+            def progress(n, k):
+                bar.total = k
+                bar.update(n - bar.n)
+            res = encode_image(image, prior, opts, progress=progress)
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(res.data)
         if not quiet:
@@ -121,53 +129,45 @@ def encode(inputs, output, out_dir, steps, t_min, tile, spacing, stop_after, max
             bpp = 8 * len(res.data) / (h.width * h.height)
             kind = "lossless" if res.lossless else f"lossy, {len(res.steps)} of {h.num_latent_steps + 1} steps"
             click.echo(f"{path} -> {dest}: {len(res.data)} bytes, {bpp:.3f} bpp, {bpp / 3:.3f} bits/dim "
-                       f"({kind}, {h.method}), {res.seconds:.1f} s")
+                       f"({kind}, {h.num_latent_steps} latent steps, effort {effort}), {res.seconds:.1f} s")
 
 
 @main.command()
 @click.argument("input", type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="output image (PNG)")
 @click.option("--step", type=click.IntRange(0), default=None, help="decode only this many coded steps")
-@click.option("--reconstruct", type=click.Choice(["mean", "sample", "flow"]), default="mean", show_default=True,
+@click.option("--reconstruct", type=click.Choice(values(Reconstruction)), default=Reconstruction.MEAN.value,
+              show_default=True,
               help="x_0 estimate for a partial decode: denoised mean, sample of p(x_0|x_t), or DDIM flow")
 @click.option("--previews", type=click.Path(file_okay=False), default=None,
               help="also write every step's preview into this folder")
 @click.option("--strip", type=click.Path(dir_okay=False), default=None,
               help="also write one image with the progression of previews")
+@max_pixels_option
 @model_option
 @device_option
 @quiet_option
-def decode(input, output, step, reconstruct, previews, strip, model, device, quiet):
+def decode(input, output, step, reconstruct, previews, strip, max_pixels, model, device, quiet):
     """Decode a .dfc file (Algorithm 4) as far as asked or as far as the file goes."""
     from .codec import decode as decode_file
-    from PIL import Image
-
-    from .codec import iter_previews, progression_strip, restore_image
     from .container import parse
+    from .report import export_previews
 
     data = Path(input).read_bytes()
-    parsed = parse(data)
+    parsed = parse(data, max_pixels)
     prior = _prior(model, device)
     if parsed.truncated:
         click.echo(f"warning: {input} is truncated after {len(parsed.chunks)} of {parsed.header.num_chunks} "
                    "steps: decoding what is there", err=True)
     if previews or strip:
-        frames = []
         total = min(len(parsed.chunks), step) if step is not None else len(parsed.chunks)
         with _bar(quiet, total + 1, "previews") as bar:
-            for p in iter_previews(data, prior, reconstruct, max_step=step):
-                img = restore_image(p.image, parsed.header, p.lossless)
-                frames.append(img.convert("RGB"))
-                if previews:
-                    Path(previews).mkdir(parents=True, exist_ok=True)
-                    img.save(Path(previews) / f"step{p.step:04d}.png")
-                bar.update(1)
-        if strip:
-            Image.fromarray(progression_strip([np.asarray(f) for f in frames])).save(strip)
-        restore_image(p.image, parsed.header, p.lossless).save(output)
-        result_step, lossless = p.step, p.lossless
+            image, last = export_previews(data, prior, previews, strip, Reconstruction(reconstruct), step, max_pixels,
+                                          progress=lambda p: bar.update(1))
+        image.save(output)
+        result_step, lossless = last.step, last.lossless
     else:
-        res = decode_file(data, prior, step, reconstruct)
+        res = decode_file(data, prior, step, Reconstruction(reconstruct), max_pixels)
         res.image.save(output)
         result_step, lossless = res.step, res.lossless
     if not quiet:
@@ -178,43 +178,64 @@ def decode(input, output, step, reconstruct, previews, strip, model, device, qui
 @main.command()
 @click.argument("input", type=click.Path(exists=True, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
-def info(input, as_json):
+@click.option("--bound", "bound_image", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="the original image: also compute the model's 1,000-step bound for it (slow)")
+@max_pixels_option
+@model_option
+@device_option
+def info(input, as_json, bound_image, max_pixels, model, device):
     """Print a .dfc header and, per step, bytes, cumulative bpp and bits/dim, and ideal bits."""
-    from .container import FINAL, FINAL_KINDS, latent_payload, parse, step_ideal_bits
+    from .report import file_report
 
-    data = Path(input).read_bytes()
-    parsed = parse(data)
-    h = parsed.header
-    pixels = h.width * h.height
-    rows, cum = [], parsed.header_size
-    for c in parsed.chunks:
-        cum += c.size
-        ideal = step_ideal_bits(c, h.method)
-        final = c.kind in FINAL_KINDS
-        coder = ("exact" if c.kind == FINAL else "chan") if final else latent_payload(c.payload, h.method)[0]
-        rows.append({"step": c.index + 1, "kind": "final" if final else "latent", "coder": coder,
-                     "from_timestep": h.timesteps[h.num_latent_steps - c.index], "bytes": c.size,
-                     "cumulative_bpp": 8 * cum / pixels, "cumulative_bits_per_dim": 8 * cum / (3 * pixels),
-                     "ideal_bits": ideal, "coded_over_ideal": 8 * c.size / ideal if ideal > 0 else None})
-    summary = {"file": input, "bytes": len(data), "width": h.width, "height": h.height, "mode": h.mode,
-               "model_fingerprint": h.fingerprint.hex(), "schedule": h.schedule, "T": h.num_timesteps,
-               "coded_timesteps": list(h.timesteps), "seed": h.seed, "method": h.method, "tile": h.tile,
-               "steps_in_file": len(parsed.chunks), "steps_announced": h.num_chunks,
-               "truncated": parsed.truncated, "lossless": bool(parsed.chunks) and parsed.chunks[-1].kind in FINAL_KINDS,
-               "header_bytes": parsed.header_size, "steps": rows}
+    report = file_report(Path(input).read_bytes(), input, max_pixels)
+    summary = report.to_dict()
+    if bound_image:
+        from .data import load_rgb
+        from .likelihood import bits_per_dim
+
+        terms = bits_per_dim(load_rgb(bound_image), _prior(model, device))
+        summary["model_bound_bits_per_dim"] = terms.total
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
     for k, v in summary.items():
         if k not in ("steps", "coded_timesteps"):
-            click.echo(f"{k:>18}: {v}")
-    click.echo(f"{'coded_timesteps':>18}: {h.timesteps[0]} .. {h.timesteps[-1]} ({len(h.timesteps)} incl. x_T)")
-    click.echo(f"{'step':>5} {'kind':>6} {'coder':>5} {'from t':>7} {'bytes':>9} {'cum bpp':>9} {'cum b/dim':>9} "
+            click.echo(f"{k:>26}: {v:.4f}" if isinstance(v, float) else f"{k:>26}: {v}")
+    ts = report.coded_timesteps
+    click.echo(f"{'coded_timesteps':>26}: {ts[0]} .. {ts[-1]} ({len(ts)} incl. x_T)")
+    click.echo(f"{'step':>5} {'coder':>10} {'t':>11} {'bytes':>9} {'cum bpp':>9} {'cum b/dim':>9} "
                f"{'ideal bits':>11} {'coded/ideal':>11}")
-    for r in rows:
-        ratio = f"{r['coded_over_ideal']:.3f}" if r["coded_over_ideal"] else "-"
-        click.echo(f"{r['step']:>5} {r['kind']:>6} {r['coder']:>5} {r['from_timestep']:>7} {r['bytes']:>9} "
-                   f"{r['cumulative_bpp']:>9.4f} {r['cumulative_bits_per_dim']:>9.4f} {r['ideal_bits']:>11.1f} {ratio:>11}")
+    for r in report.steps:
+        ratio = f"{r.coded_over_ideal:.3f}" if r.coded_over_ideal else "-"
+        span = f"{r.from_timestep}->{r.to_timestep if r.to_timestep >= 0 else 'x0'}"
+        click.echo(f"{r.step:>5} {r.kind:>10} {span:>11} {r.bytes:>9} {r.cumulative_bpp:>9.4f} "
+                   f"{r.cumulative_bits_per_dim:>9.4f} {r.ideal_bits:>11.1f} {ratio:>11}")
+
+
+@main.command()
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False),
+              help="held-out photos (not the training set)")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="checkpoint to write")
+@click.option("--crops", type=click.IntRange(1), default=32, show_default=True, help="random crops measured")
+@click.option("--crop", type=click.IntRange(8), default=64, show_default=True, help="crop size (px)")
+@model_option
+@device_option
+@quiet_option
+def errtable(data, output, crops, crop, model, device, quiet):
+    """Measure the model's x_0 error per timestep on held-out photos and write a checkpoint that
+    carries it (the codec's analytic variances and chain design come from it)."""
+    from tqdm import tqdm
+
+    from .checkpoint import attach_xstart_mse
+    from .errtable import estimate_xstart_mse
+
+    prior = _prior(model, device)
+    table = estimate_xstart_mse(prior, data, crop, crops,
+                                progress=None if quiet else lambda it: tqdm(it, desc="timesteps", leave=False))
+    fp = attach_xstart_mse(prior.source, output, table)
+    if not quiet:
+        click.echo(f"wrote {output} (fingerprint {fp[:16]}): x_0 RMSE {np.sqrt(table[0].mean()) * 127.5:.2f} levels "
+                   f"at t=0, {np.sqrt(table[-1].mean()) * 127.5:.1f} at t={len(table) - 1}")
 
 
 @main.command()
@@ -222,10 +243,12 @@ def info(input, as_json):
 @click.option("--steps", type=click.IntRange(2), default=None, help="respaced chain length (default: full T)")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print JSON with the term breakdown")
+@click.option("--variance", type=click.Choice(["model", "analytic"]), default="model", show_default=True,
+              help="reverse variances: the model's own, or analytic from its x_0 error table")
 @model_option
 @device_option
 @quiet_option
-def nll(images, steps, seed, as_json, model, device, quiet):
+def nll(images, steps, seed, as_json, variance, model, device, quiet):
     """Bits/dim (the variational bound, term by term) of images under the model."""
     from .data import load_rgb
     from .likelihood import bits_per_dim
@@ -234,7 +257,7 @@ def nll(images, steps, seed, as_json, model, device, quiet):
     prior = _prior(model, device)
     results = []
     for path in images:
-        terms = bits_per_dim(load_rgb(path), prior, steps, seed,
+        terms = bits_per_dim(load_rgb(path), prior, steps, seed, variance=variance,
                              progress=None if quiet else lambda it: tqdm(it, desc=Path(path).name, leave=False))
         results.append({"image": path, "bits_per_dim": terms.total, "prior_L_T": terms.prior,
                         "latent_sum": terms.latent, "decoder_L_0": terms.decoder,

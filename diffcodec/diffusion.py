@@ -24,6 +24,8 @@ import numpy as np
 import torch
 
 MODEL_VAR_TYPES = ("fixed_small", "fixed_large", "learned_range")
+# The reverse variance can also come from the network's measured x_0 error (:func:`analytic_variance`):
+VARIANCE_SOURCES = ("model", "analytic")
 SCHEDULES = ("linear", "cosine")
 LOSS_TYPES = ("simple", "hybrid", "vlb")
 
@@ -114,19 +116,24 @@ class DiffusionConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def build(self, steps: int | Sequence[int] | None = None) -> "GaussianDiffusion":
-        """The diffusion, respaced to ``steps`` (a count or explicit timesteps) if given."""
+    def build(self, steps: int | Sequence[int] | None = None,
+              xstart_mse: np.ndarray | None = None) -> "GaussianDiffusion":
+        """The diffusion, respaced to ``steps`` (a count or explicit timesteps) if given.  With
+        ``xstart_mse`` (the model's error table, one row per original timestep) the reverse
+        variances are the analytic ones (:func:`analytic_variance`) instead of the model's."""
         betas = get_named_beta_schedule(self.schedule, self.num_timesteps)
         if steps is None:
-            return GaussianDiffusion(betas, self.model_var_type)
-        use = (
-            space_timesteps(self.num_timesteps, steps)
-            if isinstance(steps, (int, np.integer))
-            else np.asarray(sorted(set(int(s) for s in steps)))
-        )
+            use = np.arange(self.num_timesteps)
+        elif isinstance(steps, (int, np.integer)):
+            use = space_timesteps(self.num_timesteps, steps)
+        else:
+            use = np.asarray(sorted(set(int(s) for s in steps)))
+        table = None if xstart_mse is None else np.asarray(xstart_mse, dtype=np.float64)[use]
+        if steps is None:
+            return GaussianDiffusion(betas, self.model_var_type, xstart_mse=table)
         return GaussianDiffusion(
             respace_betas(betas, use), self.model_var_type, timestep_map=use,
-            original_num_timesteps=self.num_timesteps,
+            original_num_timesteps=self.num_timesteps, xstart_mse=table,
         )
 
 
@@ -152,6 +159,17 @@ def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
         -1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2)
         + (mean1 - mean2) ** 2 * torch.exp(-logvar2)
     )
+
+
+def analytic_variance(posterior_variance: np.ndarray, coef1: np.ndarray, xstart_mse: np.ndarray) -> np.ndarray:
+    """The variance of p(x_s | x_t) that minimises the expected KL to q(x_s | x_t, x_0) when
+    the mean is the posterior mean at the network's estimate x0hat (Bao et al. 2022, the
+    imperfect-mean form): sigma^2 = lambda^2 + coef1^2 E[(x_0 - x0hat)^2], with the x_0 error
+    clipped to [1e-10, 1] (data on [-1, 1]); it is never below the posterior variance
+    lambda^2.  At the decoder step (lambda = 0, coef1 = 1) it is the x_0 error itself.  The
+    expected KL per dimension is then 1/2 log(sigma^2 / lambda^2)."""
+    mse = np.clip(np.asarray(xstart_mse, dtype=np.float64), 1e-10, 1.0)
+    return np.asarray(posterior_variance, dtype=np.float64) + np.asarray(coef1, dtype=np.float64) ** 2 * mse
 
 
 def _log_ndtr_diff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -210,6 +228,7 @@ class GaussianDiffusion:
         model_var_type: str = "learned_range",
         timestep_map: Sequence[int] | None = None,
         original_num_timesteps: int | None = None,
+        xstart_mse: np.ndarray | None = None,
     ) -> None:
         if model_var_type not in MODEL_VAR_TYPES:
             raise ValueError(f"unknown model_var_type {model_var_type!r}")
@@ -240,6 +259,15 @@ class GaussianDiffusion:
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
         # Fixed-large variance: beta_t, with beta~_1 at t = 0 (DDPM's choice for a good decoder).
         self.fixed_large_variance = np.append(pv1, betas[1:])
+        # Analytic variance from the model's x_0 error at each kept timestep ([T] or [T, C]).
+        self.analytic_variance = None
+        if xstart_mse is not None:
+            mse = np.asarray(xstart_mse, dtype=np.float64)
+            if mse.shape[0] != T or mse.ndim not in (1, 2):
+                raise ValueError(f"x_0 error table must have {T} rows, got shape {mse.shape}")
+            coef1 = self.posterior_mean_coef1.reshape(-1, *([1] * (mse.ndim - 1)))
+            pv = self.posterior_variance.reshape(coef1.shape)
+            self.analytic_variance = analytic_variance(pv, coef1, mse)
 
     # -- model time --------------------------------------------------------------------------
     def model_time(self, t: torch.Tensor) -> torch.Tensor:
@@ -286,7 +314,16 @@ class GaussianDiffusion:
 
     # -- p_theta -----------------------------------------------------------------------------
     def model_variance(self, t, like, model_v=None):
-        """(variance, log_variance) of p_theta(x_{t-1} | x_t), broadcast like ``like``."""
+        """(variance, log_variance) of p_theta(x_{t-1} | x_t), broadcast like ``like``: the
+        analytic one when the diffusion has an x_0 error table, else the model's."""
+        if self.analytic_variance is not None:
+            var = torch.as_tensor(self.analytic_variance, dtype=like.dtype, device=like.device)[t]
+            if var.dim() == 1:  # [N] -> [N, 1, 1, 1]
+                var = var.reshape(-1, *([1] * (like.dim() - 1)))
+            else:  # [N, C] -> [N, C, 1, 1]
+                var = var.reshape(*var.shape, *([1] * (like.dim() - 2)))
+            var = var.expand_as(like)
+            return var, torch.log(var)
         if self.model_var_type == "learned_range":
             if model_v is None:
                 raise ValueError("learned_range needs the network's v output")
@@ -303,6 +340,8 @@ class GaussianDiffusion:
         return variance, _extract(log_table, t, like).expand_as(like)
 
     def split_model_output(self, out: torch.Tensor, channels: int):
+        if self.analytic_variance is not None:  # any v output is not used
+            return out[:, :channels], None
         if self.model_var_type == "learned_range":
             if out.shape[1] != 2 * channels:
                 raise ValueError(f"learned variance needs {2 * channels} output channels, got {out.shape[1]}")

@@ -6,11 +6,14 @@ discretized to unit bins centred on the integers, with the edge bins ``lo`` and 
 semantics: decoded in the order encoded).  A stream is the range coder's 32-bit words written
 little-endian, so its length is always a multiple of 4.
 
-Also here: raw bit fields (:func:`pack_bits`, the low bits of PFR indices), and the portable
-uniform dither and standard normals that encoder and decoder must draw identically on every
-machine (NumPy's PCG64 bit stream is stable across versions and platforms; we turn its raw
-64-bit words into doubles ourselves rather than trust a sampler method whose algorithm may
-change).
+Symbols with an explicit probability table per symbol (the interval-restricted beliefs of
+:mod:`diffcodec.intervals`) are coded under constriction's ``Categorical`` (``perfect=False``:
+every symbol of the table keeps a non-zero probability), chunk by chunk so that a table never
+holds more than :data:`TABLE_ELEMENTS` entries.
+
+A decoder checks that a stream is consumed exactly: words left over are an error, as are
+symbols a stream runs out of.  Also here: raw bit fields (:func:`pack_bits`, the low bits of
+PFR indices).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import constriction
 
 from .errors import FormatError
 
+TABLE_ELEMENTS = 2**22  # probabilities per Categorical call (32 MiB of float64)
 MIN_STD = 1e-3  # constriction needs std > 0; below a thousandth of a bin nothing changes
 MAX_STD = 1e6
 
@@ -52,41 +56,104 @@ def encode_gaussian(symbols: np.ndarray, means, stds, lo: int, hi: int) -> bytes
 
 def decode_gaussian(data: bytes, n: int, means, stds, lo: int, hi: int) -> np.ndarray:
     """Decode ``n`` symbols from a stream made by :func:`encode_gaussian` with the same
-    parameters.  A stream that is not a whole number of words raises FormatError; a corrupt
-    stream decodes to wrong symbols (the container's CRCs catch corruption before this)."""
-    if len(data) % 4:
-        raise FormatError("entropy-coded stream is not a whole number of 32-bit words")
+    parameters.  A stream that is not a whole number of words, or that has words left over,
+    raises FormatError; other corruption decodes to wrong symbols (the container's CRCs catch
+    it before this)."""
     means, stds = _params(means, stds, n)
     if lo >= hi:  # see encode_gaussian: every symbol is lo, and the stream is empty
         if lo > hi or data:
             raise FormatError("entropy-coded stream does not match its symbol range")
         return np.full(n, lo, dtype=np.int32)
-    if n == 0:
-        return np.zeros(0, dtype=np.int32)
-    words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
-    decoder = constriction.stream.queue.RangeDecoder(words)
-    try:
-        out = decoder.decode(constriction.stream.model.QuantizedGaussian(lo, hi), means, stds)
-    except (ValueError, RuntimeError, AssertionError) as e:
-        raise FormatError(f"entropy-coded stream is corrupt ({e})") from None
-    return np.asarray(out, dtype=np.int32)
+    decoder = _decoder(data)
+    model = constriction.stream.model.QuantizedGaussian(lo, hi)
+    check = constriction.stream.queue.RangeEncoder()
+    if n:
+        try:
+            out = np.asarray(decoder.decode(model, means, stds), dtype=np.int32)
+        except (ValueError, RuntimeError, AssertionError) as e:
+            raise FormatError(f"entropy-coded stream is corrupt ({e})") from None
+        check.encode(out, model, means, stds)
+    else:
+        out = np.zeros(0, dtype=np.int32)
+    _check_exact(check, data)
+    return out
 
 
-def portable_uniform(seed: int, stream: int, n: int) -> np.ndarray:
-    """n doubles uniform on [-1/2, 1/2), identical on every machine for (seed, stream)."""
-    bits = np.random.PCG64(np.random.SeedSequence([seed & (2**64 - 1), stream])).random_raw(n)
-    return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53 - 0.5
+def _decoder(data: bytes):
+    if len(data) % 4:
+        raise FormatError("entropy-coded stream is not a whole number of 32-bit words")
+    return constriction.stream.queue.RangeDecoder(np.frombuffer(data, dtype="<u4").astype(np.uint32))
 
 
-def portable_normal(seed: int, stream: int, n: int) -> np.ndarray:
-    """n standard normals (Box-Muller on :func:`portable_uniform`), the same on every machine
-    up to the last bit of libm's log/cos."""
-    m = (n + 1) // 2
-    u = portable_uniform(seed, stream, 2 * m) + 0.5
-    u1 = 1.0 - u[:m]  # in (0, 1]
-    r = np.sqrt(-2.0 * np.log(u1))
-    z = np.concatenate([r * np.cos(2 * np.pi * u[m:]), r * np.sin(2 * np.pi * u[m:])])
-    return z[:n]
+def _check_exact(check, data: bytes) -> None:
+    """The stream must be exactly what encoding the decoded symbols gives: no word left over
+    (range coder streams are minimal, so a decoder alone cannot tell a last extra word)."""
+    if check.get_compressed().astype("<u4").tobytes() != bytes(data):
+        raise FormatError("entropy-coded stream has data left over after its last symbol")
+
+
+def table_chunks(alphabet: np.ndarray) -> list[tuple[int, int, int]]:
+    """(start, end, width) of consecutive runs of symbols whose probability tables fit
+    :data:`TABLE_ELEMENTS`, width = the largest alphabet in the run (at least 1)."""
+    alphabet = np.maximum(np.asarray(alphabet, dtype=np.int64), 1)
+    out, start, n = [], 0, len(alphabet)
+    while start < n:
+        # grow the run while (run length) x (largest alphabet) stays within the limit
+        end = start + max(1, min(n - start, TABLE_ELEMENTS // int(alphabet[start])))
+        width = int(alphabet[start:end].max())
+        while end - start > 1 and (end - start) * width > TABLE_ELEMENTS:
+            end = start + max(1, TABLE_ELEMENTS // width)
+            width = int(alphabet[start:end].max())
+        out.append((start, end, width))
+        start = end
+    return out
+
+
+def encode_tables(chunks) -> bytes:
+    """Range-code symbols under explicit tables: ``chunks`` yields (symbols [m], probabilities
+    [m, width]) with 0 <= symbol < width.  Rows need not be normalised; zeros are allowed."""
+    encoder = constriction.stream.queue.RangeEncoder()
+    model = constriction.stream.model.Categorical(perfect=False)
+    for symbols, probs in chunks:
+        symbols = np.ascontiguousarray(symbols, dtype=np.int32)
+        if not symbols.size or probs.shape[1] < 2:
+            continue  # a one-symbol alphabet carries no information
+        if symbols.min() < 0 or symbols.max() >= probs.shape[1]:
+            raise ValueError("symbol outside its table")
+        encoder.encode(symbols, model, _rows(probs))
+    return encoder.get_compressed().astype("<u4").tobytes()
+
+
+def decode_tables(data: bytes, tables) -> np.ndarray:
+    """Inverse of :func:`encode_tables`: ``tables`` yields the same probability tables (it may
+    be a generator that uses the symbols decoded so far, passed back by ``send``)."""
+    decoder = _decoder(data)
+    check = constriction.stream.queue.RangeEncoder()
+    model = constriction.stream.model.Categorical(perfect=False)
+    out = []
+    for probs in tables:
+        if probs.shape[1] < 2:
+            out.append(np.zeros(probs.shape[0], dtype=np.int32))
+            continue
+        rows = _rows(probs)
+        try:
+            out.append(np.asarray(decoder.decode(model, rows), dtype=np.int32))
+        except (ValueError, RuntimeError, AssertionError) as e:
+            raise FormatError(f"entropy-coded stream is corrupt ({e})") from None
+        check.encode(out[-1], model, rows)
+    _check_exact(check, data)
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int32)
+
+
+def _rows(probs: np.ndarray) -> np.ndarray:
+    """Probability rows constriction accepts: finite, non-negative, each with some mass (a row
+    that underflowed to all zeros becomes uniform)."""
+    p = np.nan_to_num(np.asarray(probs, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    p = np.maximum(p, 0.0)
+    empty = p.sum(axis=1) <= 0
+    if empty.any():
+        p[empty] = 1.0
+    return np.ascontiguousarray(p)
 
 
 def pack_bits(values: np.ndarray, widths: np.ndarray) -> bytes:

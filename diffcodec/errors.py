@@ -15,3 +15,7 @@ class FormatError(DiffcodecError):
 
 class ImageError(DiffcodecError):
     """An input image that cannot be read or is of an unsupported kind."""
+
+
+class OptionError(DiffcodecError):
+    """An option or argument that cannot be honoured (an effort out of range, a chain that cannot exist)."""

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from .checkpoint import Prior
 from .data import to_tensor
+from .diffusion import VARIANCE_SOURCES
+from .errors import OptionError
 
 
 @dataclass

@@ -18,6 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
+NORMS = ("group", "layer")
+
+
 @dataclass(frozen=True)
 class UNetConfig:
     in_channels: int = 3
@@ -29,19 +32,33 @@ class UNetConfig:
     channel_mult: tuple[int, ...] = (1, 2, 2, 2)
     num_heads: int = 4
     attention_window: int = 16  # attention within windows of this many tokens a side (0 = global)
+    norm: str = "group"  # "group": GroupNorm (statistics over the whole map); "layer": per pixel, over channels
+    fourier: tuple[int, ...] = ()  # VDM's Fourier features of the input: sin/cos(2**n * pi * x) for each n
+    middle_attention: bool = True  # self-attention between the middle ResBlocks
 
     def __post_init__(self) -> None:
         # Checkpoints store lists; keep the config hashable and comparable.
         object.__setattr__(self, "attention_resolutions", tuple(int(a) for a in self.attention_resolutions))
         object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
+        object.__setattr__(self, "fourier", tuple(int(n) for n in self.fourier))
         if self.model_channels < 8 or self.num_res_blocks < 1 or not self.channel_mult:
             raise ValueError(f"invalid U-Net config {self}")
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown norm {self.norm!r} (choose from {NORMS})")
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["attention_resolutions"] = list(self.attention_resolutions)
         d["channel_mult"] = list(self.channel_mult)
+        d["fourier"] = list(self.fourier)
         return d
+
+    @property
+    def tile_exact(self) -> bool:
+        """True when every output depends only on a bounded neighbourhood of the input (no
+        statistic over the whole map, no attention), so the network can be run on tiles with
+        a halo (:func:`receptive_radius`) and give the same output as one whole-image call."""
+        return self.norm == "layer" and not self.attention_resolutions and not self.middle_attention
 
     @property
     def downsample_factor(self) -> int:
@@ -55,6 +72,11 @@ CONFIGS: dict[str, UNetConfig] = {
     # 7.35 M parameters: 14.7 MB as float16, under the 16 MiB a GPU run can return.
     "base": UNetConfig(model_channels=56, num_res_blocks=2, channel_mult=(1, 2, 2, 2), attention_resolutions=(8,),
                        dropout=0.1),
+    # Tile-exact candidates for prior v2 (per-pixel norm, no attention, Fourier features n = 6, 7):
+    "local24": UNetConfig(model_channels=24, num_res_blocks=1, channel_mult=(1, 2, 2, 2), attention_resolutions=(),
+                          middle_attention=False, norm="layer", fourier=(6, 7)),
+    "local16": UNetConfig(model_channels=16, num_res_blocks=1, channel_mult=(1, 2, 4, 8), attention_resolutions=(),
+                          middle_attention=False, norm="layer", fourier=(6, 7)),
 }
 
 
@@ -85,7 +107,25 @@ class _GroupNorm(nn.GroupNorm):
         return torch.group_norm(x, self.num_groups, self.weight, self.bias, self.eps, torch.backends.cudnn.enabled)
 
 
-def _norm(channels: int) -> nn.GroupNorm:
+class _PixelNorm(nn.Module):
+    """LayerNorm over the channels at each pixel: no statistic crosses pixels, so the network
+    stays local (tile-exact)."""
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=1, keepdim=True)
+        var = (x - mean).square().mean(dim=1, keepdim=True)
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+def _norm(channels: int, kind: str = "group") -> nn.Module:
+    if kind == "layer":
+        return _PixelNorm(channels)
     groups = 32 if channels % 32 == 0 else 8 if channels % 8 == 0 else 1
     return _GroupNorm(groups, channels)
 
@@ -97,11 +137,13 @@ def _zero(module: nn.Module) -> nn.Module:
 
 
 class ResBlock(nn.Module):
-    def __init__(self, channels: int, emb_channels: int, out_channels: int, dropout: float) -> None:
+    def __init__(self, channels: int, emb_channels: int, out_channels: int, dropout: float,
+                 norm: str = "group") -> None:
         super().__init__()
-        self.in_layers = nn.Sequential(_norm(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+        self.in_layers = nn.Sequential(_norm(channels, norm), nn.SiLU(),
+                                       nn.Conv2d(channels, out_channels, 3, padding=1))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels))
-        self.out_norm = _norm(out_channels)
+        self.out_norm = _norm(out_channels, norm)
         self.out_layers = nn.Sequential(
             nn.SiLU(), nn.Dropout(dropout), _zero(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         )
@@ -169,14 +211,15 @@ class UNet(nn.Module):
         ch = cfg.model_channels
         emb_ch = 4 * ch
         self.time_embed = nn.Sequential(nn.Linear(ch, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
-        self.input_conv = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
+        self.input_conv = nn.Conv2d(cfg.in_channels * (1 + 2 * len(cfg.fourier)), ch, 3, padding=1)
+        nm = cfg.norm
 
         self.down = nn.ModuleList()
         skip_channels = [ch]
         cur, ds = ch, 1
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
-                blocks = nn.ModuleList([ResBlock(cur, emb_ch, mult * ch, cfg.dropout)])
+                blocks = nn.ModuleList([ResBlock(cur, emb_ch, mult * ch, cfg.dropout, nm)])
                 cur = mult * ch
                 if ds in cfg.attention_resolutions:
                     blocks.append(AttentionBlock(cur, cfg.num_heads, cfg.attention_window))
@@ -188,14 +231,15 @@ class UNet(nn.Module):
                 ds *= 2
 
         self.middle = nn.ModuleList([
-            ResBlock(cur, emb_ch, cur, cfg.dropout), AttentionBlock(cur, cfg.num_heads, cfg.attention_window),
-            ResBlock(cur, emb_ch, cur, cfg.dropout),
+            ResBlock(cur, emb_ch, cur, cfg.dropout, nm),
+            *([AttentionBlock(cur, cfg.num_heads, cfg.attention_window)] if cfg.middle_attention else []),
+            ResBlock(cur, emb_ch, cur, cfg.dropout, nm),
         ])
 
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             for i in range(cfg.num_res_blocks + 1):
-                blocks = nn.ModuleList([ResBlock(cur + skip_channels.pop(), emb_ch, mult * ch, cfg.dropout)])
+                blocks = nn.ModuleList([ResBlock(cur + skip_channels.pop(), emb_ch, mult * ch, cfg.dropout, nm)])
                 cur = mult * ch
                 if ds in cfg.attention_resolutions:
                     blocks.append(AttentionBlock(cur, cfg.num_heads, cfg.attention_window))
@@ -204,7 +248,7 @@ class UNet(nn.Module):
                     ds //= 2
                 self.up.append(blocks)
 
-        self.out = nn.Sequential(_norm(cur), nn.SiLU(), _zero(nn.Conv2d(cur, cfg.out_channels, 3, padding=1)))
+        self.out = nn.Sequential(_norm(cur, nm), nn.SiLU(), _zero(nn.Conv2d(cur, cfg.out_channels, 3, padding=1)))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x: [N, C, H, W] on [-1, 1]-ish scale; t: [N] model time in [0, 1000)."""
@@ -215,6 +259,9 @@ class UNet(nn.Module):
             mode = "reflect" if pad_h < h_in and pad_w < w_in else "replicate"
             x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
         emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(x.dtype))
+        if self.config.fourier:
+            x = torch.cat([x] + [f(x * (2.0**n * math.pi)) for n in self.config.fourier for f in (torch.sin, torch.cos)],
+                          dim=1)
         h = self.input_conv(x)
         skips = [h]
         for blocks in self.down:
@@ -243,4 +290,80 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["UNet", "UNetConfig", "CONFIGS", "named_config", "timestep_embedding", "count_parameters"]
+
+
+# ----------------------------------------------------------------------------- tiled evaluation
+
+#: Images above this many pixels are evaluated in tiles of about this area (plus a halo).
+DEFAULT_TILE_PIXELS = 1024 * 1024
+#: Halo of a network that is not tile-exact (GroupNorm statistics, attention): its tiles then
+#: compute a (documented) approximation of the whole-image function, the same one on every run.
+APPROX_HALO = 64
+
+
+def receptive_radius(cfg: UNetConfig) -> int:
+    """How far (in input pixels) an output pixel of a tile-exact network can see: the sum of
+    the 3 x 3 convolutions' reach at their strides, plus a stride of slack at each nearest
+    upsampling.  ``inf`` for networks with attention or whole-map statistics."""
+    if not cfg.tile_exact:
+        return math.inf
+    r, jump = 1, 1  # the input convolution
+    for level in range(len(cfg.channel_mult)):
+        r += 2 * jump * cfg.num_res_blocks
+        if level != len(cfg.channel_mult) - 1:
+            r += jump
+            jump *= 2
+    r += 4 * jump  # middle ResBlocks
+    for level in reversed(range(len(cfg.channel_mult))):
+        r += 2 * jump * (cfg.num_res_blocks + 1)
+        if level:
+            jump //= 2
+            r += 2 * jump  # upsampling slack + its convolution
+    return r + 1  # the output convolution
+
+
+def tile_halo(cfg: UNetConfig) -> int:
+    """Halo around each tile, a multiple of the downsampling factor."""
+    f = cfg.downsample_factor
+    r = receptive_radius(cfg)
+    r = APPROX_HALO if r == math.inf else r
+    return -(-r // f) * f
+
+
+def forward_tiled(net: "UNet", x: torch.Tensor, t: torch.Tensor, tile_pixels: int | None = None) -> torch.Tensor:
+    """``net(x, t)`` for one image ([1, C, H, W]) with memory bounded by the tile size: images
+    above ``tile_pixels`` (default :data:`DEFAULT_TILE_PIXELS`) are cut into square tiles aligned
+    to the downsampling factor, each run with a halo of :func:`tile_halo` pixels (clipped at the
+    image border) and cropped back.  For a tile-exact network this equals the whole-image call
+    to float rounding; for others it is a fixed approximation that depends only on the image size
+    and ``tile_pixels``."""
+    if x.device.type == "cpu":
+        x = x.contiguous(memory_format=torch.channels_last)
+    h, w = x.shape[-2:]
+    limit = DEFAULT_TILE_PIXELS if tile_pixels is None else tile_pixels
+    if x.shape[0] != 1 or h * w <= limit:
+        return net(x, t)
+    cfg = net.config
+    f = cfg.downsample_factor
+    ph, pw = (-h) % f, (-w) % f
+    if ph or pw:  # pad once as forward() would, so every tile's size is a multiple of f
+        mode = "reflect" if ph < h and pw < w else "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    H, W = x.shape[-2:]
+    core = max(f, int(math.sqrt(limit)) // f * f)
+    halo = tile_halo(cfg)
+    out = None
+    for y0 in range(0, H, core):
+        for x0 in range(0, W, core):
+            y1, x1 = min(y0 + core, H), min(x0 + core, W)
+            ya, xa = max(0, y0 - halo), max(0, x0 - halo)
+            yb, xb = min(H, y1 + halo), min(W, x1 + halo)
+            part = net(x[..., ya:yb, xa:xb], t)
+            if out is None:
+                out = torch.empty((1, part.shape[1], H, W), dtype=part.dtype, device=part.device)
+            out[..., y0:y1, x0:x1] = part[..., y0 - ya:y1 - ya, x0 - xa:x1 - xa]
+    return out[..., :h, :w]
+
+
+__all__ = ["UNet", "UNetConfig", "CONFIGS", "named_config", "timestep_embedding", "count_parameters",
+           "receptive_radius", "tile_halo", "forward_tiled", "DEFAULT_TILE_PIXELS"]

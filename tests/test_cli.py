@@ -53,18 +53,26 @@ def work(tmp_path_factory, tiny_images):
 @pytest.fixture(scope="module")
 def encoded(work, tiny_model_path):
     out = work / "a.dfc"
-    r = run("encode", work / "a.png", "-o", out, "--model", tiny_model_path, "--steps", 3, "--seed", 5, "-q")
+    r = run("encode", work / "a.png", "-o", out, "--model", tiny_model_path, "--steps", 3, "--t-min", 10, "--seed", 5,
+            "-q")
     assert r.output == ""  # quiet means quiet
     return out
 
 
 def test_encode_info_decode_round_trip(work, encoded, tiny_model_path):
     r = run("encode", work / "a.png", "-o", work / "a2.dfc", "--model", tiny_model_path, "--steps", 3,
-            "--seed", 5)
-    assert "lossless" in r.output and "bpp" in r.output and "a2.dfc" in r.output
+            "--t-min", 10, "--seed", 5)
+    size = (work / "a2.dfc").stat().st_size
+    assert r.stdout.startswith(f"{work / 'a.png'} -> {work / 'a2.dfc'}: {size} bytes, {8 * size / (37 * 23):.3f} bpp")
+    assert "(lossless, 3 latent steps, effort 5)" in r.stdout
     assert (work / "a2.dfc").read_bytes() == encoded.read_bytes()  # same seed, same bytes
-    r = run("info", encoded)
-    assert "37" in r.output and "23" in r.output and "RGB" in r.output and "final" in r.output
+    lines = run("info", encoded).output.splitlines()
+    fields = {k.strip(): v.strip() for k, v in (ln.split(":", 1) for ln in lines if ":" in ln)}
+    assert (fields["width"], fields["height"], fields["mode"], fields["lossless"]) == ("37", "23", "RGB", "True")
+    table = lines[lines.index(next(ln for ln in lines if ln.split()[:2] == ["step", "coder"])) + 1:]
+    parsed = parse(encoded.read_bytes())
+    assert [ln.split()[1] for ln in table] == [c.kind.label for c in parsed.chunks]
+    assert [int(ln.split()[3]) for ln in table] == [c.size for c in parsed.chunks]
     out = work / "a_dec.png"
     r = run("decode", encoded, "-o", out, "--model", tiny_model_path)
     assert "lossless" in r.output
@@ -79,7 +87,9 @@ def test_info_json(encoded):
     assert info["steps_in_file"] == info["steps_announced"] == 4
     assert len(info["steps"]) == len(parsed.chunks) == 4
     assert [s["step"] for s in info["steps"]] == [1, 2, 3, 4]
-    assert [s["kind"] for s in info["steps"]] == ["latent"] * 3 + ["final"]
+    assert [s["kind"] for s in info["steps"]][:3] == ["uq"] * 3 and info["steps"][3]["kind"].startswith("final")
+    assert [s["to_timestep"] for s in info["steps"]] == [*reversed(parsed.header.timesteps[:-1]), -1]
+    assert [s["ideal_bits"] for s in info["steps"]] == pytest.approx([c.ideal_bits for c in parsed.chunks])
     assert [s["bytes"] for s in info["steps"]] == [c.size for c in parsed.chunks]
     assert info["steps"][-1]["cumulative_bpp"] == pytest.approx(8 * info["bytes"] / (37 * 23))
     assert info["coded_timesteps"] == list(parsed.header.timesteps)
@@ -95,12 +105,16 @@ def test_info_of_truncated_file(work, encoded):
 
 
 def test_decode_step_previews_strip(work, encoded, tiny_model_path):
+    from diffcodec.checkpoint import load_prior
+    from diffcodec.codec import decode
+
     out = work / "step1.png"
     r = run("decode", encoded, "-o", out, "--step", 1, "--model", tiny_model_path)
-    assert "preview after 1" in r.output
+    assert "preview after 1 coded step(s) (mean)" in r.output
     img = Image.open(out)
     assert img.size == (37, 23) and img.mode == "RGB"
-    assert not np.array_equal(np.asarray(img), np.asarray(Image.open(work / "a.png")))
+    library = decode(encoded.read_bytes(), load_prior(tiny_model_path), step=1).image
+    np.testing.assert_array_equal(np.asarray(img), np.asarray(library))  # the CLI writes the library's preview
 
     prev = work / "previews"
     strip = work / "strip.png"
@@ -129,7 +143,7 @@ def test_decode_truncated_file_warns(work, encoded, tiny_model_path):
 def test_batch_encode_out_dir(work, tiny_model_path):
     out = work / "batch"
     r = run("encode", work / "a.png", work / "b.png", "--out-dir", out, "--model", tiny_model_path, "--steps", 2,
-            "--seed", 1, "--pfr-budget", 0)
+            "--seed", 1, "--method", "uq")
     assert r.output.count("lossless") == 2
     assert sorted(p.name for p in out.iterdir()) == ["a.dfc", "b.dfc"]
     assert parse((out / "b.dfc").read_bytes()).header.mode == "L"
@@ -145,6 +159,36 @@ def test_lossy_encode_options(work, tiny_model_path):
             "--method", "uq")
     assert "lossy, 1 of 4 steps" in r.output
     assert len(parse(out.read_bytes()).chunks) == 1
+    r = run("encode", work / "a.png", "-o", out, "--model", tiny_model_path, "--steps", 3, "--max-bpp", 2.5)
+    assert 8 * out.stat().st_size / (37 * 23) <= 2.5 and "lossy" in r.output
+
+
+def test_option_errors_are_one_line(work, tiny_model_path):
+    r = run("encode", work / "a.png", "-o", work / "x.dfc", "--model", tiny_model_path, "--t-min", 999, ok=False)
+    assert_clean_error(r, "cannot fit")
+    r = run("encode", work / "a.png", "-o", work / "x.dfc", "--model", tiny_model_path, "--effort", 10, ok=False)
+    assert r.exit_code == 2 and "--effort" in r.output
+
+
+def test_decode_refuses_images_above_the_pixel_limit(work, encoded, tiny_model_path):
+    r = run("decode", encoded, "-o", work / "limit.png", "--model", tiny_model_path, "--max-pixels", 800, ok=False)
+    assert_clean_error(r, "above the limit", "--max-pixels")
+    assert not (work / "limit.png").exists()
+    run("decode", encoded, "-o", work / "limit.png", "--model", tiny_model_path, "--max-pixels", 851, "-q")
+
+
+def test_errtable_command_writes_a_model_with_its_table(work, image_folder, tiny_model_path):
+    from diffcodec.checkpoint import load_prior
+
+    out = work / "with_table.pt"
+    r = run("errtable", "--data", image_folder, "-o", out, "--model", tiny_model_path, "--crops", 2, "--crop", 16,
+            "-q")
+    assert r.output == ""
+    prior = load_prior(out)
+    base = load_prior(tiny_model_path)
+    assert prior.xstart_mse.shape == (1000, 3) and (np.diff(prior.xstart_mse, axis=0) >= 0).all()
+    assert prior.fingerprint != base.fingerprint  # the table is part of what a file's fingerprint names
+    assert prior.meta["xstart_mse_of"] == base.fingerprint
 
 
 def test_usage_errors(work, tiny_model_path):

@@ -4,7 +4,7 @@ a mutation fuzz of real files through the whole decoder."""
 from __future__ import annotations
 
 import struct
-import time
+import tracemalloc
 import zlib
 
 import numpy as np
@@ -14,15 +14,18 @@ from PIL import Image
 from codec_fixtures import tiny_model_path, tiny_prior  # noqa: F401  (fixtures)
 from diffcodec import container as fmt
 from diffcodec.codec import EncodeOptions, decode, encode
-from diffcodec.container import FINAL, FINAL_PRED, LATENT, MAGIC, Chunk, Header, Parsed, StepPayload, parse
+from diffcodec.container import MAGIC, Chunk, Header, Parsed, parse
 from diffcodec.errors import DiffcodecError, FormatError
+from diffcodec.kinds import ChunkKind, LatentMethod
+
+UQ, PFR, FINAL, FINAL_PRED = ChunkKind.UQ, ChunkKind.PFR, ChunkKind.FINAL, ChunkKind.FINAL_PRED
 
 FP = bytes(range(32))
 
 
 def make_header(**kw) -> Header:
     args = dict(width=5, height=4, mode="RGB", fingerprint=FP, schedule="cosine", num_timesteps=1000,
-                timesteps=(0, 500, 999), seed=0x0123456789ABCDEF, method="uq", tile=64, num_chunks=3,
+                timesteps=(0, 500, 999), seed=0x0123456789ABCDEF, tile=64, num_chunks=3,
                 checksum=0xDEADBEEF, palette=b"")
     args.update(kw)
     return Header(**args)
@@ -32,9 +35,8 @@ def make_chunks(n: int = 3) -> list[Chunk]:
     rng = np.random.default_rng(5)
     out = []
     for i in range(n):
-        payload = StepPayload(100.0 + i, -3 - i, 4 + i, bytes(rng.integers(0, 256, 3 * (i + 1), dtype=np.uint8)),
-                              rng.integers(0, 256, 8 * (i + 1), dtype=np.uint8).tobytes())
-        out.append(Chunk(FINAL if i == n - 1 else LATENT, i, payload.to_bytes()))
+        payload = rng.integers(0, 256, 8 * (i + 1) + 3, dtype=np.uint8).tobytes()
+        out.append(Chunk(FINAL if i == n - 1 else (UQ, PFR)[i % 2], i, 100.0 + i, payload))
     return out
 
 
@@ -44,13 +46,13 @@ def make_file(n: int = 3) -> tuple[bytes, Header, list[Chunk]]:
     return header.to_bytes() + b"".join(c.to_bytes() for c in chunks), header, chunks
 
 
-def raw_header(width=5, height=4, mode=1, fp=FP, sched=1, T=1000, ts=(0, 500, 999), k=None, seed=1, method=0,
-               tile=64, nchunks=0, checksum=0, palette=b"", npal=None, version=1, body_len=None, magic=MAGIC,
+def raw_header(width=5, height=4, mode=1, fp=FP, sched=1, T=1000, ts=(0, 500, 999), k=None, seed=1,
+               tile=64, nchunks=0, checksum=0, palette=b"", npal=None, version=2, body_len=None, magic=MAGIC,
                crc=None, extra=b"") -> bytes:
     """Header bytes with any field values (no validation), with a correct CRC unless given."""
     body = struct.pack("<IIB", width, height, mode) + fp
     body += struct.pack("<BHH", sched, T, len(ts) if k is None else k) + struct.pack(f"<{len(ts)}H", *ts)
-    body += struct.pack("<QBHHIH", seed, method, tile, nchunks, checksum, len(palette) if npal is None else npal)
+    body += struct.pack("<QHHIH", seed, tile, nchunks, checksum, len(palette) if npal is None else npal)
     body += palette + extra
     head = struct.pack("<BI", version, len(body) if body_len is None else body_len) + body
     return magic + head + struct.pack("<I", zlib.crc32(head) if crc is None else crc)
@@ -61,7 +63,7 @@ def raw_header(width=5, height=4, mode=1, fp=FP, sched=1, T=1000, ts=(0, 500, 99
 
 @pytest.mark.parametrize("kw", [
     {},
-    dict(width=1, height=1, mode="L", timesteps=(999,), num_chunks=0, tile=0, seed=0),
+    dict(width=1, height=1, mode="L", timesteps=(998, 999), num_chunks=0, tile=0, seed=0),
     dict(width=16384, height=4096, mode="1", schedule="linear", num_timesteps=4000, timesteps=(3, 17, 3999),
          seed=2**64 - 1, tile=16384, checksum=0xFFFFFFFF),
     dict(mode="P", palette=bytes(range(48)), timesteps=tuple(range(0, 1000, 7)), num_chunks=143, tile=8),
@@ -74,7 +76,7 @@ def test_header_round_trip(kw):
     parsed = parse(data)
     assert parsed.header == header  # every field, dataclass equality
     for name in ("width", "height", "mode", "fingerprint", "schedule", "num_timesteps", "timesteps", "seed",
-                 "method", "tile", "num_chunks", "checksum", "palette"):
+                 "tile", "num_chunks", "checksum", "palette"):
         assert getattr(parsed.header, name) == getattr(header, name), name
     assert parsed.header_size == len(data)
     assert parsed.chunks == [] and parsed.truncated == (header.num_chunks > 0)
@@ -84,40 +86,13 @@ def test_header_round_trip(kw):
 @pytest.mark.parametrize("kw", [
     dict(width=0), dict(height=0), dict(width=16385), dict(width=16384, height=4097), dict(mode="RGBA"),
     dict(fingerprint=b"x" * 31), dict(schedule="quadratic"), dict(num_timesteps=0), dict(timesteps=()),
-    dict(timesteps=(5, 5, 999)), dict(timesteps=(5, 4)), dict(timesteps=(0, 1000)), dict(timesteps=(-1, 3)),
-    dict(method="ans"), dict(tile=7), dict(num_chunks=4), dict(mode="P"), dict(palette=b"\0\0\0"),
+    dict(timesteps=(999,)), dict(timesteps=(5, 5, 999)), dict(timesteps=(5, 4)), dict(timesteps=(0, 1000)),
+    dict(timesteps=(-1, 3)), dict(tile=7), dict(num_chunks=4), dict(mode="P"), dict(palette=b"\0\0\0"),
     dict(mode="P", palette=b"\0\0"), dict(mode="P", palette=bytes(771)),
 ])
 def test_invalid_header_is_not_written(kw):
     with pytest.raises(FormatError):
         make_header(**kw).to_bytes()
-
-
-@pytest.mark.parametrize("ideal,lo,hi,scales,stream", [
-    (1234.5, -7, 9, b"\x01\x02\x03", b"\xaa" * 12),
-    (0.0, 0, 255, b"", b""),
-    (-1.0, -(2**31), -(2**31) + 2**20 - 1, bytes(range(256)) * 3, b"\x00" * 4),
-    (float("inf"), 5, 5, b"\xff", b""),
-])
-def test_step_payload_round_trip(ideal, lo, hi, scales, stream):
-    p = StepPayload(ideal, lo, hi, scales, stream)
-    q = StepPayload.from_bytes(p.to_bytes(), expected_scales=len(scales))
-    assert q.ideal_bits == float(np.float32(ideal))  # stored as f32
-    assert (q.lo, q.hi, q.scale_codes, q.stream) == (lo, hi, scales, stream)
-    assert StepPayload.from_bytes(p.to_bytes()) == q
-
-
-@pytest.mark.parametrize("data,expected", [
-    (b"\0" * 15, None),
-    (struct.pack("<fiiI", 1.0, 0, 1, 3) + b"\0\0", None),  # scales announced but missing
-    (struct.pack("<fiiI", 1.0, 2, 1, 0), None),  # lo > hi
-    (struct.pack("<fiiI", 1.0, 0, 2**20, 0), None),  # span too large
-    (struct.pack("<fiiI", 1.0, 0, 1, 0) + b"\0" * 5, None),  # stream not whole words
-    (struct.pack("<fiiI", 1.0, 0, 1, 2) + b"\0\0", 3),  # wrong amount of side information
-])
-def test_step_payload_rejects(data, expected):
-    with pytest.raises(FormatError):
-        StepPayload.from_bytes(data, expected_scales=expected)
 
 
 def test_chunks_round_trip():
@@ -126,15 +101,17 @@ def test_chunks_round_trip():
     assert isinstance(parsed, Parsed) and not parsed.truncated
     assert parsed.header == header
     assert parsed.chunks == chunks
-    assert [c.kind for c in parsed.chunks] == [LATENT, LATENT, FINAL]
+    assert [c.kind for c in parsed.chunks] == [UQ, PFR, FINAL]
+    assert all(isinstance(c.kind, ChunkKind) for c in parsed.chunks)
     assert parsed.header_size + sum(c.size for c in parsed.chunks) == len(data)
     for c in chunks:
         assert c.size == len(c.to_bytes())
-    # payloads come back bit-exact, and so do their fields
-    for i, c in enumerate(parsed.chunks):
-        p = StepPayload.from_bytes(c.payload)
-        assert p.to_bytes() == chunks[i].payload
-        assert (p.lo, p.hi) == (-3 - i, 4 + i) and len(p.scale_codes) == 3 * (i + 1)
+    assert [c.ideal_bits for c in parsed.chunks] == [100.0, 101.0, 102.0]  # exact in f32
+
+
+def test_version_1_files_are_refused_by_name():
+    with pytest.raises(FormatError, match="version 1 .*diffcodec 0.1"):
+        parse(raw_header(version=1))
 
 
 def test_lossy_file_with_fewer_chunks_is_complete():
@@ -167,11 +144,23 @@ def test_truncation_at_every_offset():
 # ----------------------------------------------------------------------------- hostile input
 
 
+def _peak_bytes(f) -> int:
+    """Peak memory (bytes, Python and NumPy allocations) that calling f() takes."""
+    tracemalloc.start()
+    try:
+        f()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
 def _refused(data: bytes, match: str) -> None:
-    t0 = time.perf_counter()
-    with pytest.raises(FormatError, match=match):
-        parse(data)
-    assert time.perf_counter() - t0 < 0.5  # nothing image-sized is allocated
+    def attempt():
+        with pytest.raises(FormatError, match=match):
+            parse(data)
+
+    assert _peak_bytes(attempt) < 1 << 20  # nothing image-sized is allocated
 
 
 @pytest.mark.parametrize("kw,match", [
@@ -184,7 +173,6 @@ def _refused(data: bytes, match: str) -> None:
     (dict(mode=4), "mode"),
     (dict(mode=255), "mode"),
     (dict(sched=7), "schedule"),
-    (dict(method=3), "method"),
     (dict(T=0), "schedule"),
     (dict(ts=tuple(range(1001))), "timesteps"),  # more timesteps than T
     (dict(ts=(0, 500, 500)), "timesteps"),
@@ -192,6 +180,7 @@ def _refused(data: bytes, match: str) -> None:
     (dict(ts=(0, 1000)), "timesteps"),
     (dict(ts=(0, 65535)), "timesteps"),
     (dict(ts=()), "timesteps"),
+    (dict(ts=(999,)), "timesteps"),
     (dict(ts=(0, 999), k=60000), "truncated or malformed"),  # K larger than the body
     (dict(ts=(0, 999), k=1), "wrong length"),  # K smaller than the body
     (dict(tile=3), "tile"),
@@ -205,7 +194,7 @@ def _refused(data: bytes, match: str) -> None:
     (dict(body_len=65537), "header length"),
     (dict(body_len=60000), "truncated inside the header"),
     (dict(crc=0), "CRC"),
-    (dict(version=2), "version 2"),
+    (dict(version=3), "version 3"),
     (dict(version=0), "version 0"),
     (dict(magic=b"\x89PNG\r\n\x1a\n"), "magic"),
     (dict(magic=b"\x89DFC\n\x1a\n\n"), "magic"),  # text-mode mangled
@@ -219,7 +208,6 @@ def test_hostile_header_field_flips_with_valid_crc():
     valid header or raises FormatError -- and quickly."""
     good = raw_header(nchunks=0)
     rng = np.random.default_rng(0)
-    t0 = time.perf_counter()
     for pos in range(13, len(good) - 4):
         for value in (0, 0xFF, int(rng.integers(0, 256))):
             head = bytearray(good[8:-4])
@@ -231,11 +219,11 @@ def test_hostile_header_field_flips_with_valid_crc():
                 continue
             h.validate()
             assert h.width * h.height <= fmt.MAX_PIXELS
-    assert time.perf_counter() - t0 < 5
 
 
 @pytest.mark.parametrize("case,match", [
-    ("huge_chunk", "implausible chunk length"),
+    ("huge_chunk", "implausible length"),
+    ("short_chunk", "implausible length"),
     ("bad_crc", "chunk 0 is corrupt"),
     ("bad_crc_last", "chunk 2 is corrupt"),
     ("wrong_index", "out of order"),
@@ -251,25 +239,29 @@ def test_hostile_chunks(case, match):
     hb = header.to_bytes()
     cb = [c.to_bytes() for c in chunks]
     if case == "huge_chunk":
-        cb[0] = struct.pack("<BHI", LATENT, 0, 2**31) + b"\0" * 20
+        cb[0] = struct.pack("<BHI", UQ, 0, 2**31) + b"\0" * 20
+    elif case == "short_chunk":  # shorter than its ideal-bits field
+        head = struct.pack("<BHI", UQ, 0, 3) + b"\0" * 3
+        cb[0] = head + struct.pack("<I", zlib.crc32(head))
     elif case == "bad_crc":
         cb[0] = cb[0][:-1] + bytes([cb[0][-1] ^ 1])
     elif case == "bad_crc_last":
         cb[2] = cb[2][:20] + bytes([cb[2][20] ^ 0x40]) + cb[2][21:]
     elif case == "wrong_index":
-        cb[1] = Chunk(LATENT, 2, chunks[1].payload).to_bytes()
+        cb[1] = Chunk(UQ, 2, 0.0, chunks[1].payload).to_bytes()
     elif case == "unknown_kind":
-        cb[1] = Chunk(4, 1, chunks[1].payload).to_bytes()
+        body = struct.pack("<BHI", 9, 1, 8) + b"\0" * 8
+        cb[1] = body + struct.pack("<I", zlib.crc32(body))
     elif case == "final_too_early":
-        cb[0] = Chunk(FINAL, 0, chunks[0].payload).to_bytes()
+        cb[0] = Chunk(FINAL, 0, 0.0, chunks[0].payload).to_bytes()
     elif case == "predicted_final_too_early":
-        cb[1] = Chunk(FINAL_PRED, 1, chunks[1].payload).to_bytes()
+        cb[1] = Chunk(FINAL_PRED, 1, 0.0, chunks[1].payload).to_bytes()
     elif case == "latent_last":
-        cb[2] = Chunk(LATENT, 2, chunks[2].payload).to_bytes()
+        cb[2] = Chunk(UQ, 2, 0.0, chunks[2].payload).to_bytes()
     elif case == "trailing":
         cb.append(b"garbage")
     elif case == "extra_chunk":
-        cb.append(Chunk(FINAL, 3, chunks[2].payload).to_bytes())
+        cb.append(Chunk(FINAL, 3, 0.0, chunks[2].payload).to_bytes())
     _refused(hb + b"".join(cb), match)
 
 
@@ -277,11 +269,25 @@ def test_large_but_plausible_chunk_length_reads_as_truncated():
     """A chunk announcing up to 2**30 bytes in a short file is a truncated file, not an error,
     and costs no allocation."""
     header = make_header()
-    data = header.to_bytes() + make_chunks(3)[0].to_bytes() + struct.pack("<BHI", LATENT, 1, 2**30) + b"\0" * 9
-    t0 = time.perf_counter()
-    parsed = parse(data)
-    assert time.perf_counter() - t0 < 0.5
+    data = header.to_bytes() + make_chunks(3)[0].to_bytes() + struct.pack("<BHI", UQ, 1, 2**30) + b"\0" * 9
+    parsed = None
+
+    def run():
+        nonlocal parsed
+        parsed = parse(data)
+
+    assert _peak_bytes(run) < 1 << 20
     assert parsed.truncated and len(parsed.chunks) == 1
+
+
+def test_pixel_limit_is_checked_before_anything_else():
+    """A valid header claiming 16384 x 4096 pixels (no chunks) is refused by the parser under a
+    pixel limit, with the limit named, and without allocating for the image."""
+    data = make_header(width=16384, height=4096, num_chunks=0).to_bytes()
+    _refused_limit = lambda: parse(data, max_pixels=25_000_000)  # noqa: E731
+    with pytest.raises(FormatError, match="megapixels is above the limit of 25.0"):
+        _refused_limit()
+    assert parse(data).header.width == 16384  # the format itself allows it
 
 
 @pytest.mark.parametrize("data", [b"", b"\x89", MAGIC, MAGIC + b"\x01", MAGIC + b"\x01\x00\x00\x00",
@@ -297,7 +303,7 @@ def test_not_a_dfc(data):
 @pytest.fixture(scope="module")
 def real_file(tiny_prior, tiny_images):
     img = np.ascontiguousarray(tiny_images[0][4:16, 8:24])  # 16 x 12
-    res = encode(img, tiny_prior, EncodeOptions(steps=3, seed=42, pfr_budget=0))
+    res = encode(img, tiny_prior, EncodeOptions(steps=3, t_min=5, seed=42, method=LatentMethod.UQ))
     assert decode(res.data, tiny_prior).lossless
     return res.data, img
 
@@ -329,39 +335,31 @@ def _mutations(data: bytes, parsed: Parsed, rng: np.random.Generator, count: int
                 d = d[:int(rng.integers(0, len(d)))]
             else:
                 g = rng.integers(0, 256, int(rng.integers(0, 200)), dtype=np.uint8).tobytes()
-                d = bytearray((MAGIC + b"\x01" if rng.random() < 0.5 else b"") + g)
-        elif kind in (4, 5, 6):  # CRC-valid damage of one chunk's payload
+                d = bytearray((MAGIC + b"\x02" if rng.random() < 0.5 else b"") + g)
+        elif kind in (4, 5, 6):  # CRC-valid damage of one chunk: rebuilt with a damaged payload
             c = int(rng.integers(0, len(starts)))
-            s, n = starts[c], parsed.chunks[c].size - 11
-            p0 = s + 7
-            how = rng.integers(0, 5)
-            if how == 0:  # random bytes of the payload (ideal bits, lo/hi, scales, stream)
-                for pos in rng.integers(p0, p0 + n, int(rng.integers(1, 4))):
-                    d[pos] ^= int(rng.integers(1, 256))
-            elif how == 1:  # the symbol range
-                lo, hi = struct.unpack_from("<ii", d, p0 + 4)
-                lo, hi = [(lo, hi + 1), (lo - 1, hi), (hi, hi), (lo, lo), (hi, lo), (-(2**31), -(2**31) + 5),
-                          (2**31 - 7, 2**31 - 1), (lo - 2**19, hi + 2**19)][int(rng.integers(0, 8))]
-                struct.pack_into("<ii", d, p0 + 4, lo, hi)
-            elif how == 2:  # the scale codes
-                (ns,) = struct.unpack_from("<I", d, p0 + 12)
-                if ns:
-                    d[p0 + 16 + int(rng.integers(0, ns))] = int(rng.choice([0, 255, int(rng.integers(0, 256))]))
-            elif how == 3:  # the stream: random words, or cut to a shorter whole number of words
-                (ns,) = struct.unpack_from("<I", d, p0 + 12)
-                stream = bytes(d[p0 + 16 + ns:p0 + n])
+            chunk = parsed.chunks[c]
+            payload = bytearray(chunk.payload)
+            (ns,) = struct.unpack_from("<I", payload)
+            how = int(rng.integers(0, 5))
+            if how == 0:  # random bytes of the payload (count, widths, streams)
+                for pos in rng.integers(0, len(payload), int(rng.integers(1, 4))):
+                    payload[pos] ^= int(rng.integers(1, 256))
+            elif how == 1 and ns:  # a width code
+                payload[4 + int(rng.integers(0, ns))] = int(rng.choice([0, 255, int(rng.integers(0, 256))]))
+            elif how == 2:  # the stream: random words, or cut to a shorter whole number of words
+                stream = bytes(payload[4 + ns:])
                 if rng.random() < 0.5 and stream:
                     stream = stream[:4 * int(rng.integers(0, len(stream) // 4))]
                 else:
                     stream = rng.integers(0, 256, len(stream) // 4 * 4 + 4 * int(rng.integers(0, 3)),
                                           dtype=np.uint8).tobytes()
-                payload = bytes(d[p0:p0 + 16 + ns]) + stream
-                d[s:s + 11 + n] = Chunk(parsed.chunks[c].kind, c, payload).to_bytes()
-                yield bytes(d)
-                continue
-            else:  # the side information count
-                struct.pack_into("<I", d, p0 + 12, int(rng.choice([0, 1, 2**31, int(rng.integers(0, 64))])))
-            _fix_chunk_crc(d, s)
+                payload = payload[:4 + ns] + stream
+            elif how == 3:  # the side information count
+                struct.pack_into("<I", payload, 0, int(rng.choice([0, 1, 2**31, int(rng.integers(0, 64))])))
+            kinds = (UQ, PFR) if not chunk.kind.is_final else (FINAL, FINAL_PRED)
+            new_kind = kinds[int(rng.integers(0, 2))] if how == 4 else chunk.kind  # another coder's payload
+            d[starts[c]:starts[c] + chunk.size] = Chunk(new_kind, c, chunk.ideal_bits, bytes(payload)).to_bytes()
         else:  # CRC-valid damage of the header body (size fields kept small)
             pos = int(rng.integers(8 + 5 + 9, hsize - 4))  # after width/height/mode
             d[pos] ^= int(rng.integers(1, 256))
@@ -370,19 +368,19 @@ def _mutations(data: bytes, parsed: Parsed, rng: np.random.Generator, count: int
 
 
 def test_fuzz_decoder_with_real_file(real_file, tiny_prior, monkeypatch):
-    """>= 1000 mutations of a real file: decode succeeds or raises a DiffcodecError, never any
-    other exception (PanicException from the range coder included), and never hangs."""
-    import diffcodec.codec as codec
+    """1000 mutations of a real file: decode succeeds or raises a DiffcodecError, never any
+    other exception (PanicException from the range coder included), and a lossless result is
+    always the original image."""
+    import diffcodec.coders.uq as uq_coder
 
     data, img = real_file
     parsed = parse(data)
     assert len(parsed.chunks) == 4
     calls = []
-    real_decode_gaussian = codec.decode_gaussian
-    monkeypatch.setattr(codec, "decode_gaussian", lambda *a, **k: calls.append(1) or real_decode_gaussian(*a, **k))
+    real_decode_tables = uq_coder.decode_tables
+    monkeypatch.setattr(uq_coder, "decode_tables", lambda *a, **k: calls.append(1) or real_decode_tables(*a, **k))
     rng = np.random.default_rng(20240607)
     failures, outcomes = [], {"ok": 0, "lossless": 0, "error": 0, "skipped": 0}
-    t0 = time.perf_counter()
     for i, mutated in enumerate(_mutations(data, parsed, rng, 1000)):
         try:
             h = parse(mutated).header
@@ -400,12 +398,10 @@ def test_fuzz_decoder_with_real_file(real_file, tiny_prior, monkeypatch):
         if res.lossless:  # a lossless result must be the original image: no silent corruption
             outcomes["lossless"] += 1
             assert np.array_equal(np.asarray(res.image.convert("RGB")), img), i
-    elapsed = time.perf_counter() - t0
     assert not failures, failures[:10]
     assert outcomes["error"] > 300 and outcomes["ok"] > 50 and outcomes["lossless"] > 5, outcomes
     assert len(calls) > 300  # the CRC-preserving mutations did reach the range decoder
     assert outcomes["skipped"] < 20
-    assert elapsed < 90, elapsed
 
 
 def test_decoded_file_is_the_encoded_image(real_file, tiny_prior):

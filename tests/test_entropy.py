@@ -1,5 +1,5 @@
 """The entropy-coding adapter (diffcodec.entropy): exact round trips, rate against the ideal
-code length, golden bitstreams and the portable shared randomness."""
+code length, streams consumed exactly, and golden bitstreams."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from diffcodec.entropy import MAX_STD, MIN_STD, decode_gaussian, encode_gaussian, portable_normal, \
-    portable_uniform
+from diffcodec.entropy import MAX_STD, MIN_STD, decode_gaussian, decode_tables, encode_gaussian, encode_tables, \
+    table_chunks
 from diffcodec.errors import FormatError
 
 
@@ -183,60 +183,64 @@ def test_golden_bitstream():
     np.testing.assert_array_equal(out, sym)
 
 
-GOLDEN_UNIFORM_12345_7 = [
-    0.4649993313711044, -0.044974585673618894, 0.4564295527021338, -0.37282146196202637,
-    0.3276965654863815, 0.07439884671933161, -0.4589561876756839, -0.03536895857155842,
-]
-GOLDEN_UNIFORM_SHA256 = "9b391ae01944848d6280dcbbf3edf6021847a32d7e0f944207568ba5981f2c46"  # (12345, 7, 1000)
-GOLDEN_NORMAL_12345_7 = [
-    1.21446329530343, -0.9836212908413868, 2.4205657994972483, -0.5087561611436817,
-    -2.286887651885344, -0.4965092049488626, 0.6384462042621039,
-]
-# SHA-256 of portable_normal(12345, 7, 1001) rounded to float32: robust to the last-bit
-# differences between libm implementations that the docstring allows, but not to any change of
-# algorithm (Box-Muller pairing, stream, seeding).
-GOLDEN_NORMAL_F32_SHA256 = "3109bc9812a6a6245df8eed05ef5003f211044e4aa83f937fb45e7057b78c89c"
+def test_streams_must_be_consumed_exactly():
+    """Any data beyond the symbols' own words is an error: one extra word too (the range
+    decoder alone cannot see it; the re-encoding check can)."""
+    sym, means, stds, lo, hi = _golden_inputs()
+    data = encode_gaussian(sym, means, stds, lo, hi)
+    for extra in (b"\0\0\0\0", b"\x01\x02\x03\x04", b"\xff" * 8):
+        with pytest.raises(FormatError, match="left over"):
+            decode_gaussian(data + extra, 64, means, stds, lo, hi)
+    with pytest.raises(FormatError):
+        decode_gaussian(data[:-4], 64, means, stds, lo, hi)
+    with pytest.raises(FormatError, match="left over"):
+        decode_gaussian(b"\0\0\0\0", 0, 0.0, 1.0, 0, 5)  # no symbols, but data
 
 
-def test_golden_portable_uniform():
-    u = portable_uniform(12345, 7, 8)
-    assert u.dtype == np.float64
-    assert u.tolist() == GOLDEN_UNIFORM_12345_7  # exact: integer arithmetic and a power-of-2 scale
-    assert hashlib.sha256(portable_uniform(12345, 7, 1000).tobytes()).hexdigest() == GOLDEN_UNIFORM_SHA256
-    # a prefix of a longer draw is the shorter draw
-    np.testing.assert_array_equal(portable_uniform(12345, 7, 3), u[:3])
-    # the seed is taken modulo 2**64
-    np.testing.assert_array_equal(portable_uniform(-1, 0, 5), portable_uniform(2**64 - 1, 0, 5))
+def _table_case(seed: int, n: int = 700, width: int = 9):
+    rng = np.random.default_rng(seed)
+    alphabet = rng.integers(1, width + 1, n)
+    probs = rng.random((n, width)) * (np.arange(width)[None] < alphabet[:, None])
+    sym = np.array([rng.integers(0, a) for a in alphabet])
+    return sym, probs, alphabet
 
 
-def test_golden_portable_normal():
-    z = portable_normal(12345, 7, 7)
-    np.testing.assert_allclose(z, GOLDEN_NORMAL_12345_7, rtol=0, atol=1e-15)
-    z32 = portable_normal(12345, 7, 1001).astype(np.float32)
-    assert hashlib.sha256(z32.tobytes()).hexdigest() == GOLDEN_NORMAL_F32_SHA256
-    np.testing.assert_array_equal(portable_normal(3, 1, 11), portable_normal(3, 1, 11))
+@pytest.mark.parametrize("seed", range(3))
+def test_tables_round_trip_and_rate(seed, monkeypatch):
+    import diffcodec.entropy as entropy
+
+    sym, probs, alphabet = _table_case(seed)
+    monkeypatch.setattr(entropy, "TABLE_ELEMENTS", 64)  # many chunks of varying width
+    chunks = table_chunks(alphabet)
+    assert chunks[0][0] == 0 and chunks[-1][1] == len(sym) and all(b == c for (_, b, _), (c, _, _) in
+                                                                      zip(chunks, chunks[1:]))
+    assert all((e - s) * w <= 64 or e - s == 1 for s, e, w in chunks)
+    assert all(w == alphabet[s:e].max() for s, e, w in chunks)
+    tables = [probs[s:e, :w] for s, e, w in chunks]
+    data = encode_tables((sym[s:e], t) for (s, e, _), t in zip(chunks, tables))
+    np.testing.assert_array_equal(decode_tables(data, tables), sym)
+    p = probs / probs.sum(axis=1, keepdims=True)
+    ideal = -np.log2(p[np.arange(len(sym)), sym])[alphabet > 1].sum()
+    assert 8 * len(data) <= 1.01 * ideal + 64 and 8 * len(data) >= 0.99 * ideal - 64
+    with pytest.raises(FormatError, match="left over"):
+        decode_tables(data + b"\0" * 4, tables)
 
 
-def test_portable_streams_are_independent():
-    a, b, c = portable_uniform(1, 0, 1000), portable_uniform(1, 1, 1000), portable_uniform(2, 0, 1000)
-    assert not np.array_equal(a, b) and not np.array_equal(a, c)
-    assert abs(np.corrcoef(a, b)[0, 1]) < 0.1 and abs(np.corrcoef(a, c)[0, 1]) < 0.1
+def test_tables_of_one_symbol_cost_nothing_and_empty_rows_are_uniform():
+    assert encode_tables([(np.zeros(50, dtype=int), np.ones((50, 1)))]) == b""
+    np.testing.assert_array_equal(decode_tables(b"", [np.ones((50, 1))]), np.zeros(50))
+    sym = np.array([0, 3, 1])
+    table = np.zeros((3, 4))  # underflowed rows: coded as uniform, still exact
+    data = encode_tables([(sym, table)])
+    np.testing.assert_array_equal(decode_tables(data, [table]), sym)
+    with pytest.raises(ValueError):
+        encode_tables([(np.array([4]), np.ones((1, 4)))])
 
 
-def test_portable_uniform_distribution():
-    u = portable_uniform(2024, 3, 200_000)
-    assert u.min() >= -0.5 and u.max() < 0.5
-    assert abs(u.mean()) < 0.003  # sd of the mean: 0.29 / sqrt(2e5) = 6.5e-4
-    assert abs(u.var() - 1 / 12) < 0.001
-    hist, _ = np.histogram(u, bins=20, range=(-0.5, 0.5))
-    assert hist.min() > 0.95 * 10_000 and hist.max() < 1.05 * 10_000
-    assert portable_uniform(0, 0, 0).shape == (0,)
+GOLDEN_TABLE_SHA256 = "68a5204ec6721431ffa7b90c1ed9570f526e11a158f8b36868dc3263b43b73e0"
 
 
-def test_portable_normal_distribution():
-    z = portable_normal(77, 5, 100_001)
-    assert z.shape == (100_001,) and np.isfinite(z).all()
-    assert abs(z.mean()) < 0.015 and abs(z.std() - 1.0) < 0.01
-    assert abs(np.mean(z**3)) < 0.05 and abs(np.mean(z**4) - 3.0) < 0.1
-    assert abs(np.mean(z < -1.0) - norm.cdf(-1.0)) < 0.005
-    assert portable_normal(0, 0, 1).shape == (1,)
+def test_golden_table_bitstream():
+    sym, probs, alphabet = _table_case(11, n=200)
+    data = encode_tables([(sym, probs)])
+    assert hashlib.sha256(data).hexdigest() == GOLDEN_TABLE_SHA256

@@ -1,16 +1,44 @@
-"""The final step (diffcodec.final): exact round trips, channel prediction where it pays, never
-worse than the plain layout, and damaged payloads refused."""
+"""The final step (diffcodec.coders.final): exact round trips, beliefs restricted to the feasible
+intervals, channel prediction where it pays, never worse than the plain layout, and damaged
+payloads refused."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
+import torch
 
-from diffcodec import container as fmt
-from diffcodec.codec import TileGrid
-from diffcodec.entropy import encode_gaussian
+from diffcodec.coders import EncodeTarget, StepContext
+from diffcodec.coders.final import FinalCoder
 from diffcodec.errors import FormatError
-from diffcodec.final import decode_final, encode_final
+from diffcodec.intervals import Intervals
+from diffcodec.kinds import ChunkKind
+
+CODER = FinalCoder()
+
+
+def _ctx(mu: np.ndarray, tile: int, lo=None, hi=None) -> StepContext:
+    """A final step's context: the network's estimate ``mu`` in levels ([3, H, W])."""
+    _, h, w = mu.shape
+    chain = SimpleNamespace(height=h, width=w, header=SimpleNamespace(tile=tile))
+    pred = {"pred_xstart": torch.from_numpy(mu / 127.5 - 1.0)[None]}
+    ints = Intervals(mu.size, None if lo is None else lo.ravel(), None if hi is None else hi.ravel())
+    return StepContext(chain, 0, 0, None, pred, ints)
+
+
+def _target(sym: np.ndarray, channels: int = 3) -> EncodeTarget:
+    full = np.repeat(sym, 3, axis=0) if sym.shape[0] == 1 else sym
+    return EncodeTarget(None, full.astype(np.int64), channels)
+
+
+def _round_trip(sym, mu, tile, channels=3, **kw):
+    out = CODER.encode(_ctx(mu, tile, **kw), _target(sym, channels))
+    kind = out.stats["kind"]
+    back = CODER.decode(_ctx(mu, tile, **kw), out.payload, kind, channels)
+    np.testing.assert_array_equal(back.pixels, sym[:channels] if channels == 3 else sym[:1])
+    return out, kind
 
 
 def _pixels(rng, h, w, correlation):
@@ -22,77 +50,75 @@ def _pixels(rng, h, w, correlation):
     return sym, mu
 
 
-def _plain_bytes(sym, mu, grid):
-    codes = grid.fit(sym - mu)
-    stream = encode_gaussian(sym.astype(np.int32), mu, grid.expand(codes), 0, 255)
-    return len(fmt.StepPayload(0.0, 0, 255, codes, stream).to_bytes())
-
-
 @pytest.mark.parametrize("tile", [0, 16])
 def test_correlated_residuals_take_the_predicted_layout(tile):
     rng = np.random.default_rng(1)
     sym, mu = _pixels(rng, 40, 52, 0.9)
-    grid = TileGrid(3, 40, 52, tile)
-    coded = encode_final(sym, mu, grid, 123.0)
-    assert coded.kind == fmt.FINAL_PRED
-    assert len(coded.payload) < 0.8 * _plain_bytes(sym, mu, grid)  # a shared residual is sent once
-    np.testing.assert_array_equal(decode_final(coded.kind, coded.payload, mu, grid), sym)
-    assert fmt.PredictedFinalPayload.from_bytes(coded.payload, grid.size).ideal_bits == 123.0
+    out, kind = _round_trip(sym, mu, tile)
+    assert kind == ChunkKind.FINAL_PRED
+    assert out.stats["predicted_bytes"] < 0.8 * out.stats["plain_bytes"]  # a shared residual is sent once
+    assert len(out.payload) == out.stats["predicted_bytes"]
 
 
 def test_never_larger_than_plain_and_grey_is_plain():
     rng = np.random.default_rng(2)
     for correlation in (0.0, 0.3, 0.6):
         sym, mu = _pixels(rng, 24, 20, correlation)
-        grid = TileGrid(3, 24, 20, 8)
-        coded = encode_final(sym, mu, grid, 0.0)
-        assert len(coded.payload) <= _plain_bytes(sym, mu, grid)
-        np.testing.assert_array_equal(decode_final(coded.kind, coded.payload, mu, grid), sym)
-    grey, mu = sym[:1], mu[:1]
-    grid = TileGrid(1, 24, 20, 8)
-    coded = encode_final(grey, mu, grid, 0.0)
-    assert coded.kind == fmt.FINAL
-    np.testing.assert_array_equal(decode_final(coded.kind, coded.payload, mu, grid), grey)
+        out, _ = _round_trip(sym, mu, 8)
+        assert len(out.payload) == min(out.stats["plain_bytes"], out.stats["predicted_bytes"])
+    grey = np.repeat(sym[:1], 3, axis=0)
+    out, kind = _round_trip(grey, mu, 8, channels=1)
+    assert kind == ChunkKind.FINAL and "predicted_bytes" not in out.stats
     with pytest.raises(FormatError, match="RGB"):
-        decode_final(fmt.FINAL_PRED, coded.payload, mu, grid)
+        CODER.decode(_ctx(mu, 8), out.payload, ChunkKind.FINAL_PRED, 1)
 
 
 def test_edge_values_round_trip():
     sym = np.zeros((3, 9, 7), dtype=np.int64)
     sym[:, ::2] = 255
-    mu = np.full(sym.shape, 127.5)
-    grid = TileGrid(3, 9, 7, 0)
-    coded = encode_final(sym, mu, grid, 0.0)
-    np.testing.assert_array_equal(decode_final(coded.kind, coded.payload, mu, grid), sym)
+    _round_trip(sym, np.full(sym.shape, 127.5), 0)
+
+
+def test_intervals_restrict_the_levels():
+    """Narrower feasible intervals never cost more, and pinned levels cost nothing."""
+    rng = np.random.default_rng(4)
+    sym, mu = _pixels(rng, 32, 32, 0.2)
+    free, _ = _round_trip(sym, mu, 0)
+    lo = np.clip(sym - rng.integers(0, 4, sym.shape), 0, 255)
+    hi = np.clip(sym + rng.integers(0, 4, sym.shape), 0, 255)
+    narrow, _ = _round_trip(sym, mu, 0, lo=lo, hi=hi)
+    assert narrow.coded_bits < 0.6 * free.coded_bits  # at most 7 levels left of ~40
+    pinned, _ = _round_trip(sym, mu, 0, lo=sym, hi=sym)
+    assert pinned.coded_bits == 0
+    with pytest.raises(AssertionError, match="outside its feasible interval"):
+        CODER.encode(_ctx(mu, 0, lo=np.minimum(sym + 1, 255), hi=np.full(sym.shape, 255)), _target(sym))
 
 
 def test_damaged_predicted_payloads_are_format_errors():
     rng = np.random.default_rng(3)
     sym, mu = _pixels(rng, 16, 16, 0.9)
-    grid = TileGrid(3, 16, 16, 8)
-    coded = encode_final(sym, mu, grid, 0.0)
-    assert coded.kind == fmt.FINAL_PRED
-    payload = coded.payload
+    out, kind = _round_trip(sym, mu, 8)
+    assert kind == ChunkKind.FINAL_PRED
+    payload, ctx = out.payload, _ctx(mu, 8)
     for cut in range(len(payload)):
         with pytest.raises(FormatError):
-            decode_final(fmt.FINAL_PRED, payload[:cut], mu, grid)
+            CODER.decode(ctx, payload[:cut], ChunkKind.FINAL_PRED)
     with pytest.raises(FormatError):
-        decode_final(fmt.FINAL_PRED, payload + b"\0\0\0\0", mu, grid)
-    for at in (4, 8 + grid.size):  # the side-information counts
+        CODER.decode(ctx, payload + b"\0\0\0\0", ChunkKind.FINAL_PRED)
+    size = 3 * 2 * 2
+    for at in (0, 4 + size):  # the side-information counts
         bad = bytearray(payload)
         bad[at] ^= 1
         with pytest.raises(FormatError):
-            decode_final(fmt.FINAL_PRED, bytes(bad), mu, grid)
+            CODER.decode(ctx, bytes(bad), ChunkKind.FINAL_PRED)
     outcomes = {"ok": 0, "error": 0}
-    for i in range(60):  # flipped bytes elsewhere: an error, or some symbols (the CRCs catch these)
+    for _ in range(60):  # flipped bytes elsewhere: an error, or some levels (the file's CRCs catch these)
         bad = bytearray(payload)
         bad[int(rng.integers(0, len(bad)))] ^= int(rng.integers(1, 256))
         try:
-            out = decode_final(fmt.FINAL_PRED, bytes(bad), mu, grid)
-            assert out.shape == sym.shape and out.dtype == np.uint8
+            got = CODER.decode(ctx, bytes(bad), ChunkKind.FINAL_PRED).pixels
+            assert got.shape == sym.shape and got.dtype == np.uint8
             outcomes["ok"] += 1
         except FormatError:
             outcomes["error"] += 1
     assert outcomes["error"] > 0
-    with pytest.raises(FormatError):  # the plain layout's symbol range is checked
-        decode_final(fmt.FINAL, fmt.StepPayload(0.0, 0, 10, b"\0" * grid.size, b"").to_bytes(), mu, grid)

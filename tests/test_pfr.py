@@ -1,4 +1,4 @@
-"""The PFR channel simulator (diffcodec.pfr) and its integration: exact search, samples that
+"""The PFR channel simulator (diffcodec.coders.pfr) and its integration: exact search, samples that
 follow q, rate against UQ, layouts, lossless round trips, truncation and hostile payloads."""
 
 from __future__ import annotations
@@ -16,16 +16,21 @@ from PIL import Image
 from scipy import stats
 
 from codec_fixtures import random_rgb, tiny_model_path, tiny_prior  # noqa: F401  (fixtures)
-from diffcodec import philox, pfr
+from diffcodec import philox
 from diffcodec.cli import main
-from diffcodec.codec import EncodeOptions, TileGrid, decode, encode, iter_previews
-from diffcodec.container import LATENT, Chunk, PfrPayload, StepPayload, latent_payload, parse
+from diffcodec.codec import EncodeOptions, decode, encode, iter_previews
+from diffcodec.coders import pfr
+from diffcodec.coders.pfr import PfrPayload
+from diffcodec.container import Chunk, parse
 from diffcodec.entropy import encode_gaussian, pack_bits, unpack_bits
 from diffcodec.errors import FormatError
+from diffcodec.kinds import ChunkKind, LatentMethod
+from diffcodec.sideinfo import TileGrid
 
 
 def _opts(**kw) -> EncodeOptions:
-    kw = {"steps": 3, "seed": 11, "method": "pfr", "chunk_bits": 6, "margin_bits": 4, **kw}
+    kw = {"steps": 3, "t_min": 10, "seed": 11, "method": LatentMethod.PFR, "pfr_chunk_bits": 6,
+          "pfr_margin_bits": 4, **kw}
     return EncodeOptions(**kw)
 
 
@@ -114,35 +119,29 @@ def test_samples_follow_q(mean, r):
 # ----------------------------------------------------------------------------- rate
 
 
-def _uq_bits(delta: np.ndarray, grid: TileGrid) -> tuple[int, int]:
-    """(stream bits, payload bits) of the codec's UQ step on the same posterior:
-    k = round(delta / sqrt(12) - u)."""
-    u = np.random.default_rng(3).uniform(-0.5, 0.5, delta.shape)
-    k = np.rint(delta / math.sqrt(12) - u)
-    codes = grid.fit(k + u)
-    stream = encode_gaussian(k.astype(np.int32), -u, grid.expand(codes), int(k.min()), int(k.max()))
-    return 8 * len(stream), 8 * len(StepPayload(0.0, int(k.min()), int(k.max()), codes, stream).to_bytes())
-
-
 @pytest.mark.parametrize("kl_per_dim", [0.05, 0.3])
 def test_rate_is_kl_plus_chunk_overhead_and_beats_uq_at_low_kl(kl_per_dim):
+    from diffcodec.trajectory import uq_overhead
+
     grid = TileGrid(3, 16, 32, 0)
     rng = np.random.default_rng(7)
     delta = rng.normal(0, math.sqrt(2 ** (2 * kl_per_dim) - 1), (3, 16, 32))
     sigma_q = 0.1
     mu_p = torch.from_numpy(rng.normal(0, 1, (3, 16, 32)))
-    step = pfr.encode_step(mu_p + sigma_q * torch.from_numpy(delta), mu_p, sigma_q, grid, 99, 2, 6, 4)
+    key = philox.seed_key(99)
+    step = pfr.encode_step(mu_p + sigma_q * torch.from_numpy(delta), mu_p, sigma_q, grid, key, 2, 6, 4)
     s = step.stats
     kl = s["kl_prior_bits"]
     assert abs(kl / delta.size - kl_per_dim) < 0.2 * kl_per_dim
     assert kl - 3 * s["chunks"] <= s["index_bits"] <= kl + 5 * s["chunks"] + 32, s
-    payload = 8 * len(PfrPayload(0.0, 6, 4, step.offset_code, step.std_code, step.codes, step.stream,
-                                 step.raw).to_bytes())
-    uq_stream, uq_payload = _uq_bits(delta, grid)
+    payload = PfrPayload(6, 4, step.offset_code, step.std_code, step.codes, step.stream, step.raw)
+    uq = delta.size * (kl_per_dim + float(uq_overhead(kl_per_dim)))  # UQ's entropy on the same step
+    uq_side = 8 * (4 + grid.size)  # UQ's payload besides its stream: the widths' count and codes
     if kl_per_dim < 0.1:  # UQ pays ~0.2 bits/dim here (../shared/notes/coding-overhead.md)
-        assert s["index_bits"] < 0.5 * uq_stream and payload < 0.75 * uq_payload, (s, uq_stream, uq_payload)
-    x = pfr.decode_step(step.codes, step.offset_code, step.std_code, step.stream, step.raw, mu_p, sigma_q, grid,
-                        99, 2, 6, 4)
+        assert s["index_bits"] < 0.5 * uq and 8 * len(payload.to_bytes()) < 0.75 * (uq + uq_side), (s, uq)
+    again = PfrPayload.from_bytes(payload.to_bytes(), grid.size)
+    assert again == payload
+    x = pfr.decode_step(again, mu_p, sigma_q, grid, key, 2)
     assert torch.equal(x, step.x)
 
 
@@ -201,16 +200,48 @@ def pfr_file(tiny_prior):
 def test_lossless_round_trips(pfr_file, tiny_prior):
     res, img = pfr_file
     parsed = parse(res.data)
-    assert parsed.header.method == "pfr" and res.lossless
+    assert res.lossless and [c.kind for c in parsed.chunks[:-1]] == [ChunkKind.PFR] * 3
     for c, s in zip(parsed.chunks[:-1], res.steps[:-1]):
         p = PfrPayload.from_bytes(c.payload, 3)
-        assert (p.chunk_bits, p.margin) == (6, 4) and p.ideal_bits == pytest.approx(s.ideal_bits, rel=1e-6)
+        assert (p.chunk_bits, p.margin) == (6, 4) and c.ideal_bits == pytest.approx(s.ideal_bits, rel=1e-6)
         assert s.coded_bits == 8 * (len(p.stream) + len(p.raw)) and s.extra["chunks"] > 0
     np.testing.assert_array_equal(np.asarray(decode(res.data, tiny_prior).image), img)
     for image in (Image.fromarray(random_rgb(8, 8, 6)), Image.fromarray(random_rgb(10, 9, 7)).convert("L")):
         out = decode(encode(image, tiny_prior, _opts(tile=8)).data, tiny_prior)
         assert out.lossless and out.image.mode == image.mode
         np.testing.assert_array_equal(np.asarray(out.image), np.asarray(image))
+
+
+def test_pfr_steps_leave_the_intervals_open_and_mix_with_uq(tiny_prior):
+    """A PFR step sends a Gaussian sample, not a cell: it hands the feasible intervals on as
+    they were; a chain mixing both coders decodes losslessly."""
+    from diffcodec import trajectory
+    from diffcodec.chain import CodedChain
+    from diffcodec.coders import CODERS, EncodeTarget, StepContext
+    from diffcodec.intervals import Intervals
+
+    img = random_rgb(12, 16, 5)
+    res = encode(img, tiny_prior, _opts())
+    chain = CodedChain(tiny_prior, res.header)
+    levels = img.transpose(2, 0, 1).astype(np.int64)
+    target = EncodeTarget(torch.from_numpy(levels / 127.5 - 1.0)[None], levels, 3, 6, 4)
+    ints = Intervals(chain.n, np.full(chain.n, 3), np.full(chain.n, 250))
+    x = chain.x_T()
+    step = CODERS[ChunkKind.PFR].encode(StepContext(chain, 0, 3, x, chain.predict(x, 3), ints), target)
+    assert step.intervals is ints
+    assert step.payload == parse(res.data).chunks[0].payload  # the intervals play no part in PFR
+
+    mixed = trajectory.Plan((10, 400, 700, 999), (ChunkKind.PFR, ChunkKind.UQ, ChunkKind.PFR), 6, 4)
+    import diffcodec.codec as codec
+
+    real = codec.plan_chain
+    codec.plan_chain = lambda *a, **k: mixed
+    try:
+        out = encode(img, tiny_prior, _opts())
+    finally:
+        codec.plan_chain = real
+    assert [c.kind for c in parse(out.data).chunks] == [ChunkKind.PFR, ChunkKind.UQ, ChunkKind.PFR, out.steps[-1].kind]
+    np.testing.assert_array_equal(np.asarray(decode(out.data, tiny_prior).image), img)
 
 
 def test_truncation(pfr_file, tiny_prior):
@@ -225,32 +256,22 @@ def test_truncation(pfr_file, tiny_prior):
         end += c.size
 
 
-def _set_method(data: bytes, method: int) -> bytes:
-    """Rewrite the header's method byte and its CRC."""
-    d = bytearray(data)
-    body = parse(data).header_size - 4
-    pos = 8 + 5 + 46 + 2 * len(parse(data).header.timesteps) + 8  # magic, version+len, ..., seed
-    d[pos] = method
-    d[body:body + 4] = struct.pack("<I", zlib.crc32(bytes(d[8:body])))
-    return bytes(d)
-
-
-def test_method_byte(pfr_file, tiny_prior, tiny_images):
+def test_payload_read_as_the_other_coder_is_a_format_error(pfr_file, tiny_prior, tiny_images):
     res, _ = pfr_file
-    assert parse(_set_method(res.data, 1)).header.method == "pfr"
-    with pytest.raises(FormatError, match="method"):
-        parse(_set_method(res.data, 3))
-    with pytest.raises(FormatError):  # PFR payloads read as UQ
-        decode(_set_method(res.data, 0), tiny_prior)
-    with pytest.raises(FormatError):  # untagged payloads read as per-step ones
-        decode(_set_method(res.data, 2), tiny_prior)
-    uq = encode(tiny_images[2], tiny_prior, EncodeOptions(steps=2, seed=1, method="uq"))
-    with pytest.raises(FormatError):  # UQ payloads read as PFR
-        decode(_set_method(uq.data, 1), tiny_prior)
+    parsed = parse(res.data)
+    for c in range(len(parsed.chunks) - 1):
+        chunks = list(parsed.chunks)
+        chunks[c] = Chunk(ChunkKind.UQ, c, 0.0, chunks[c].payload)
+        with pytest.raises(FormatError):
+            decode(res.data[:parsed.header_size] + b"".join(ch.to_bytes() for ch in chunks), tiny_prior)
+    uq = encode(tiny_images[2], tiny_prior, EncodeOptions(steps=2, seed=1, method=LatentMethod.UQ))
+    p = parse(uq.data)
+    chunks = list(p.chunks)
+    chunks[0] = Chunk(ChunkKind.PFR, 0, 0.0, chunks[0].payload)
+    with pytest.raises(FormatError):
+        decode(uq.data[:p.header_size] + b"".join(ch.to_bytes() for ch in chunks), tiny_prior)
     with pytest.raises(ValueError):
-        encode(tiny_images[2], tiny_prior, EncodeOptions(method="ans"))
-    with pytest.raises(ValueError):
-        encode(tiny_images[2], tiny_prior, _opts(chunk_bits=30))
+        encode(tiny_images[2], tiny_prior, _opts(pfr_chunk_bits=30))
 
 
 def test_corrupt_payloads_raise_only_format_errors(pfr_file, tiny_prior):
@@ -265,20 +286,20 @@ def test_corrupt_payloads_raise_only_format_errors(pfr_file, tiny_prior):
         payload = bytearray(parsed.chunks[c].payload)
         where = i % 6
         if where == 0:  # chunk_bits, margin, offset, std
-            payload[4 + int(rng.integers(0, 4))] = int(rng.choice([0, 1, 7, 8, 20, 21, 255, int(rng.integers(256))]))
+            payload[int(rng.integers(0, 4))] = int(rng.choice([0, 1, 7, 8, 20, 21, 255, int(rng.integers(256))]))
         elif where == 1:  # kappa codes
-            payload[12 + int(rng.integers(0, 3))] = int(rng.choice([0, 255, int(rng.integers(256))]))
+            payload[8 + int(rng.integers(0, 3))] = int(rng.choice([0, 255, int(rng.integers(256))]))
         elif where == 2:  # the counts S and W
-            at = int(rng.choice([8, 15]))
+            at = int(rng.choice([4, 11]))
             struct.pack_into("<I", payload, at, int(rng.choice([0, 3, 4, 2**31, int(rng.integers(64))])))
         else:  # stream and raw bits: flips, or cuts
             if rng.random() < 0.3:
                 payload = payload[:len(payload) - int(rng.integers(1, 5))]
             else:
-                for pos in rng.integers(19, len(payload), int(rng.integers(1, 4))):
+                for pos in rng.integers(15, len(payload), int(rng.integers(1, 4))):
                     payload[pos] ^= int(rng.integers(1, 256))
         chunks = list(parsed.chunks)
-        chunks[c] = Chunk(LATENT, c, bytes(payload))
+        chunks[c] = Chunk(ChunkKind.PFR, c, 0.0, bytes(payload))
         data = res.data[:parsed.header_size] + b"".join(ch.to_bytes() for ch in chunks)
         try:
             out = decode(data, tiny_prior)
@@ -296,19 +317,16 @@ def test_cli_method_and_info(tmp_path, tiny_model_path):
     run = CliRunner().invoke
     r = run(main, ["encode", str(tmp_path / "a.png"), "-o", str(tmp_path / "a.dfc"), "--model", str(tiny_model_path),
                    "--steps", "2", "--method", "pfr", "--chunk-bits", "6", "--seed", "3"])
-    assert r.exit_code == 0 and "pfr" in r.output, r.output
+    assert r.exit_code == 0, r.output
     info = json.loads(run(main, ["info", str(tmp_path / "a.dfc"), "--json"]).output)
-    assert info["method"] == "pfr" and info["lossless"] and len(info["steps"]) == 3
-    assert run(main, ["info", str(tmp_path / "a.dfc")]).output.count("pfr") == 1 + 2  # the method, 2 steps' coder
+    assert info["lossless"] and [s["kind"] for s in info["steps"]][:2] == ["pfr", "pfr"]
+    assert run(main, ["info", str(tmp_path / "a.dfc")]).output.count(" pfr ") == 2  # the 2 steps' coder
     r = run(main, ["decode", str(tmp_path / "a.dfc"), "-o", str(tmp_path / "b.png"), "--model", str(tiny_model_path)])
     assert r.exit_code == 0
     decoded, original = (np.asarray(Image.open(tmp_path / f)) for f in ("b.png", "a.png"))
     np.testing.assert_array_equal(decoded, original)
     r = run(main, ["encode", str(tmp_path / "a.png"), "-o", str(tmp_path / "c.dfc"), "--chunk-bits", "40"])
-    assert r.exit_code != 0
-
-
-# ----------------------------------------------------------------------------- per-step choice (auto)
+    assert r.exit_code == 2 and "--chunk-bits" in r.output and "40" in r.output  # click's range check
 
 
 def test_estimate_matches_the_step_it_predicts():
@@ -325,73 +343,3 @@ def test_estimate_matches_the_step_it_predicts():
     assert est.chunks == plan.num_chunks
     assert est.bits == pytest.approx(kl + pfr.INDEX_OVERHEAD_BITS * plan.num_chunks)
     assert est.search_pairs >= plan.num_chunks * 2 ** 4  # every chunk searches at least 2**margin
-
-
-@pytest.fixture(scope="module")
-def auto_files(tiny_prior):
-    img = random_rgb(12, 16, 6)
-    common = dict(steps=3, seed=4, chunk_bits=6, margin_bits=4)
-    uq = encode(img, tiny_prior, EncodeOptions(method="uq", **common))
-    auto = encode(img, tiny_prior, EncodeOptions(method="auto", pfr_budget=math.inf, **common))
-    none = encode(img, tiny_prior, EncodeOptions(method="auto", pfr_budget=0, **common))
-    return img, uq, auto, none
-
-
-def test_auto_takes_the_cheaper_coder_per_step(auto_files, tiny_prior):
-    img, uq, auto, _ = auto_files
-    assert auto.header.method == "auto"
-    latent = [s for s in auto.steps if s.kind == "latent"]
-    coders = [s.extra["method"] for s in latent]
-    assert "pfr" in coders  # the low-KL steps of this image go to PFR
-    for s in latent:
-        assert s.coded_bits <= s.extra["uq_bits"]  # never worse than UQ on the same step
-        if s.extra["method"] == "pfr":
-            assert s.extra["pfr_bits"] < s.extra["uq_bits"]
-    assert len(auto.data) < len(uq.data)
-    np.testing.assert_array_equal(np.asarray(decode(auto.data, tiny_prior).image), img)
-    parsed = parse(auto.data)
-    assert [latent_payload(c.payload, "auto")[0] for c in parsed.chunks if c.kind == LATENT] == coders
-
-
-def test_auto_without_budget_is_uq_with_tags(auto_files, tiny_prior):
-    """A zero search budget never tries PFR: the same chain as UQ, one tag byte per latent step."""
-    img, uq, _, none = auto_files
-    assert [s.extra["method"] for s in none.steps if s.kind == "latent"] == ["uq"] * 3
-    assert len(none.data) == len(uq.data) + 3
-    for a, b in zip(iter_previews(none.data, tiny_prior), iter_previews(uq.data, tiny_prior)):
-        np.testing.assert_array_equal(a.image, b.image)
-
-
-def test_auto_unknown_step_tag_is_a_format_error(auto_files, tiny_prior):
-    _, _, auto, _ = auto_files
-    parsed = parse(auto.data)
-    for tag in (2, 255):
-        chunks = list(parsed.chunks)
-        chunks[0] = Chunk(LATENT, 0, bytes([tag]) + chunks[0].payload[1:])
-        data = auto.data[:parsed.header_size] + b"".join(ch.to_bytes() for ch in chunks)
-        with pytest.raises(FormatError, match="unknown coding method"):
-            decode(data, tiny_prior)
-    chunks = list(parsed.chunks)
-    chunks[0] = Chunk(LATENT, 0, b"")
-    with pytest.raises(FormatError):
-        decode(auto.data[:parsed.header_size] + b"".join(ch.to_bytes() for ch in chunks), tiny_prior)
-
-
-def test_auto_falls_back_to_cheaper_pfr_settings_within_budget(tiny_prior):
-    """A budget too small for the options' (chunk bits, margin) makes auto search with the first
-    cheaper setting that fits; the payload records it and the file decodes losslessly."""
-    from diffcodec.codec import PFR_FALLBACKS
-
-    img = random_rgb(12, 16, 6)
-    res = encode(img, tiny_prior, EncodeOptions(method="auto", steps=3, seed=4, pfr_budget=1e5))
-    latent = [s for s in res.steps if s.kind == "latent"]
-    assert all(s.extra["pfr_search_pairs"] <= 1e5 for s in latent if s.extra["method"] == "pfr")
-    settings = {(s.extra["pfr_chunk_bits"], s.extra["pfr_margin_bits"]) for s in latent}
-    assert settings <= set(PFR_FALLBACKS) and "pfr" in [s.extra["method"] for s in latent]
-    parsed = parse(res.data)
-    for c, s in zip(parsed.chunks, latent):
-        method, payload = latent_payload(c.payload, "auto")
-        if method == "pfr":
-            p = PfrPayload.from_bytes(payload)
-            assert (p.chunk_bits, p.margin) == (s.extra["pfr_chunk_bits"], s.extra["pfr_margin_bits"])
-    np.testing.assert_array_equal(np.asarray(decode(res.data, tiny_prior).image), img)

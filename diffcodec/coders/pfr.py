@@ -5,7 +5,8 @@ model's mean).  PFR (Li and El Gamal, 2018) does it with shared randomness at ab
 KL(q || p') + log2(KL + 1) + O(1) bits, for any prior p' the receiver can sample:
 
 * **Prior.** p' = N(mu_p, sigma_p^2) per dimension with sigma_p = r * sigma_q, r = 2**kappa >= 1
-  sent per tile and channel (one byte: kappa = 2 ** ((code - 200) / 10) bits, :data:`KAPPA`).
+  sent per tile and channel (one byte: kappa = 2 ** ((code - 200) / 10) bits,
+  :data:`diffcodec.sideinfo.KAPPA`).
   With delta = (mu_q - mu_p) / sigma_q, KL(q || p') per dim is
   log2 r + ((1 + delta^2) / r^2 - 1) / (2 ln 2) bits, minimised over a tile at
   r^2 = 1 + mean(delta^2), where its mean is exactly kappa = log2 r.  :func:`fit_codes` starts
@@ -36,7 +37,21 @@ KL(q || p') + log2(KL + 1) + O(1) bits, for any prior p' the receiver can sample
   candidate of each chunk.
 
 Everything random comes from :mod:`diffcodec.philox` (exact integer words on any device); the
-search runs on any torch device in candidate blocks of at most ``max_elements`` entries.
+search runs on any torch device in candidate blocks of at most ``max_elements`` entries.  A
+PFR step leaves the pixels' feasible intervals as they are (its sample is not a cell).
+
+Payload::
+
+    u8  chunk_bits                  1 .. 20: target KL per chunk in bits
+    u8  margin                      0 .. 7: search margin; every n* < 2**H,
+                                    H = chunk_bits + margin + 4
+    u8  offset code, u8 std code    index model: b ~ N(e + (offset - 128) / 8, (std / 16)^2) on
+                                    [0, H], e = the chunk's expected KL in bits; std code >= 1
+    u32 S, then S x u8              kappa codes (prior width, one per tile per channel)
+    u32 W, then W bytes             range-coded b = floor(log2(n* + 1)), one per chunk in the
+                                    layout's order (multiple of 4 bytes)
+    rest                            raw bits: the b low bits of n* + 1 of each chunk in turn,
+                                    most significant first, zero-padded to a whole byte
 """
 
 from __future__ import annotations
@@ -44,24 +59,22 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+import struct
 
 import numpy as np
 import torch
 
-from . import philox
-from .entropy import decode_gaussian, encode_gaussian, pack_bits, unpack_bits
-from .errors import FormatError
+from .. import philox
+from ..entropy import decode_gaussian, encode_gaussian, pack_bits, unpack_bits
+from ..errors import FormatError
+from ..kinds import ChunkKind
+from ..sideinfo import INDEX_OFFSET, INDEX_STD, KAPPA as KAPPA_CODES, TileGrid as Grid
+from .base import EncodeTarget, StepContext, StepOutput
 
-if TYPE_CHECKING:
-    from .codec import TileGrid as Grid
-
-KAPPA_OFFSET, KAPPA_RES = 200, 10
-KAPPA = np.array([2.0 ** ((c - KAPPA_OFFSET) / KAPPA_RES) for c in range(256)])  # bits/dim
-RATIO = np.array([2.0 ** k for k in KAPPA.tolist()])  # r = sigma_p / sigma_q
+KAPPA = KAPPA_CODES.value(np.arange(256))  # bits/dim of each code
+RATIO = 2.0**KAPPA  # r = sigma_p / sigma_q
 MAX_CHUNK_DIMS = 4096
 MAX_CHUNK_BITS, MAX_MARGIN, CAP_EXTRA = 20, 7, 4  # at most 2**31 candidates: counters stay 32-bit
-OFFSET_ZERO, OFFSET_RES, STD_RES = 128, 8.0, 16.0  # offset = (code - 128) / 8, std = code / 16
 TAG_NORMAL, TAG_ARRIVAL, TAG_ORDER = 1, 2, 3
 SEARCH_ELEMENTS = 2**18
 MIN_BLOCK = 16
@@ -283,7 +296,7 @@ def fit_codes(delta2: np.ndarray, grid: Grid) -> bytes:
 def _fit_tile_codes(n: np.ndarray, s: np.ndarray) -> bytes:
     """:func:`fit_codes` from each tile's dim count n and sum of delta^2 s."""
     kappa_opt = 0.5 * np.log2(1.0 + s / n)
-    start = np.round(KAPPA_RES * np.log2(np.maximum(kappa_opt, 1e-30)) + KAPPA_OFFSET)
+    start = KAPPA_CODES.code(np.maximum(kappa_opt, 1e-30))
     best_cost, best = None, None
     for shift in range(-2, 3):
         code = np.clip(start + shift, 0, 255).astype(np.int64)
@@ -355,7 +368,7 @@ def estimate(delta: np.ndarray, grid: Grid, chunk_bits: int, margin: int) -> Est
 
 
 def _index_model(plan: Plan, offset_code: int, std_code: int) -> tuple[np.ndarray, float]:
-    return plan.expected_bits + (offset_code - OFFSET_ZERO) / OFFSET_RES, std_code / STD_RES
+    return plan.expected_bits + float(INDEX_OFFSET.value(offset_code)), float(INDEX_STD.value(std_code))
 
 
 def _model_cost(b: np.ndarray, means: np.ndarray, std: float, hi: int) -> float:
@@ -371,8 +384,8 @@ def encode_indices(nstar: np.ndarray, plan: Plan, hi: int) -> tuple[int, int, by
     value = nstar.astype(np.int64) + 1
     b = (np.frexp(value.astype(np.float64))[1] - 1).astype(np.int64)  # floor(log2 v), exact below 2**53
     resid = b - plan.expected_bits
-    off0 = int(np.clip(np.round(resid.mean() * OFFSET_RES) + OFFSET_ZERO, 0, 255))
-    std0 = float(np.clip(np.round(max(resid.std(), 0.5) * STD_RES), 1, 255))
+    off0 = int(INDEX_OFFSET.code(resid.mean()))
+    std0 = float(np.clip(INDEX_STD.code(max(resid.std(), 0.5)), 1, 255))
     best = None
     for off in range(off0 - 8, off0 + 9, 2):
         for f in (0.5, 0.63, 0.79, 1.0, 1.26, 1.59, 2.0):
@@ -420,13 +433,12 @@ def _sample(plan: Plan, z: torch.Tensor, mu_p: torch.Tensor, sigma_q: float) -> 
     return flat.reshape(mu_p.shape)
 
 
-def encode_step(mu_q: torch.Tensor, mu_p: torch.Tensor, sigma_q: float, grid: Grid, seed: int, step: int,
-                chunk_bits: int, margin: int, device: torch.device | str = "cpu",
-                max_elements: int = SEARCH_ELEMENTS, codes: bytes | None = None) -> PfrStep:
+def encode_step(mu_q: torch.Tensor, mu_p: torch.Tensor, sigma_q: float, grid: Grid, key: tuple[int, int],
+                step: int, chunk_bits: int, margin: int, device: torch.device | str = "cpu",
+                codes: bytes | None = None) -> PfrStep:
     """Send x ~ N(mu_q, sigma_q^2) ([C, H, W], float64) to a receiver knowing mu_p (``codes``:
     the kappa codes when already fitted, e.g. by :func:`estimate`)."""
     check_params(chunk_bits, margin)
-    key = philox.seed_key(seed)
     delta = ((mu_q - mu_p) / sigma_q).to(torch.float64).cpu().numpy()
     if codes is None:
         codes = fit_codes(delta**2, grid)
@@ -439,7 +451,7 @@ def encode_step(mu_q: torch.Tensor, mu_p: torch.Tensor, sigma_q: float, grid: Gr
     kl = np.bincount(plan.chunk, np.log2(r) + ((1.0 + d * d) * c - 1.0) / (2.0 * ln2), minlength=plan.num_chunks)
     sd = np.sqrt(np.bincount(plan.chunk, d * d * c * c + 0.5 * (1.0 - c) ** 2, minlength=plan.num_chunks)) / ln2
     cap = np.clip(np.ceil(kl) + margin, 1, hi).astype(np.int64)
-    found = search(key, step, plan, d / r, r * r, cap, device, max_elements)
+    found = search(key, step, plan, d / r, r * r, cap, device)
     offset_code, std_code, stream, raw = encode_indices(found.nstar, plan, hi)
     x = _sample(plan, regenerate(key, step, plan, found.nstar, device), mu_p.cpu(), sigma_q)
     binds = 0.5 * torch.special.erfc(torch.from_numpy((cap - kl) / np.maximum(sd, 1e-12) / math.sqrt(2.0)))
@@ -449,19 +461,70 @@ def encode_step(mu_q: torch.Tensor, mu_p: torch.Tensor, sigma_q: float, grid: Gr
              "uncertified": int((~found.certified).sum()),
              "top_octave": int((found.nstar + 1 >= np.left_shift(1, cap - 1)).sum()),
              "cap_binds": float(binds.sum()), "index_bits": 8 * (len(stream) + len(raw)),
-             "candidates": found.candidates, "search_seconds": found.seconds}
+             "candidates": found.candidates, "search_seconds": found.seconds,
+             "chunk_bits": chunk_bits, "margin_bits": margin}
     return PfrStep(codes, offset_code, std_code, stream, raw, x, stats)
 
 
-def decode_step(codes: bytes, offset_code: int, std_code: int, stream: bytes, raw: bytes, mu_p: torch.Tensor,
-                sigma_q: float, grid: Grid, seed: int, step: int, chunk_bits: int, margin: int,
-                device: torch.device | str = "cpu") -> torch.Tensor:
+def decode_step(payload: "PfrPayload", mu_p: torch.Tensor, sigma_q: float, grid: Grid, key: tuple[int, int],
+                step: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """The receiver's x ([C, H, W], float64) from one step's PFR data."""
-    try:
-        check_params(chunk_bits, margin)
-    except ValueError as e:
-        raise FormatError(str(e)) from None
-    key = philox.seed_key(seed)
-    plan = make_plan(codes, grid, key, step, chunk_bits)
-    nstar = decode_indices(stream, raw, plan, offset_code, std_code, index_range(chunk_bits, margin))
+    p = payload
+    plan = make_plan(p.kappa_codes, grid, key, step, p.chunk_bits)
+    nstar = decode_indices(p.stream, p.raw, plan, p.offset_code, p.std_code, index_range(p.chunk_bits, p.margin))
     return _sample(plan, regenerate(key, step, plan, nstar, device), mu_p.cpu(), sigma_q)
+
+
+@dataclass
+class PfrPayload:
+    chunk_bits: int
+    margin: int
+    offset_code: int
+    std_code: int
+    kappa_codes: bytes
+    stream: bytes
+    raw: bytes
+
+    def to_bytes(self) -> bytes:
+        return struct.pack("<BBBBI", self.chunk_bits, self.margin, self.offset_code, self.std_code,
+                           len(self.kappa_codes)) + self.kappa_codes \
+            + struct.pack("<I", len(self.stream)) + self.stream + self.raw
+
+    @classmethod
+    def from_bytes(cls, data: bytes, expected_codes: int) -> "PfrPayload":
+        if len(data) < 8:
+            raise FormatError("PFR step payload too short")
+        cbits, margin, offset, std, n = struct.unpack_from("<BBBBI", data)
+        if n != expected_codes or len(data) < 12 + n:
+            raise FormatError("PFR step payload has the wrong amount of side information")
+        if not (1 <= cbits <= MAX_CHUNK_BITS and margin <= MAX_MARGIN and std >= 1):
+            raise FormatError("PFR step payload has implausible coding parameters")
+        (w,) = struct.unpack_from("<I", data, 8 + n)
+        if w % 4 or len(data) < 12 + n + w:
+            raise FormatError("PFR step payload has a bad index stream length")
+        return cls(cbits, margin, offset, std, data[8:8 + n], data[12 + n:12 + n + w], data[12 + n + w:])
+
+
+class PfrCoder:
+    kind = ChunkKind.PFR
+
+    def encode(self, ctx: StepContext, target: EncodeTarget, codes: bytes | None = None) -> StepOutput:
+        chain = ctx.chain
+        mu_q, _, _ = chain.diffusion.q_posterior_mean_variance(target.x0, ctx.x, chain.t(ctx.j))
+        sigma_q = math.sqrt(ctx.coefs[2])
+        step = encode_step(mu_q[0], ctx.pred["mean"][0].double(), sigma_q, chain.grid, chain.key, ctx.index,
+                           target.pfr_chunk_bits, target.pfr_margin_bits, chain.device, codes=codes)
+        payload = PfrPayload(target.pfr_chunk_bits, target.pfr_margin_bits, step.offset_code, step.std_code,
+                             step.codes, step.stream, step.raw).to_bytes()
+        return StepOutput(payload, ctx.intervals, x=step.x[None], coded_bits=step.stats["index_bits"],
+                          stats=step.stats)
+
+    def check(self, payload: bytes, header) -> None:
+        PfrPayload.from_bytes(payload, Grid(3, header.height, header.width, header.tile).size)
+
+    def decode(self, ctx: StepContext, payload: bytes) -> StepOutput:
+        chain = ctx.chain
+        p = PfrPayload.from_bytes(payload, chain.grid.size)
+        x = decode_step(p, ctx.pred["mean"][0].double(), math.sqrt(ctx.coefs[2]), chain.grid, chain.key,
+                        ctx.index, chain.device)
+        return StepOutput(payload, ctx.intervals, x=x[None])

@@ -1,0 +1,143 @@
+"""The coded chain of one file: its diffusion, the network calls, shared randomness, previews.
+
+A file's header names the timesteps of its chain (x_T first at ``timesteps[-1]``, the last
+latent at ``timesteps[0]``).  :class:`CodedChain` builds the diffusion respaced to them, with
+the reverse variances from the model's x_0 error table when the checkpoint has one (the
+analytic variances, :func:`diffcodec.diffusion.analytic_variance`), runs the network on its
+device in float32 (over tiles for large images, :func:`diffcodec.unet.forward_tiled`), and
+draws the randomness both sides share from Philox4x32-10 (:mod:`diffcodec.philox`) keyed by
+the file's seed: x_T, the dithers of the UQ steps, the noise of sampled previews and the PFR
+candidates, each under its own counter tag.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from . import container as fmt
+from . import philox
+from .checkpoint import Prior
+from .diffusion import GaussianDiffusion, get_named_beta_schedule, respace_betas
+from .errors import FormatError
+from .kinds import Reconstruction
+from .sideinfo import TileGrid
+from .unet import forward_tiled
+
+# Philox counter tags (word 3 = tag << 16 | step); PFR uses 1, 2, 3 (diffcodec.coders.pfr).
+TAG_X_T, TAG_DITHER, TAG_SAMPLE = 4, 5, 6
+# Below this alpha-bar x_t holds no usable signal: the network's x_0 estimate divides its error by
+# sqrt(alpha-bar) (the cosine schedule's x_T: 2.4e-9, a factor 2e4) and clips to saturated noise,
+# so the mean preview is the flat mid-grey instead (RMSE 40-71 against 132-141 on Kodak crops).
+PREVIEW_MIN_ALPHA_BAR = 1e-3
+
+
+GENERATOR_BLOCK = 1 << 20  # counters per Philox call: bounds the generator's temporaries (~100 MB)
+
+
+def _shared(draw, key: tuple[int, int], tag: int, step: int, n: int) -> np.ndarray:
+    out = np.empty(2 * ((n + 1) // 2), dtype=np.float64)
+    for start in range(0, (n + 1) // 2, GENERATOR_BLOCK):
+        counters = torch.arange(start, min(start + GENERATOR_BLOCK, (n + 1) // 2))
+        a, b = draw(key, counters, 0, 0, (tag << 16) | step)
+        out[2 * start:2 * start + 2 * len(counters)] = torch.stack([a, b], dim=1).reshape(-1).numpy()
+    return out[:n]
+
+
+def shared_uniforms(key: tuple[int, int], tag: int, step: int, n: int) -> np.ndarray:
+    """n doubles in (0, 1), the same on every machine for (seed, tag, step): element 2i and
+    2i + 1 come from Philox counter (i, 0, 0, tag << 16 | step)."""
+    return _shared(philox.uniforms, key, tag, step, n)
+
+
+def shared_normals(key: tuple[int, int], tag: int, step: int, n: int) -> np.ndarray:
+    """n standard normals (Box-Muller on :func:`shared_uniforms`' pairs), the same on every
+    machine up to the last ulp of log/cos/sin."""
+    return _shared(philox.normals, key, tag, step, n)
+
+
+class CodedChain:
+    """The respaced diffusion of a file and the network, run float32 on its device."""
+
+    def __init__(self, prior: Prior, header: fmt.Header, tile_pixels: int | None = None) -> None:
+        cfg = prior.diffusion
+        if header.fingerprint != bytes.fromhex(prior.fingerprint):
+            raise FormatError("file was made with another model (fingerprint mismatch): "
+                              f"file {header.fingerprint.hex()[:12]}, model {prior.fingerprint[:12]}")
+        if header.schedule != cfg.schedule or header.num_timesteps != cfg.num_timesteps:
+            raise FormatError("file's diffusion schedule does not match the model")
+        betas = get_named_beta_schedule(cfg.schedule, cfg.num_timesteps)
+        use = np.asarray(header.timesteps)
+        table = None if prior.xstart_mse is None else prior.xstart_mse[use]
+        self.diffusion = GaussianDiffusion(respace_betas(betas, use), cfg.model_var_type, timestep_map=use,
+                                           original_num_timesteps=cfg.num_timesteps, xstart_mse=table)
+        self.prior, self.header = prior, header
+        self.device = prior.device
+        self.height, self.width = header.height, header.width
+        self.shape = (1, 3, header.height, header.width)
+        self.n = 3 * header.height * header.width
+        self.grid = TileGrid(3, header.height, header.width, header.tile)
+        self.key = philox.seed_key(header.seed)
+        self.tile_pixels = tile_pixels
+        self.net_seconds = 0.0
+        self.net_calls = 0
+
+    # -- the network -------------------------------------------------------------------------
+    def model(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = forward_tiled(self.prior.net, x.to(self.device, torch.float32), s.to(self.device),
+                                self.tile_pixels).double()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.net_seconds += time.perf_counter() - t0
+        self.net_calls += 1
+        return out.cpu()
+
+    def t(self, j: int) -> torch.Tensor:
+        return torch.tensor([j])
+
+    def predict(self, x: torch.Tensor, j: int) -> dict:
+        """p_theta(x at chain index j - 1 | x): mean, variance, pred_xstart (clipped)."""
+        return self.diffusion.p_mean_variance(self.model, x, self.t(j), clip_denoised=True)
+
+    # -- shared randomness -------------------------------------------------------------------
+    def x_T(self) -> torch.Tensor:
+        return torch.from_numpy(shared_normals(self.key, TAG_X_T, 0, self.n)).reshape(self.shape)
+
+    def dither(self, step: int) -> np.ndarray:
+        """The UQ dither of coded step ``step``: n doubles in (-1/2, 1/2)."""
+        return shared_uniforms(self.key, TAG_DITHER, step, self.n) - 0.5
+
+    # -- previews ----------------------------------------------------------------------------
+    def has_signal(self, j: int) -> bool:
+        return self.diffusion.alphas_cumprod[j] >= PREVIEW_MIN_ALPHA_BAR
+
+    def preview_mean(self, out: dict | None, j: int) -> torch.Tensor:
+        """The mean preview at chain index j: the model's x_0 estimate, or mid-grey where x_t
+        carries no usable signal (:data:`PREVIEW_MIN_ALPHA_BAR`; no network call is needed)."""
+        if out is None or not self.has_signal(j):
+            return torch.zeros(self.shape, dtype=torch.float64)
+        return out["pred_xstart"]
+
+    def reconstruct(self, x: torch.Tensor, j: int, out: dict | None, how: Reconstruction) -> torch.Tensor:
+        """x_0 estimate from x at chain index j: mean, an ancestral sample, or DDIM flow."""
+        how = Reconstruction(how)
+        if how == Reconstruction.MEAN or j == 0:
+            return self.preview_mean(out, j)
+        out = out if out is not None else self.predict(x, j)
+        for i in range(j, 0, -1):
+            if how == Reconstruction.SAMPLE:
+                noise = torch.from_numpy(shared_normals(self.key, TAG_SAMPLE, i, self.n)).reshape(self.shape)
+                x = out["mean"] + torch.exp(0.5 * out["log_variance"]) * noise
+            else:
+                x = self.diffusion.ddim_step(out, x, self.t(i))
+            out = self.predict(x, i - 1)
+        return out["pred_xstart"]
+
+
+def to_uint8(x0: torch.Tensor) -> np.ndarray:
+    """[1, 3, H, W] on [-1, 1] -> uint8 H x W x 3 (rounded, clipped)."""
+    return ((x0[0].double() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()

@@ -1,0 +1,23 @@
+"""The step coders behind one interface (:class:`~diffcodec.coders.base.Coder`), by chunk kind.
+
+* :mod:`~diffcodec.coders.uq` — latent steps by interval-consistent universal quantization;
+* :mod:`~diffcodec.coders.pfr` — latent steps by the Poisson functional representation;
+* :mod:`~diffcodec.coders.final` — the final step to x_0, plain or channel-predicted.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+from ..kinds import ChunkKind
+from .base import Coder, EncodeTarget, StepContext, StepOutput
+from .final import FinalCoder
+from .pfr import PfrCoder
+from .uq import UqCoder
+
+_FINAL = FinalCoder()
+#: The coder of every chunk kind (read-only).
+CODERS = MappingProxyType({ChunkKind.UQ: UqCoder(), ChunkKind.PFR: PfrCoder(),
+                           ChunkKind.FINAL: _FINAL, ChunkKind.FINAL_PRED: _FINAL})
+
+__all__ = ["CODERS", "Coder", "EncodeTarget", "StepContext", "StepOutput"]

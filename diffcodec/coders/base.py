@@ -1,0 +1,81 @@
+"""The interface every coded step implements, and what a step is given.
+
+A coder turns one step of the chain into a payload and back.  Both sides call it with a
+:class:`StepContext` holding everything the decoder knows before the step (the current latent,
+the network's prediction, the feasible intervals, the chain's coefficients, the shared seed);
+the encoder also passes an :class:`EncodeTarget` (the image and the options that steer the
+coder).  Both return a :class:`StepOutput`: the next latent (``None`` after the final step),
+the updated intervals and, for the final step, the pixels.  The encoder's output must be
+exactly what the decoder will compute from the payload.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+import torch
+
+from ..intervals import Intervals
+from ..kinds import ChunkKind
+
+if TYPE_CHECKING:
+    from ..chain import CodedChain
+
+
+@dataclass
+class StepContext:
+    """What both sides know before coded step ``index``."""
+
+    chain: "CodedChain"
+    index: int  # coded steps before this one (0 = the first latent step)
+    j: int  # chain index of x_t: the step goes from j to j - 1 (0: the final step to x_0)
+    x: torch.Tensor  # x_t, [1, 3, H, W] float64 on the CPU
+    pred: dict  # the network's prediction at (x, j): mean, pred_xstart, variance, log_variance
+    intervals: Intervals  # feasible levels of every dimension
+
+    @property
+    def coefs(self) -> tuple[float, float, float]:
+        """(coef1, coef2, lambda^2) of q(x_s | x_t, x_0) = N(coef1 x_0 + coef2 x_t, lambda^2)."""
+        d = self.chain.diffusion
+        return (float(d.posterior_mean_coef1[self.j]), float(d.posterior_mean_coef2[self.j]),
+                float(d.posterior_variance[self.j]))
+
+    @property
+    def xstart_levels(self) -> np.ndarray:
+        """The network's x_0 estimate in levels, flat [3 * H * W] float64."""
+        return ((self.pred["pred_xstart"][0].double() + 1.0) * 127.5).reshape(-1).numpy()
+
+
+@dataclass
+class EncodeTarget:
+    """What only the encoder knows: the image, and how hard to try."""
+
+    x0: torch.Tensor  # [1, 3, H, W] float64 on [-1, 1]
+    levels: np.ndarray  # [3, H, W] int64 pixel levels
+    coded_channels: int  # 1 for grey images (the final step codes one channel), else 3
+    pfr_chunk_bits: int = 8
+    pfr_margin_bits: int = 6
+
+    @property
+    def flat_levels(self) -> np.ndarray:
+        return self.levels.reshape(-1)
+
+
+@dataclass
+class StepOutput:
+    payload: bytes
+    intervals: Intervals
+    x: torch.Tensor | None = None  # the next latent (latent steps)
+    pixels: np.ndarray | None = None  # [C, H, W] uint8 levels (final step)
+    coded_bits: float = 0.0  # bits of the entropy-coded data alone
+    stats: dict = field(default_factory=dict)
+
+
+class Coder(Protocol):
+    kind: ChunkKind
+
+    def encode(self, ctx: StepContext, target: EncodeTarget) -> StepOutput: ...
+
+    def decode(self, ctx: StepContext, payload: bytes) -> StepOutput: ...

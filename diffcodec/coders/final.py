@@ -1,0 +1,192 @@
+"""The final step: x_0 (256 levels per channel) coded exactly under the model's x_0 estimate.
+
+Each pixel level v is coded with the probability a belief N(m, s^2) over levels gives it
+among the pixel's feasible levels [lo, hi] (what the universal-quantization steps left, see
+:mod:`diffcodec.intervals`): m is the network's prediction of x_0 from the last latent, s is
+side information per tile and channel.  Two layouts:
+
+* **plain** (chunk kind FINAL): every channel under its own mean m_c, one stream;
+* **channel-predicted** (kind FINAL_PRED, RGB only): the residuals e_c = v_c - m_c are
+  correlated across channels (the model misses the same detail in all three), so channel 1
+  is coded with mean m_1 + a e_0 and channel 2 with m_2 + b e_0 + c e_1, (a, b, c) fitted by
+  least squares per tile and sent as one byte each (:data:`diffcodec.sideinfo.COEF`); one
+  stream per channel, decoded in order so e_0 and e_1 are known when needed.
+
+The encoder codes both and keeps the shorter.  A grey image's three chain channels hold the
+same level, so its one coded channel uses the mean of their estimates and the intersection of
+their intervals.
+
+Payloads::
+
+    plain:      u32 S, S x u8 widths | range-coded v - lo of every coded dimension
+    predicted:  u32 S, S x u8 widths | u32 P, P x u8 predictor codes (a, b, c per tile)
+                | 3 x (u32 W, W bytes: range-coded v - lo of one channel)
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from ..entropy import decode_tables, encode_tables, table_chunks
+from ..errors import FormatError
+from ..intervals import Intervals, level_mass
+from ..kinds import ChunkKind
+from ..sideinfo import COEF, SCALE, TileGrid, fit_tile_codes
+from .base import EncodeTarget, StepContext, StepOutput
+from .uq import MIN_START_STD
+
+
+def level_tables(lo: np.ndarray, hi: np.ndarray, mean: np.ndarray, std: np.ndarray):
+    """Yield the table of each run of dimensions: row i, column c = the belief mass of level
+    lo + c (zero past hi)."""
+    width = hi.astype(np.int64) - lo + 1
+    for start, end, w in table_chunks(width):
+        idx = slice(start, end)
+        v = lo[idx, None].astype(np.int64) + np.arange(w)[None]
+        valid = v <= hi[idx, None]
+        mass = level_mass(np.where(valid, v, 0), np.where(valid, v, 0), mean[idx, None], std[idx, None])
+        yield np.where(valid, mass, 0.0)
+
+
+def _code(symbols, lo, hi, mean, std) -> bytes:
+    width = hi.astype(np.int64) - lo + 1
+    chunks = ((symbols[s:e], t) for (s, e, _), t in zip(table_chunks(width), level_tables(lo, hi, mean, std)))
+    return encode_tables(chunks)
+
+
+def _decode(stream, lo, hi, mean, std) -> np.ndarray:
+    sym = decode_tables(stream, level_tables(lo, hi, mean, std))
+    if len(sym) != len(lo) or (sym > hi.astype(np.int64) - lo).any():
+        raise FormatError("final step decodes to levels outside their intervals: the stream is corrupt")
+    return lo.astype(np.int64) + sym
+
+
+def _fit_scales(grid: TileGrid, v: np.ndarray, mean: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> bytes:
+    def cost(codes: np.ndarray) -> np.ndarray:
+        std = SCALE.value(codes)
+        p = level_mass(v, v, mean, std) / np.maximum(level_mass(lo, hi, mean, std), 1e-300)
+        return -np.log2(np.clip(p, 1e-300, 1.0))
+
+    rms = np.sqrt(grid.tile_means((v - mean) ** 2))
+    return fit_tile_codes(grid, SCALE.code(np.maximum(rms, MIN_START_STD)), cost)
+
+
+def _fit_coefficients(e: np.ndarray, grid: TileGrid) -> bytes:
+    """Per-tile least-squares (a, b, c): e_1 ~ a e_0, e_2 ~ b e_0 + c e_1, as codes."""
+    s = {k: grid.tile_sums(v[None])[0] for k, v in
+         {"00": e[0] * e[0], "01": e[0] * e[1], "11": e[1] * e[1], "02": e[0] * e[2], "12": e[1] * e[2]}.items()}
+    eps = 1e-9
+    a = s["01"] / (s["00"] + eps)
+    det = s["00"] * s["11"] - s["01"] ** 2
+    ok = det > 1e-6 * (s["00"] * s["11"] + eps)
+    safe = np.where(ok, det, 1.0)
+    b = np.where(ok, (s["02"] * s["11"] - s["12"] * s["01"]) / safe, s["02"] / (s["00"] + eps))
+    c = np.where(ok, (s["12"] * s["00"] - s["02"] * s["01"]) / safe, 0.0)
+    return COEF.code(np.stack([a, b, c])).astype(np.uint8).tobytes()
+
+
+def _predicted_mean(mu: np.ndarray, v: np.ndarray, coef: np.ndarray, channel: int) -> np.ndarray:
+    """Mean of ``channel`` given the levels of the channels before it ([C, H, W] arrays)."""
+    if channel == 0:
+        return mu[0]
+    if channel == 1:
+        return mu[1] + coef[0] * (v[0] - mu[0])
+    return mu[2] + coef[1] * (v[0] - mu[0]) + coef[2] * (v[1] - mu[1])
+
+
+class FinalCoder:
+    """Both layouts; ``kind`` is decided per file by the encoder (the shorter)."""
+
+    kind = ChunkKind.FINAL
+
+    @staticmethod
+    def setup(ctx: StepContext, channels: int) -> tuple[TileGrid, np.ndarray, np.ndarray, np.ndarray]:
+        """(grid, mean, lo, hi) of the coded channels, [C, H, W] each."""
+        chain = ctx.chain
+        h, w = chain.height, chain.width
+        mean = ctx.xstart_levels.reshape(3, h, w)
+        lo = ctx.intervals.lo.reshape(3, h, w).astype(np.int64)
+        hi = ctx.intervals.hi.reshape(3, h, w).astype(np.int64)
+        if channels == 1:
+            mean, lo, hi = mean.mean(axis=0, keepdims=True), lo.max(axis=0, keepdims=True), hi.min(axis=0, keepdims=True)
+        return TileGrid(channels, h, w, chain.header.tile), mean, lo, hi
+
+    def encode(self, ctx: StepContext, target: EncodeTarget) -> StepOutput:
+        ch = target.coded_channels
+        grid, mean, lo, hi = self.setup(ctx, ch)
+        v = target.levels[:ch].astype(np.int64)
+        if ((v < lo) | (v > hi)).any():
+            raise AssertionError("a pixel lies outside its feasible interval: the chain is inconsistent")
+        codes = _fit_scales(grid, v, mean, lo, hi)
+        std = SCALE.value(grid.expand(np.frombuffer(codes, dtype=np.uint8)))
+        stream = _code((v - lo).ravel(), lo.ravel(), hi.ravel(), mean.ravel(), std.ravel())
+        best = (ChunkKind.FINAL, struct.pack("<I", len(codes)) + codes + stream, 8 * len(stream))
+        sizes = {"plain_bytes": len(best[1])}
+        if ch == 3:
+            pred_codes = _fit_coefficients(v - mean, grid)
+            coef = COEF.value(grid.expand(np.frombuffer(pred_codes, dtype=np.uint8)))
+            means = np.stack([_predicted_mean(mean, v, coef, c) for c in range(3)])
+            scale_codes = _fit_scales(grid, v, means, lo, hi)
+            std = SCALE.value(grid.expand(np.frombuffer(scale_codes, dtype=np.uint8)))
+            streams = [_code((v[c] - lo[c]).ravel(), lo[c].ravel(), hi[c].ravel(), means[c].ravel(), std[c].ravel())
+                       for c in range(3)]
+            payload = struct.pack("<I", len(scale_codes)) + scale_codes + struct.pack("<I", len(pred_codes)) \
+                + pred_codes + b"".join(struct.pack("<I", len(s)) + s for s in streams)
+            sizes["predicted_bytes"] = len(payload)
+            if len(payload) < len(best[1]):
+                best = (ChunkKind.FINAL_PRED, payload, 8 * sum(len(s) for s in streams))
+        kind, payload, bits = best
+        return StepOutput(payload, ctx.intervals, pixels=v.astype(np.uint8), coded_bits=bits,
+                          stats={"kind": kind, "channel_prediction": kind == ChunkKind.FINAL_PRED, **sizes})
+
+    @staticmethod
+    def split(payload: bytes, kind: ChunkKind, grid: TileGrid) -> tuple[bytes, bytes, list[bytes]]:
+        """(width codes, predictor codes, streams) of a payload, checked against the tile grid."""
+        pos, codes = _take(payload, 0, grid.size, "widths")
+        if kind == ChunkKind.FINAL:
+            if (len(payload) - pos) % 4:
+                raise FormatError("final step stream is not a whole number of words")
+            return codes, b"", [payload[pos:]]
+        if grid.c != 3:
+            raise FormatError("a channel-predicted final step needs an RGB image")
+        pos, pred_codes = _take(payload, pos, grid.size, "predictor codes")
+        streams = []
+        for _ in range(3):
+            pos, stream = _take(payload, pos, None, "stream")
+            if len(stream) % 4:
+                raise FormatError("final step stream is not a whole number of words")
+            streams.append(stream)
+        if pos != len(payload):
+            raise FormatError("final step payload has data after its last stream")
+        return codes, pred_codes, streams
+
+    def check(self, payload: bytes, header, kind: ChunkKind) -> None:
+        channels = 1 if header.mode in ("L", "1") else 3
+        self.split(payload, kind, TileGrid(channels, header.height, header.width, header.tile))
+
+    def decode(self, ctx: StepContext, payload: bytes, kind: ChunkKind = ChunkKind.FINAL,
+               channels: int = 3) -> StepOutput:
+        grid, mean, lo, hi = self.setup(ctx, channels)
+        codes, pred_codes, streams = self.split(payload, kind, grid)
+        std = SCALE.value(grid.expand(np.frombuffer(codes, dtype=np.uint8)))
+        if kind == ChunkKind.FINAL:
+            v = _decode(streams[0], lo.ravel(), hi.ravel(), mean.ravel(), std.ravel()).reshape(mean.shape)
+        else:
+            coef = COEF.value(grid.expand(np.frombuffer(pred_codes, dtype=np.uint8)))
+            v = np.zeros(mean.shape, dtype=np.int64)
+            for c in range(3):
+                m = _predicted_mean(mean, v, coef, c)
+                v[c] = _decode(streams[c], lo[c].ravel(), hi[c].ravel(), m.ravel(), std[c].ravel()).reshape(m.shape)
+        return StepOutput(payload, ctx.intervals, pixels=v.astype(np.uint8))
+
+
+def _take(data: bytes, pos: int, expected: int | None, what: str) -> tuple[int, bytes]:
+    """A u32-length-prefixed field at ``pos``: (position after it, its bytes)."""
+    if len(data) < pos + 4:
+        raise FormatError(f"final step payload is truncated before its {what}")
+    (n,) = struct.unpack_from("<I", data, pos)
+    if (expected is not None and n != expected) or len(data) < pos + 4 + n:
+        raise FormatError(f"final step has the wrong amount of {what}")
+    return pos + 4 + n, bytes(data[pos + 4:pos + 4 + n])

@@ -1,0 +1,56 @@
+"""The names the file format, the library, the CLI and the benchmarks share, declared once."""
+
+from __future__ import annotations
+
+from enum import Enum, IntEnum
+
+
+class ChunkKind(IntEnum):
+    """What a chunk of a .dfc file holds: one coded step, by the coder that made it."""
+
+    UQ = 1  # latent step: universal quantization, interval-consistent (diffcodec.coders.uq)
+    PFR = 2  # latent step: chunked Poisson functional representation (diffcodec.coders.pfr)
+    FINAL = 3  # x_0, every channel under its own belief (diffcodec.coders.final)
+    FINAL_PRED = 4  # x_0, RGB channels predicted from the ones decoded before them
+
+    @property
+    def is_final(self) -> bool:
+        return self in (ChunkKind.FINAL, ChunkKind.FINAL_PRED)
+
+    @property
+    def label(self) -> str:
+        return {ChunkKind.UQ: "uq", ChunkKind.PFR: "pfr", ChunkKind.FINAL: "final",
+                ChunkKind.FINAL_PRED: "final+chan"}[self]
+
+
+class LatentMethod(str, Enum):
+    """How the encoder codes latent steps: as the trajectory plan says (auto), or all with one coder."""
+
+    AUTO = "auto"
+    UQ = "uq"
+    PFR = "pfr"
+
+
+class Reconstruction(str, Enum):
+    """The x_0 estimate a partial decode shows."""
+
+    MEAN = "mean"  # the network's denoised estimate
+    SAMPLE = "sample"  # an ancestral sample of p_theta(x_0 | x_t)
+    FLOW = "flow"  # the deterministic probability-flow (DDIM) decode
+
+
+class ImageMode(str, Enum):
+    """Pillow modes the codec keeps losslessly; their order is the header's mode byte."""
+
+    L = "L"
+    RGB = "RGB"
+    P = "P"
+    BILEVEL = "1"
+
+    @property
+    def grey(self) -> bool:
+        return self in (ImageMode.L, ImageMode.BILEVEL)
+
+
+def values(enum) -> tuple[str, ...]:
+    return tuple(e.value for e in enum)

@@ -1,0 +1,102 @@
+"""What a file holds, step by step, and its previews as images: the library behind ``info`` and
+``decode --previews/--strip``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from . import container as fmt
+from .checkpoint import Prior
+from .codec import Preview, iter_previews
+from .image import restore_image
+from .kinds import Reconstruction
+
+
+@dataclass
+class StepRow:
+    step: int  # 1-based
+    kind: str  # the coder: uq, pfr, final, final+chan
+    from_timestep: int
+    to_timestep: int  # -1: x_0
+    bytes: int
+    cumulative_bpp: float
+    cumulative_bits_per_dim: float
+    ideal_bits: float  # the step's KL (or decoder NLL) under the model's variances
+    coded_over_ideal: float | None
+
+
+@dataclass
+class FileReport:
+    file: str
+    bytes: int
+    width: int
+    height: int
+    mode: str
+    model_fingerprint: str
+    schedule: str
+    T: int
+    coded_timesteps: list[int]
+    seed: int
+    tile: int
+    steps_in_file: int
+    steps_announced: int
+    truncated: bool
+    lossless: bool
+    header_bytes: int
+    ideal_bits_per_dim: float  # sum of the steps' ideal bits over the dims (complete files)
+    steps: list[StepRow] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def file_report(data: bytes, name: str = "", max_pixels: int = fmt.MAX_PIXELS) -> FileReport:
+    parsed = fmt.parse(data, max_pixels)
+    h = parsed.header
+    pixels, dims = h.pixels, 3 * h.pixels
+    rows, cum = [], parsed.header_size
+    K = h.num_latent_steps
+    for c in parsed.chunks:
+        cum += c.size
+        ideal = float(c.ideal_bits)
+        j = K - c.index
+        rows.append(StepRow(c.index + 1, c.kind.label, h.timesteps[j], h.timesteps[j - 1] if j else -1, c.size,
+                            8 * cum / pixels, 8 * cum / dims, ideal, 8 * c.size / ideal if ideal > 0 else None))
+    lossless = bool(parsed.chunks) and parsed.chunks[-1].kind.is_final
+    return FileReport(name, len(data), h.width, h.height, h.mode, h.fingerprint.hex(), h.schedule, h.num_timesteps,
+                      list(h.timesteps), h.seed, h.tile, len(parsed.chunks), h.num_chunks, parsed.truncated, lossless,
+                      parsed.header_size, sum(r.ideal_bits for r in rows) / dims, rows)
+
+
+def progression_strip(previews: list[np.ndarray], max_frames: int = 12) -> np.ndarray:
+    """Up to ``max_frames`` previews (uint8 H x W x 3), evenly picked from first to last, side by side."""
+    idx = np.unique(np.round(np.linspace(0, len(previews) - 1, min(max_frames, len(previews)))).astype(int))
+    return np.concatenate([previews[i] for i in idx], axis=1)
+
+
+def export_previews(data: bytes, prior: Prior, folder: str | Path | None = None, strip: str | Path | None = None,
+                    reconstruct: Reconstruction = Reconstruction.MEAN, max_step: int | None = None,
+                    max_pixels: int = fmt.MAX_PIXELS, progress: Callable[[Preview], None] | None = None
+                    ) -> tuple[Image.Image, Preview]:
+    """Decode step by step, writing every preview into ``folder`` (step0000.png, ...) and/or a
+    progression strip; returns the last preview as an image in the file's mode, and itself."""
+    header = fmt.parse(data, max_pixels).header
+    frames, last = [], None
+    for last in iter_previews(data, prior, reconstruct, max_step=max_step, max_pixels=max_pixels):
+        img = restore_image(last.image, header, last.lossless)
+        if folder is not None:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            img.save(Path(folder) / f"step{last.step:04d}.png")
+        if strip is not None:
+            frames.append(np.asarray(img.convert("RGB")))
+        if progress:
+            progress(last)
+    assert last is not None
+    if strip is not None:
+        Image.fromarray(progression_strip(frames)).save(strip)
+    return restore_image(last.image, header, last.lossless), last

@@ -1,0 +1,111 @@
+"""Side information: per-tile, per-channel parameters sent as one byte each.
+
+Every coder sends a few parameters per tile of ``tile`` x ``tile`` pixels and per channel (the
+width of a belief, a PFR prior's width, a channel predictor's coefficient).  :class:`TileGrid`
+maps tiles to pixels and sums per-pixel costs per tile; a :class:`ByteQuantizer` maps a byte
+to the parameter's value; :func:`fit_tile_codes` picks, per tile, the byte whose real cost is
+lowest among candidates.  The quantizers of the whole codec are declared here, in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ByteQuantizer:
+    """value = 2 ** ((code - zero) / res) (``log``) or (code - zero) / res (linear)."""
+
+    zero: int
+    res: float
+    log: bool = True
+
+    def value(self, codes: np.ndarray) -> np.ndarray:
+        c = (np.asarray(codes, dtype=np.float64) - self.zero) / self.res
+        return 2.0**c if self.log else c
+
+    def code(self, values: np.ndarray) -> np.ndarray:
+        """The nearest code (in the log domain for ``log``), clipped to 0..255, as int64."""
+        v = np.asarray(values, dtype=np.float64)
+        x = np.log2(np.maximum(v, 1e-300)) if self.log else v
+        return np.clip(np.round(x * self.res + self.zero), 0, 255).astype(np.int64)
+
+
+# Belief widths (UQ and final steps), in the coded quantity's units: 2 ** ((code - 160) / 8).
+SCALE = ByteQuantizer(160, 8.0)
+# PFR prior width: kappa = log2(sigma_p / sigma_q) in bits/dim, 2 ** ((code - 200) / 10).
+KAPPA = ByteQuantizer(200, 10.0)
+# Channel predictor coefficients of the final step: (code - 128) / 32, in [-4, 3.97].
+COEF = ByteQuantizer(128, 32.0, log=False)
+# PFR index model: offset of the mean (code - 128) / 8 bits, std code / 16 bits.
+INDEX_OFFSET = ByteQuantizer(128, 8.0, log=False)
+INDEX_STD = ByteQuantizer(0, 16.0, log=False)
+
+
+class TileGrid:
+    """Tiles of ``tile`` pixels (0 or >= the image: one tile) over C x H x W."""
+
+    def __init__(self, channels: int, height: int, width: int, tile: int) -> None:
+        self.c, self.h, self.w = channels, height, width
+        self.tile = tile if tile and tile < max(height, width) else 0
+        t = self.tile or max(height, width)
+        self.gh, self.gw = -(-height // t), -(-width // t)
+        self.rows = np.arange(height) // t
+        self.cols = np.arange(width) // t
+
+    @property
+    def size(self) -> int:
+        """Number of codes one parameter takes: tiles x channels."""
+        return self.c * self.gh * self.gw
+
+    def group_ids(self) -> np.ndarray:
+        """[C, H, W] index of each pixel's (channel, tile) group, 0 .. size - 1."""
+        return (np.arange(self.c)[:, None, None] * (self.gh * self.gw) + self.rows[None, :, None] * self.gw
+                + self.cols[None, None, :])
+
+    def expand(self, per_tile: np.ndarray) -> np.ndarray:
+        """[C, H, W] from per-(channel, tile) values (any shape of ``size`` elements)."""
+        grid = np.asarray(per_tile).reshape(self.c, self.gh, self.gw)
+        return grid[:, self.rows][:, :, self.cols]
+
+    def tile_sums(self, values: np.ndarray) -> np.ndarray:
+        """[C, gh, gw] sums of a [C, H, W] array over each tile."""
+        rows = np.add.reduceat(values, np.flatnonzero(np.diff(self.rows, prepend=-1)), axis=1)
+        return np.add.reduceat(rows, np.flatnonzero(np.diff(self.cols, prepend=-1)), axis=2)
+
+    def tile_means(self, values: np.ndarray) -> np.ndarray:
+        return self.tile_sums(values) / self.tile_sums(np.ones_like(values, dtype=np.float64))
+
+
+def fit_tile_codes(grid: TileGrid, start: np.ndarray, cost: Callable[[np.ndarray], np.ndarray],
+                   coarse: Iterable[int] = (-16, -8, 0, 8, 16), fine: Iterable[int] = (-4, -2, -1, 1, 2, 4)) -> bytes:
+    """Per (channel, tile), the code with the lowest total ``cost`` among ``start`` + coarse
+    offsets, then the best of those + fine offsets.  ``cost(codes)`` takes [C, H, W] int codes
+    (constant on each tile) and returns the [C, H, W] cost of every element under them."""
+    start = np.asarray(start, dtype=np.int64).reshape(grid.c, grid.gh, grid.gw)
+    best, best_cost = None, None
+
+    def consider(codes: np.ndarray) -> None:
+        nonlocal best, best_cost
+        codes = np.clip(codes, 0, 255)
+        total = grid.tile_sums(cost(grid.expand(codes)))
+        if best is None:
+            best, best_cost = codes, total
+        else:
+            better = total < best_cost
+            best, best_cost = np.where(better, codes, best), np.where(better, total, best_cost)
+
+    for d in coarse:
+        consider(start + d)
+    centre = best.copy()
+    for d in fine:
+        consider(centre + d)
+    return best.astype(np.uint8).tobytes()
+
+
+def codes_array(codes: bytes, grid: TileGrid) -> np.ndarray:
+    """Per-tile codes as an int64 [C, gh, gw] array."""
+    return np.frombuffer(codes, dtype=np.uint8).astype(np.int64).reshape(grid.c, grid.gh, grid.gw)

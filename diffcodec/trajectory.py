@@ -1,0 +1,284 @@
+"""The coded chain, designed by optimisation: timesteps and coders from the model's error table.
+
+A chain codes x_T (free), K latent steps t_K = T-1 > ... > t_1 = t_min, then x_0.  Its expected
+size follows from the model's x_0 error table E[(x_0 - x0hat(x_t))^2] (:mod:`diffcodec.errtable`):
+
+* a latent step s <- t carries, with the analytic variance, KL = 1/2 log2(1 + coef1^2 mse(t) /
+  lambda^2) bits per dimension in expectation (Bao et al. 2022), averaged over channels;
+* a coder pays more than the KL (:class:`CostModel`): UQ the entropy of a dithered quantizer
+  under a Gaussian (``../shared/notes/coding-overhead.md``), of which the interval-consistent
+  coding recovers a calibrated share; PFR about ``pfr_chunk_overhead`` bits per chunk of
+  ``chunk_bits`` bits of KL, and a search whose work grows as 2 ** (chunk bits + margin) per
+  dimension whatever the KL;
+* the final step from t_min costs about the entropy of a discretized Gaussian of the x_0 error
+  at t_min, less what the intervals already pinned down.
+
+:func:`plan_chain` minimises the expected total by dynamic programming over all pairs of
+timesteps (O(K T^2)) under a budget of network calls and of PFR search work that the encoder's
+``effort`` sets (like cjxl's effort: higher is slower and smaller).  The result, a
+:class:`Plan`, goes into the file's header (timesteps) and chunks (coders).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .checkpoint import Prior
+from .errors import OptionError
+from .diffusion import get_named_beta_schedule
+from .kinds import ChunkKind, LatentMethod
+
+MAX_EFFORT = 9
+
+
+@dataclass(frozen=True)
+class EffortLevel:
+    max_steps: int  # latent steps (network calls: one more)
+    pfr_work: float  # PFR search work per step and pixel: candidates x dim-pairs / pixels
+    chunk_bits: int
+    margin_bits: int
+
+
+#: What each effort may spend.  PFR work per pixel 0 means no PFR; 2**(c + m) / 2 * 3 is what
+#: a PFR step of chunk bits c and margin m costs per pixel.
+EFFORTS = {
+    1: EffortLevel(3, 0.0, 4, 3),
+    2: EffortLevel(5, 0.0, 4, 3),
+    3: EffortLevel(8, 0.0, 4, 3),
+    4: EffortLevel(10, 3 * 2**7 / 2, 4, 3),
+    5: EffortLevel(12, 3 * 2**8 / 2, 5, 3),
+    6: EffortLevel(16, 3 * 2**9 / 2, 5, 4),
+    7: EffortLevel(20, 3 * 2**11 / 2, 6, 5),
+    8: EffortLevel(28, 3 * 2**13 / 2, 7, 6),
+    9: EffortLevel(40, 3 * 2**14 / 2, 8, 6),
+}
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    effort: int = 5
+    method: LatentMethod = LatentMethod.AUTO
+    steps: int | None = None  # force K
+    t_min: int | None = None  # force the last latent timestep
+    timesteps: tuple[int, ...] | None = None  # force the chain
+    chunk_bits: int | None = None
+    margin_bits: int | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    timesteps: tuple[int, ...]  # ascending; timesteps[-1] = T - 1 is x_T, timesteps[0] = t_min
+    coders: tuple[ChunkKind, ...]  # per latent step, in coding order (from x_T down)
+    chunk_bits: int = 5
+    margin_bits: int = 3
+    expected_bits_per_dim: float = math.nan  # the cost model's total (nan when not planned)
+    expected_steps: tuple[float, ...] = field(default=(), compare=False)  # per latent step + final
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Expected bits per dimension of a coded step; the constants are calibrated on real files
+    (README, "Designing the chain")."""
+
+    uq_recovered: float = 0.5  # share of UQ's overhead over the KL that the intervals recover
+    pfr_chunk_overhead: float = 2.5  # bits per PFR chunk beyond its KL
+    pfr_kl_factor: float = 1.0  # PFR's KL to its per-tile prior relative to the model's
+    final_offset: float = 0.0  # bits/dim added to the Gaussian-entropy estimate of the final step
+    final_recovered: float = 0.5  # share of the last UQ step's overhead the final step gets back
+
+    def uq(self, kl: np.ndarray) -> np.ndarray:
+        return kl + (1.0 - self.uq_recovered) * uq_overhead(kl)
+
+    def pfr(self, kl: np.ndarray, chunk_bits: int) -> np.ndarray:
+        kl = kl * self.pfr_kl_factor
+        return kl * (1.0 + self.pfr_chunk_overhead / chunk_bits)
+
+
+DEFAULT_COSTS = CostModel()
+
+
+# ----------------------------------------------------------------------------- UQ's entropy
+
+
+def _uq_bits(s: float) -> float:
+    """Entropy (bits) of the dithered quantizer's symbol k = round(d - u) for d ~ N(0, s^2)
+    (s in units of the step), u ~ U(-1/2, 1/2), averaged over u (40-point midpoint rule)."""
+    from scipy.stats import norm  # scipy comes with scikit-image
+
+    us = (np.arange(40) + 0.5) / 40 - 0.5
+    kmax = int(8 * s) + 3
+    ks = np.arange(-kmax, kmax + 1)
+    p = norm.cdf((ks[None] + us[:, None] + 0.5) / s) - norm.cdf((ks[None] + us[:, None] - 0.5) / s)
+    p = np.where(p > 0, p, 1.0)
+    return float(-(p * np.log2(p)).sum(axis=1).mean())
+
+
+_S = np.exp(np.linspace(np.log(1e-3), np.log(64.0), 120))
+_KL = 0.5 * np.log2(1 + 12 * _S**2)
+_UQ = None
+
+
+def uq_overhead(kl: np.ndarray) -> np.ndarray:
+    """UQ's bits over the KL for a step of ``kl`` bits/dim (the prior a Gaussian of the
+    receiver's true uncertainty): ~30x the KL at 0.001 bits, +0.25 bits above 1 bit."""
+    global _UQ
+    if _UQ is None:  # computed once, on first use (a cache, not state that changes results)
+        _UQ = np.array([_uq_bits(s) for s in _S])
+    kl = np.asarray(kl, dtype=np.float64)
+    return np.interp(kl, _KL, _UQ - _KL, left=0.0, right=float(_UQ[-1] - _KL[-1])) * (kl > 0)
+
+
+# ----------------------------------------------------------------------------- the step costs
+
+
+def alphas_cumprod(prior: Prior) -> np.ndarray:
+    cfg = prior.diffusion
+    return np.cumprod(1.0 - get_named_beta_schedule(cfg.schedule, cfg.num_timesteps))
+
+
+def step_kl_matrix(abar: np.ndarray, mse: np.ndarray) -> np.ndarray:
+    """[T, T] expected KL in bits/dim of the step from t (column) to s (row), s < t, under the
+    analytic variance; inf elsewhere.  ``mse`` is the [T, C] x_0 error table."""
+    T = len(abar)
+    a_s, a_t = abar[:, None], abar[None, :]
+    ratio = np.where(np.arange(T)[:, None] < np.arange(T)[None, :], a_t / a_s, 0.0)
+    c1sq = a_s * (1 - ratio) ** 2 / (1 - a_t) ** 2
+    lam2 = (1 - a_s) * (1 - ratio) / (1 - a_t)
+    m = np.clip(np.asarray(mse, dtype=np.float64).reshape(T, -1), 1e-10, 1.0)
+    kl = np.zeros((T, T))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for c in range(m.shape[1]):
+            kl += 0.5 * np.log2(1 + c1sq * m[None, :, c] / lam2)
+    kl /= m.shape[1]
+    kl[~(np.arange(T)[:, None] < np.arange(T)[None, :])] = np.inf
+    return kl
+
+
+def final_bits(mse: np.ndarray, model: CostModel = DEFAULT_COSTS) -> np.ndarray:
+    """[T] expected bits/dim of the final step from each t: a discretized Gaussian with the
+    x_0 error at t (in levels), plus the calibrated offset."""
+    var = np.asarray(mse, dtype=np.float64).reshape(len(mse), -1) * 127.5**2 + 1.0 / 12
+    return (0.5 * np.log2(2 * math.pi * math.e * var)).mean(axis=1) + model.final_offset
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def even_timesteps(num_timesteps: int, steps: int, t_min: int = 0) -> tuple[int, ...]:
+    """``steps`` latent steps evenly spaced from t_min to T - 1 (steps + 1 timesteps)."""
+    if steps < 1:
+        raise OptionError("at least one coded step is needed")
+    if not 0 <= t_min < num_timesteps - 1 or steps > num_timesteps - 1 - t_min:
+        raise OptionError(f"cannot fit {steps} steps between t={t_min} and T-1={num_timesteps - 1}")
+    ts = np.round(np.linspace(t_min, num_timesteps - 1, steps + 1)).astype(int)
+    return tuple(int(t) for t in ts)
+
+
+def plan_chain(prior: Prior, pixels: int, opt: PlanOptions = PlanOptions(),
+               model: CostModel = DEFAULT_COSTS) -> Plan:
+    """The chain for an image of ``pixels`` pixels: forced by ``opt`` where it says so, else
+    the cheapest in expected bits under the effort's budgets.  Models without an x_0 error
+    table get evenly spaced UQ steps (8, ending at t = 10)."""
+    if not 1 <= opt.effort <= MAX_EFFORT:
+        raise OptionError(f"effort must be in 1 .. {MAX_EFFORT}")
+    level = EFFORTS[opt.effort]
+    chunk_bits = opt.chunk_bits or level.chunk_bits
+    margin = level.margin_bits if opt.margin_bits is None else opt.margin_bits
+    T = prior.diffusion.num_timesteps
+    method = LatentMethod(opt.method)
+    fixed = {LatentMethod.UQ: ChunkKind.UQ, LatentMethod.PFR: ChunkKind.PFR}.get(method)
+    if opt.timesteps is not None:
+        ts = tuple(int(t) for t in opt.timesteps)
+        if len(ts) < 2 or ts[-1] != T - 1 or any(b <= a for a, b in zip(ts, ts[1:])) or ts[0] < 0:
+            raise OptionError(f"timesteps must increase strictly from t_min >= 0 to T - 1 = {T - 1}")
+        return _assign(prior, ts, fixed, level, chunk_bits, margin, pixels, model)
+    if prior.xstart_mse is None:
+        ts = even_timesteps(T, opt.steps or 8, 10 if opt.t_min is None else opt.t_min)
+        return Plan(ts, tuple([fixed or ChunkKind.UQ] * (len(ts) - 1)), chunk_bits, margin)
+    return _optimise(prior, opt, level, chunk_bits, margin, fixed, model)
+
+
+def _pfr_allowed(level: EffortLevel, chunk_bits: int, margin: int, fixed: ChunkKind | None) -> bool:
+    if fixed is not None:
+        return fixed == ChunkKind.PFR
+    return 3 * 2.0 ** (chunk_bits + margin) / 2 <= level.pfr_work
+
+
+def _step_costs(kl: np.ndarray, pfr_ok: bool, fixed: ChunkKind | None, chunk_bits: int,
+                model: CostModel) -> tuple[np.ndarray, np.ndarray]:
+    """(cost, use_pfr) of every (s, t) step."""
+    uq = model.uq(np.where(np.isfinite(kl), kl, 0.0))
+    if fixed == ChunkKind.UQ or not pfr_ok:
+        use_pfr = np.zeros(kl.shape, dtype=bool)
+    elif fixed == ChunkKind.PFR:
+        use_pfr = np.ones(kl.shape, dtype=bool)
+    else:
+        use_pfr = model.pfr(np.where(np.isfinite(kl), kl, 0.0), chunk_bits) < uq
+    cost = np.where(use_pfr, model.pfr(np.where(np.isfinite(kl), kl, 0.0), chunk_bits), uq)
+    return np.where(np.isfinite(kl), cost, np.inf), use_pfr
+
+
+def _final_costs(kl: np.ndarray, step_cost: np.ndarray, use_pfr: np.ndarray, fin: np.ndarray,
+                 model: CostModel) -> np.ndarray:
+    """[T, T] cost of the last latent step t -> s plus the final step from s: a UQ last step
+    hands part of its overhead back to the final step."""
+    k = np.where(np.isfinite(kl), kl, 0.0)
+    back = np.where(use_pfr, 0.0, model.final_recovered * (1.0 - model.uq_recovered) * uq_overhead(k))
+    return step_cost + fin[:, None] - back
+
+
+def _optimise(prior: Prior, opt: PlanOptions, level: EffortLevel, chunk_bits: int, margin: int,
+              fixed: ChunkKind | None, model: CostModel) -> Plan:
+    abar = alphas_cumprod(prior)
+    T = len(abar)
+    kl = step_kl_matrix(abar, prior.xstart_mse)
+    pfr_ok = _pfr_allowed(level, chunk_bits, margin, fixed)
+    cost, use_pfr = _step_costs(kl, pfr_ok, fixed, chunk_bits, model)
+    last = _final_costs(kl, cost, use_pfr, final_bits(prior.xstart_mse, model), model)
+    K = opt.steps or level.max_steps
+    K = min(K, T - 1)
+    # best[k, s]: cheapest way from T - 1 down to s in k steps (not counting the final step)
+    best = np.full((K + 1, T), np.inf)
+    arg = np.zeros((K + 1, T), dtype=np.int64)
+    best[0, T - 1] = 0.0
+    total = np.full(K + 1, np.inf)
+    ends = np.zeros(K + 1, dtype=np.int64)
+    starts = np.zeros(K + 1, dtype=np.int64)
+    allowed_end = np.ones(T, dtype=bool) if opt.t_min is None else (np.arange(T) == opt.t_min)
+    for k in range(1, K + 1):
+        step = best[k - 1][None, :] + cost  # [s, t]
+        arg[k] = step.argmin(axis=1)
+        best[k] = step.min(axis=1)
+        # the k-th step is the last: its cost is taken from ``last`` instead of ``cost``
+        fin = best[k - 1][None, :] + last
+        fin[~allowed_end] = np.inf
+        s, t = np.unravel_index(np.argmin(fin), fin.shape)
+        total[k], ends[k], starts[k] = fin[s, t], s, t
+    ks = [K] if opt.steps else range(1, K + 1)
+    k = min(ks, key=lambda q: total[q])
+    path = [int(ends[k]), int(starts[k])]
+    for q in range(k - 1, 0, -1):
+        path.append(int(arg[q][path[-1]]))
+    ts = tuple(path)  # ascending: t_min, ..., T - 1
+    return _assign(prior, ts, fixed, level, chunk_bits, margin, 0, model, kl=kl, pfr_ok=pfr_ok)
+
+
+def _assign(prior: Prior, ts: tuple[int, ...], fixed: ChunkKind | None, level: EffortLevel, chunk_bits: int,
+            margin: int, pixels: int, model: CostModel, kl: np.ndarray | None = None,
+            pfr_ok: bool | None = None) -> Plan:
+    """The coder of each step of a given chain (and its expected cost when the model has a table)."""
+    if prior.xstart_mse is None:
+        return Plan(ts, tuple([fixed or ChunkKind.UQ] * (len(ts) - 1)), chunk_bits, margin)
+    if kl is None:
+        kl = step_kl_matrix(alphas_cumprod(prior), prior.xstart_mse)
+    if pfr_ok is None:
+        pfr_ok = _pfr_allowed(level, chunk_bits, margin, fixed)
+    cost, use_pfr = _step_costs(kl, pfr_ok, fixed, chunk_bits, model)
+    last = _final_costs(kl, cost, use_pfr, final_bits(prior.xstart_mse, model), model)
+    pairs = [(ts[i - 1], ts[i]) for i in range(len(ts) - 1, 0, -1)]  # coding order: (s, t)
+    coders = tuple(ChunkKind.PFR if use_pfr[s, t] else ChunkKind.UQ for s, t in pairs)
+    costs = [float(cost[s, t]) for s, t in pairs[:-1]] + [float(last[pairs[-1]])]
+    return Plan(ts, coders, chunk_bits, margin, float(sum(costs)), tuple(costs))

@@ -1,0 +1,68 @@
+"""Feasible intervals, quantizer cells and belief masses (diffcodec.intervals)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from diffcodec.intervals import Intervals, Quantizer, level_mass, level_value, value_level
+
+
+def test_level_value_round_trip():
+    v = np.arange(256)
+    np.testing.assert_allclose(value_level(level_value(v)), v, atol=1e-12)
+    assert level_value(0) == -1.0 and level_value(255) == 1.0
+
+
+@pytest.mark.parametrize("mean,std", [(127.3, 4.0), (0.2, 0.7), (254.9, 30.0), (-40.0, 3.0), (400.0, 2.0)])
+def test_level_masses_sum_to_one_and_match_scipy(mean, std):
+    v = np.arange(256)
+    m = level_mass(v, v, np.full(256, mean), np.full(256, std))
+    assert m.sum() == pytest.approx(1.0, abs=1e-12)
+    inner = v[1:-1]
+    ref = np.where(inner - 0.5 > mean, norm.sf(inner - 0.5, mean, std) - norm.sf(inner + 0.5, mean, std),
+                   norm.cdf(inner + 0.5, mean, std) - norm.cdf(inner - 0.5, mean, std))
+    np.testing.assert_allclose(m[1:-1], ref, rtol=1e-9, atol=1e-300)
+    assert m[0] == pytest.approx(norm.cdf(0.5, mean, std), rel=1e-9)
+    # the mass of a range is the sum of its levels' masses
+    assert level_mass(10, 20, mean, std) == pytest.approx(m[10:21].sum(), rel=1e-9, abs=1e-300)
+
+
+def test_level_mass_far_tail_keeps_precision():
+    # both bin edges deep in the upper tail: computed from the upper tail, not as 1 - 1
+    m = level_mass(200, 200, 100.0, 5.0)
+    assert m > 0 and m == pytest.approx(norm.sf(199.5, 100, 5) - norm.sf(200.5, 100, 5), rel=1e-6)
+
+
+@pytest.mark.parametrize("a", [0.003, 0.05, 0.4, 1.0, 3.7])
+def test_quantizer_cells_partition_the_levels(a):
+    """Every level belongs to exactly the cell symbol() names, cells are contiguous and
+    increasing, and first(k) is the smallest level of cell k."""
+    rng = np.random.default_rng(int(a * 1000))
+    n = 64
+    q = Quantizer(a, rng.uniform(-20, 275, n), rng.uniform(-0.5, 0.5, n))
+    v = np.arange(256)
+    for i in range(n):
+        idx = np.full(256, i)
+        k = q.symbol(v, idx)
+        assert np.all(np.diff(k) >= 0)
+        assert np.all(q.first(k, idx) <= v) and np.all(q.first(k + 1, idx) > v)
+        # agrees with the real-valued definition away from boundaries
+        real = a * (v - q.m[i]) - q.u[i] + 0.5
+        safe = np.abs(real - np.round(real)) > 1e-9
+        np.testing.assert_array_equal(k[safe], np.floor(real[safe]).astype(int))
+
+
+def test_quantizer_refuses_non_positive_slope():
+    with pytest.raises(ValueError):
+        Quantizer(0.0, np.zeros(1), np.zeros(1))
+
+
+def test_intervals_defaults_and_widths():
+    ints = Intervals(5)
+    assert ints.lo.dtype == np.int16 and (ints.lo == 0).all() and (ints.hi == 255).all()
+    assert ints.mean_log2_width() == 8.0
+    narrowed = Intervals(2, [3, 7], [3, 10])
+    np.testing.assert_array_equal(narrowed.widths, [1, 4])
+    assert narrowed.mean_log2_width() == pytest.approx((0 + 2) / 2)

@@ -1,0 +1,143 @@
+"""The chain's design: analytic variance, expected step costs, and the dynamic programme."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from diffcodec.checkpoint import Prior
+from diffcodec.diffusion import DiffusionConfig, analytic_variance, get_named_beta_schedule
+from diffcodec.errors import OptionError
+from diffcodec.kinds import ChunkKind, LatentMethod
+from diffcodec.trajectory import (DEFAULT_COSTS, EFFORTS, PlanOptions, _final_costs, _step_costs, even_timesteps,
+                                  final_bits, plan_chain, step_kl_matrix, uq_overhead)
+
+
+def test_analytic_variance_minimises_the_expected_kl_of_a_gaussian_toy():
+    """x_0 ~ N(0, v) per dimension, x0hat = E[x_0 | x_t] (exact for this prior): for a step
+    s <- t, the sigma^2 that minimises the Monte-Carlo mean of KL(q(x_s|x_t,x_0) || N(mu~(x_t,
+    x0hat), sigma^2)) over a fine grid is the analytic one, and the minimum is 1/2 log(sigma^2 /
+    lambda^2)."""
+    rng = np.random.default_rng(0)
+    abar = np.cumprod(1 - get_named_beta_schedule("cosine", 1000))
+    v = 0.3
+    for s, t in [(10, 134), (100, 400), (0, 5)]:
+        a_s, a_t = abar[s], abar[t]
+        c1 = math.sqrt(a_s) * (1 - a_t / a_s) / (1 - a_t)
+        c2 = math.sqrt(a_t / a_s) * (1 - a_s) / (1 - a_t)
+        lam2 = (1 - a_s) * (1 - a_t / a_s) / (1 - a_t)
+        x0 = rng.normal(0, math.sqrt(v), 400_000)
+        xt = math.sqrt(a_t) * x0 + math.sqrt(1 - a_t) * rng.normal(size=x0.size)
+        x0hat = math.sqrt(a_t) * v / (a_t * v + 1 - a_t) * xt
+        mse = np.mean((x0 - x0hat) ** 2)
+        sq = (c1 * (x0 - x0hat)) ** 2  # (mu_q - mu_p)^2; c2 x_t cancels
+        grid = analytic_variance(lam2, c1, mse) * np.exp(np.linspace(-0.5, 0.5, 201))
+        kl = [0.5 * (np.log(g / lam2) + (lam2 + sq.mean()) / g - 1) for g in grid]
+        best = grid[int(np.argmin(kl))]
+        assert best == pytest.approx(analytic_variance(lam2, c1, mse), rel=0.01)
+        assert min(kl) == pytest.approx(0.5 * math.log(analytic_variance(lam2, c1, mse) / lam2), rel=1e-3)
+        assert c2 > 0
+
+
+def test_step_kl_matrix_is_the_closed_form():
+    abar = np.cumprod(1 - get_named_beta_schedule("cosine", 50))
+    mse = np.linspace(1e-5, 0.2, 50)[:, None] * np.array([[1.0, 0.8, 1.2]])
+    kl = step_kl_matrix(abar, mse)
+    s, t = 7, 31
+    c1sq = abar[s] * (1 - abar[t] / abar[s]) ** 2 / (1 - abar[t]) ** 2
+    lam2 = (1 - abar[s]) * (1 - abar[t] / abar[s]) / (1 - abar[t])
+    expect = np.mean([0.5 * math.log2(1 + c1sq * m / lam2) for m in mse[t]])
+    assert kl[s, t] == pytest.approx(expect, rel=1e-12)
+    assert np.isinf(kl[t, s]) and np.isinf(kl[5, 5])
+    assert (np.diff(kl[:, 40][:40]) < 0).all()  # a longer jump to s costs more KL
+
+
+@pytest.mark.parametrize("s,overhead", [(0.01, 0.0235), (0.1, 0.179), (1.0, 0.255), (4.0, 0.255)])
+def test_uq_overhead_matches_the_notes(s, overhead):
+    kl = 0.5 * math.log2(1 + 12 * s * s)
+    assert float(uq_overhead(kl)) == pytest.approx(overhead, abs=0.004)
+    assert float(uq_overhead(0.0)) == 0.0
+
+
+def test_even_timesteps():
+    assert even_timesteps(1000, 8, 10) == (10, 134, 257, 381, 504, 628, 752, 875, 999)
+    assert even_timesteps(10, 9, 0) == tuple(range(10))
+    with pytest.raises(OptionError):
+        even_timesteps(10, 10, 0)
+    with pytest.raises(OptionError):
+        even_timesteps(10, 0, 0)
+
+
+def _toy_prior(T: int, seed: int = 0) -> Prior:
+    rng = np.random.default_rng(seed)
+    table = np.sort(rng.uniform(1e-5, 0.25, (T, 3)), axis=0) * np.linspace(0.05, 1, T)[:, None]
+    return Prior(None, None, DiffusionConfig("cosine", T, "learned_range"), "00" * 32, "toy", {}, table)
+
+
+def _brute_force(prior: Prior, K: int, method: LatentMethod, level) -> float:
+    abar = np.cumprod(1 - get_named_beta_schedule("cosine", prior.diffusion.num_timesteps))
+    kl = step_kl_matrix(abar, prior.xstart_mse)
+    pfr_ok = method == LatentMethod.PFR or (method == LatentMethod.AUTO and 3 * 2.0 ** (level.chunk_bits +
+                                                                                        level.margin_bits) / 2 <= level.pfr_work)
+    fixed = {LatentMethod.UQ: ChunkKind.UQ, LatentMethod.PFR: ChunkKind.PFR}.get(method)
+    cost, use = _step_costs(kl, pfr_ok, fixed, level.chunk_bits, DEFAULT_COSTS)
+    last = _final_costs(kl, cost, use, final_bits(prior.xstart_mse), DEFAULT_COSTS)
+    T = prior.diffusion.num_timesteps
+    best = math.inf
+    for inner in itertools.combinations(range(T - 1), K):  # t_min .. t_{K}, then T - 1
+        ts = list(inner) + [T - 1]
+        total = sum(cost[ts[i - 1], ts[i]] for i in range(2, len(ts))) + last[ts[0], ts[1]]
+        best = min(best, total)
+    return best
+
+
+@pytest.mark.parametrize("method", [LatentMethod.AUTO, LatentMethod.UQ, LatentMethod.PFR])
+@pytest.mark.parametrize("K", [1, 2, 4])
+def test_dynamic_programme_equals_exhaustive_search(method, K):
+    prior = _toy_prior(12, seed=K)
+    plan = plan_chain(prior, 1000, PlanOptions(effort=6, method=method, steps=K))
+    assert len(plan.timesteps) == K + 1 and plan.timesteps[-1] == 11
+    assert plan.expected_bits_per_dim == pytest.approx(_brute_force(prior, K, method, EFFORTS[6]), rel=1e-12)
+    assert len(plan.coders) == K and len(plan.expected_steps) == K
+    if method == LatentMethod.UQ:
+        assert set(plan.coders) == {ChunkKind.UQ}
+    if method == LatentMethod.PFR:
+        assert set(plan.coders) == {ChunkKind.PFR}
+
+
+def test_free_step_count_is_the_best_of_all_counts():
+    prior = _toy_prior(14, seed=3)
+    free = plan_chain(prior, 1000, PlanOptions(effort=3))
+    each = [plan_chain(prior, 1000, PlanOptions(effort=3, steps=k)).expected_bits_per_dim
+            for k in range(1, EFFORTS[3].max_steps + 1)]
+    assert free.expected_bits_per_dim == pytest.approx(min(each))
+    assert len(free.timesteps) - 1 <= EFFORTS[3].max_steps
+
+
+def test_higher_effort_never_plans_a_larger_file():
+    prior = _toy_prior(40, seed=5)
+    costs = [plan_chain(prior, 10_000, PlanOptions(effort=e)).expected_bits_per_dim for e in range(1, 10)]
+    assert all(b <= a + 1e-12 for a, b in zip(costs, costs[1:]))
+
+
+def test_forced_options():
+    prior = _toy_prior(30)
+    plan = plan_chain(prior, 100, PlanOptions(t_min=4, steps=3))
+    assert plan.timesteps[0] == 4 and len(plan.timesteps) == 4
+    plan = plan_chain(prior, 100, PlanOptions(timesteps=(2, 9, 29), method=LatentMethod.UQ))
+    assert plan.timesteps == (2, 9, 29) and plan.coders == (ChunkKind.UQ, ChunkKind.UQ)
+    for bad in [(2, 9), (9, 2, 29), (-1, 29), (29,)]:
+        with pytest.raises(OptionError):
+            plan_chain(prior, 100, PlanOptions(timesteps=bad))
+    with pytest.raises(OptionError):
+        plan_chain(prior, 100, PlanOptions(effort=10))
+
+
+def test_model_without_a_table_gets_the_even_chain():
+    prior = Prior(None, None, DiffusionConfig("cosine", 1000, "learned_range"), "00" * 32, "toy")
+    plan = plan_chain(prior, 100, PlanOptions())
+    assert plan.timesteps == even_timesteps(1000, 8, 10) and set(plan.coders) == {ChunkKind.UQ}
+    assert math.isnan(plan.expected_bits_per_dim)
