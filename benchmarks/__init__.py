@@ -1,1 +1,7 @@
-"""Rate-distortion benchmark scripts (classical baselines, plots, shared helpers)."""
+"""Benchmark scripts: the codec's rate-distortion and likelihood (rd_diffcodec, bound,
+sweep_steps, pfr_speed), classical baselines (baselines), plots and RESULTS.md (plots,
+make_results), and the helpers they share (common).
+
+Run them as modules from the repository root, e.g. ``python -m benchmarks.rd_diffcodec --help``.
+They import the public library and :mod:`benchmarks.common` only, never each other.
+"""

@@ -17,9 +17,9 @@ method=6``), JPEG-XL lossless (effort 7), JPEG 2000 reversible 5/3.
 All imagecodecs encoders run single-threaded. Rates are ``8 * len(bytes)``
 of the real encoded file; every file is decoded again before measuring.
 
-Usage::
+Usage (from the repository root)::
 
-    python benchmarks/baselines.py --images DIR --out DIR [--limit N]
+    python -m benchmarks.baselines --images DIR --out DIR [--limit N]
         [--codecs jpeg,webp,avif,jpegxl,jpeg2000] [--skip-lossless] [--smoke]
 """
 
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -40,12 +39,12 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-if __package__ in (None, ""):  # executed as ``python benchmarks/baselines.py``
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
+    LOSSLESS,
     bits_per_dim,
     bits_per_pixel,
+    command_line,
+    interpolate_psnr_at_bpp,
     list_images,
     load_rgb,
     machine_description,
@@ -265,7 +264,7 @@ def run_baselines(
     try:
         _run_all_lossy(names, all_lossy, images, out, smoke, extra, written)
         if lossless:
-            written["lossless"] = _run_all_lossless(images, out, extra)
+            written[LOSSLESS] = _run_all_lossless(images, out, extra)
     finally:
         torch.set_num_threads(threads)
     return written
@@ -320,29 +319,12 @@ def _run_all_lossless(images: dict[str, np.ndarray], out: Path, extra: dict[str,
             summary[k].append(_mean([v[k] for v in per.values()]))
         print(f"{codec.name:18s} {summary['bits_per_dim'][-1]:.3f} bits/dim")
     return write_results_json(
-        out / "lossless.json", "lossless", "Classical lossless codecs; bit-exact round trips verified; "
+        out / f"{LOSSLESS}.json", LOSSLESS, "Classical lossless codecs; bit-exact round trips verified; "
         "bits/dim = 8*bytes/(H*W*3), means over images", summary,
         codecs=descriptions, per_image=per_codec, **extra)
 
 
 # --------------------------------------------------------------------------- analysis
-
-
-def interpolate_psnr_at_bpp(results_json: dict[str, Any], bpp: float, metric: str = "psnr-rgb") -> float:
-    """Linearly interpolate the averaged ``metric``-vs-bpp curve at ``bpp``.
-
-    Points are sorted by bpp; returns ``NaN`` if ``bpp`` is outside the measured range
-    (no extrapolation) or the curve has no finite points.
-    """
-    res = results_json["results"]
-    xs = np.asarray([np.nan if v is None else v for v in res["bpp"]], dtype=np.float64)
-    ys = np.asarray([np.nan if v is None else v for v in res[metric]], dtype=np.float64)
-    ok = np.isfinite(xs) & np.isfinite(ys)
-    xs, ys = xs[ok], ys[ok]
-    if xs.size == 0 or bpp < xs.min() or bpp > xs.max():
-        return float("nan")
-    order = np.argsort(xs)
-    return float(np.interp(bpp, xs[order], ys[order]))
 
 
 def summary_table(json_paths: Sequence[str | Path], rates: Sequence[float] = (0.25, 0.5, 1.0)) -> str:
@@ -358,7 +340,7 @@ def summary_table(json_paths: Sequence[str | Path], rates: Sequence[float] = (0.
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.baselines", description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", required=True, help="folder of test images")
     ap.add_argument("--out", required=True, help="output folder for the JSON files")
     ap.add_argument("--limit", type=int, default=None, help="use only the first N images")
@@ -367,11 +349,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="2 settings per codec (for tests)")
     args = ap.parse_args(argv)
     codecs = [c.strip() for c in args.codecs.split(",") if c.strip()]
-    command = "python " + " ".join([sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
+    command = command_line("benchmarks.baselines", argv)
     t0 = time.perf_counter()
     written = run_baselines(args.images, args.out, args.limit, codecs, not args.skip_lossless,
                             args.smoke, command)
-    lossy = [p for k, p in written.items() if k != "lossless"]
+    lossy = [p for k, p in written.items() if k != LOSSLESS]
     if lossy:
         print(summary_table(lossy))
     print(f"done in {time.perf_counter() - t0:.1f} s")

@@ -1,10 +1,12 @@
 """Write benchmarks/RESULTS.md from the results JSONs of one run folder.
 
-    python benchmarks/make_results.py benchmarks/results/kodak --title "Kodak-24" \
+Usage (from the repository root)::
+
+    python -m benchmarks.make_results benchmarks/results/kodak --title "Kodak-24" \
         [--diffcodec-dir DIR] [--out benchmarks/RESULTS.md]
 
 Reads the baselines' JSONs (jpeg, webp, avif, jpegxl, jpeg2000, lossless) and, when present,
-diffcodec.json (rd_diffcodec.py), bound.json (bound.py) and sweep.json (sweep_steps.py), and
+diffcodec.json (benchmarks.rd_diffcodec) and bound.json (benchmarks.bound), and
 writes the tables: lossless bits/dim, PSNR at 0.1/0.25/0.5/1 bpp, DDPM Table 4's analog, plus
 links to the plots, with each run's machine, command and date.  Where diffcodec loses, the
 tables show it; nothing here is typed by hand.
@@ -14,19 +16,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
+from typing import Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baselines import interpolate_psnr_at_bpp  # noqa: E402
-from common import read_results_json  # noqa: E402
-from rd_diffcodec import BASELINES as LOSSY, table4_markdown  # noqa: E402
+from benchmarks.common import BASELINES as LOSSY, LOSSLESS, interpolate_psnr_at_bpp, read_results_json, table4_markdown
 
 RATES = (0.1, 0.25, 0.5, 1.0)
 
 
 def _fmt(v: float, digits: int = 2) -> str:
-    return "–" if v != v else f"{v:.{digits}f}"  # NaN -> dash (outside the measured range)
+    return "–" if v is None or v != v else f"{v:.{digits}f}"  # NaN/null -> dash (outside the range, or none)
+
+
+def _summary_value(v: float | None) -> str:
+    return "–" if v is None or v != v else f"{v:.4g}"  # null: not measured (e.g. no cost model)
 
 
 def _provenance(doc: dict) -> str:
@@ -40,7 +43,7 @@ def build(folder: Path, title: str, diffcodec_dir: Path | None, out_dir: Path, n
     bound_path = (diffcodec_dir or folder) / "bound.json"
     bound = read_results_json(bound_path) if bound_path.exists() else None
 
-    lossless = read_results_json(folder / "lossless.json")
+    lossless = read_results_json(folder / f"{LOSSLESS}.json")
     out += ["## Lossless (bits/dim = 8·bytes / (H·W·3), mean over images)", "",
             "| codec | bits/dim | bpp |", "|---|---:|---:|"]
     res = lossless["results"]
@@ -71,7 +74,7 @@ def build(folder: Path, title: str, diffcodec_dir: Path | None, out_dir: Path, n
     if dc:
         out += ["", "## diffcodec per coded step (DDPM Table 4's analog; means over images)", "",
                 table4_markdown(dc["per_step"]), "", "Summary: " + ", ".join(
-                    f"{k} {v:.4g}" for k, v in dc["summary"].items())]
+                    f"{k} {_summary_value(v)}" for k, v in dc["summary"].items())]
     plots = sorted(p for d in {folder, diffcodec_dir or folder} for p in d.glob("*.png"))
     if plots:
         out += ["", "## Plots", ""] + [f"![{p.stem}]({Path(os.path.relpath(p.resolve(), out_dir.resolve())).as_posix()})"
@@ -79,8 +82,8 @@ def build(folder: Path, title: str, diffcodec_dir: Path | None, out_dir: Path, n
     return "\n".join(out) + "\n"
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.make_results", description=__doc__.split("\n\n")[0])
     ap.add_argument("folder", type=Path)
     ap.add_argument("--title", default="Kodak-24")
     ap.add_argument("--diffcodec-dir", type=Path, default=None)

@@ -1,76 +1,125 @@
-"""Choose the codec's defaults by measurement: lossless file size against the number of coded
-steps, the last latent timestep t_min and the side-information tile.
+"""Choose the codec's defaults by measurement: lossless file size against the encoder's effort,
+a forced number of latent steps and last latent timestep t_min, the latent coder and the
+side-information tile.
 
-    python benchmarks/sweep_steps.py --images ../shared/data/kodak --crop 128 --limit 6 \
-        --steps 2,4,8,12,16,24 --t-min 0,20,60 --tile 0,32,64 --out benchmarks/results/sweep.json
+Usage (from the repository root)::
 
-Prints one row per setting: mean real bits/dim of the lossless file (latent steps + final step),
-the model's ideal bits/dim of the same chain (sum of KLs + decoder NLL), and their ratio.
+    python -m benchmarks.sweep_steps --images ../shared/data/kodak --crop 128 --limit 6 \\
+        --effort 1,3,5,7 --out benchmarks/results/sweep_effort.json
+    python -m benchmarks.sweep_steps --images ../shared/data/kodak --crop 128 --limit 6 \\
+        --steps plan,4,8,12,16 --t-min plan,0,20 --tile 0,32,64 --out benchmarks/results/sweep.json
+
+``--steps`` and ``--t-min`` take comma-separated values; ``plan`` leaves the choice to the
+trajectory planner (the default).  Every combination of the lists is one setting.  Prints one
+row per setting: mean real bits/dim of the lossless file, of its latent steps and of its final
+step, the model's ideal bits/dim of the same chain (sum of KLs + decoder NLL), the plan's
+expected bits/dim (cost model; '–' for a model without an x_0 error table), the file's ratio to
+the ideal, encode seconds and network calls.  The JSON also holds per image: the timesteps, the
+coder of each step, encode seconds and network calls.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import json
-import sys
+import math
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import list_images, load_rgb, machine_description, now_iso  # noqa: E402
-from rd_diffcodec import center_crop  # noqa: E402
+from benchmarks.common import command_line, load_images, machine_description, now_iso, write_json
+from diffcodec.checkpoint import Prior, load_prior
+from diffcodec.codec import EncodeOptions, encode
+from diffcodec.errors import OptionError
+from diffcodec.kinds import LatentMethod, values
+from diffcodec.trajectory import MAX_EFFORT
 
-from diffcodec.checkpoint import load_prior  # noqa: E402
-from diffcodec.codec import EncodeOptions, encode  # noqa: E402
+#: Per-image measurements averaged into a row.
+ROW_MEANS = ("file_bits_per_dim", "latent_bits_per_dim", "final_bits_per_dim", "ideal_bits_per_dim",
+             "expected_bits_per_dim", "encode_seconds", "network_calls")
 
 
 def _ints(s: str) -> list[int]:
     return [int(x) for x in s.split(",") if x]
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def _ints_or_plan(s: str) -> list[int | None]:
+    """``"plan,4,8"`` -> ``[None, 4, 8]`` (None: the planner decides)."""
+    return [None if x.strip() == "plan" else int(x) for x in s.split(",") if x.strip()]
+
+
+def measure(img: np.ndarray, prior: Prior, opts: EncodeOptions) -> dict[str, Any]:
+    """Encode one image losslessly and record what the sweep compares."""
+    dims = img.size
+    r = encode(img, prior, opts)
+    if not r.lossless:
+        raise RuntimeError("the sweep's encode did not reach the final step")
+    return {
+        "file_bits_per_dim": 8 * len(r.data) / dims,
+        "latent_bits_per_dim": sum(8 * s.bytes for s in r.steps if not s.kind.is_final) / dims,
+        "final_bits_per_dim": sum(8 * s.bytes for s in r.steps if s.kind.is_final) / dims,
+        "ideal_bits_per_dim": sum(s.ideal_bits for s in r.steps) / dims,
+        "expected_bits_per_dim": r.plan.expected_bits_per_dim,
+        "timesteps": list(r.plan.timesteps),
+        "coders": [s.kind.label for s in r.steps],
+        "encode_seconds": r.seconds, "network_seconds": r.net_seconds, "network_calls": r.net_calls,
+    }
+
+
+def _fmt(v: float, width: int, digits: int = 4) -> str:
+    return f"{'–':>{width}}" if not math.isfinite(v) else f"{v:>{width}.{digits}f}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    defaults = EncodeOptions()
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.sweep_steps", description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=Path, required=True)
     ap.add_argument("--model", default=None)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--crop", type=int, default=128)
     ap.add_argument("--limit", type=int, default=6)
-    ap.add_argument("--steps", type=_ints, default=[2, 4, 8, 12, 16, 24])
-    ap.add_argument("--t-min", type=_ints, default=[0])
-    ap.add_argument("--tile", type=_ints, default=[64])
-    ap.add_argument("--spacing", type=lambda s: [float(x) for x in s.split(",") if x], default=[1.0])
+    ap.add_argument("--effort", type=_ints, default=[defaults.effort],
+                    help=f"efforts 1..{MAX_EFFORT}, comma-separated (default {defaults.effort})")
+    ap.add_argument("--steps", type=_ints_or_plan, default=[None],
+                    help="forced latent steps, comma-separated; plan: the planner's (default)")
+    ap.add_argument("--t-min", type=_ints_or_plan, default=[None],
+                    help="forced last latent timesteps, comma-separated; plan: the planner's (default)")
+    ap.add_argument("--tile", type=_ints, default=[defaults.tile], help=f"tiles in px (default {defaults.tile})")
+    ap.add_argument("--method", choices=values(LatentMethod), default=LatentMethod(defaults.method).value)
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     prior = load_prior(args.model, args.device)
-    images = [center_crop(load_rgb(p), args.crop) for p in list_images(args.images)[: args.limit]]
+    images = load_images(args.images, args.limit, args.crop)
     rows = []
-    print(f"{'steps':>5} {'t_min':>5} {'tile':>4} {'space':>5} {'file b/dim':>10} {'latent':>8} {'final':>8} "
-          f"{'ideal':>8} {'file/ideal':>10}")
-    for steps, t_min, tile, spacing in itertools.product(args.steps, args.t_min, args.tile, args.spacing):
+    print(f"{'effort':>6} {'steps':>5} {'t_min':>5} {'tile':>4} {'file b/dim':>10} {'latent':>8} {'final':>8} "
+          f"{'ideal':>8} {'expected':>8} {'file/ideal':>10} {'enc s':>7} {'calls':>5}")
+    for effort, steps, t_min, tile in itertools.product(args.effort, args.steps, args.t_min, args.tile):
+        opts = EncodeOptions(effort=effort, method=LatentMethod(args.method), steps=steps, t_min=t_min, tile=tile,
+                             seed=args.seed)
         try:
-            opts = EncodeOptions(steps=steps, t_min=t_min, tile=tile, spacing=spacing, seed=0)
-            res = [encode(img, prior, opts) for img in images]
-        except ValueError as e:
-            print(f"skip steps={steps} t_min={t_min}: {e}")
+            per_image = {name: measure(img, prior, opts) for name, img in images.items()}
+        except OptionError as e:
+            print(f"skip effort={effort} steps={steps} t_min={t_min} tile={tile}: {e}")
             continue
-        dims = [img.size for img in images]
-        file_bpd = np.mean([8 * len(r.data) / d for r, d in zip(res, dims)])
-        lat = np.mean([sum(8 * s.bytes for s in r.steps if s.kind == "latent") / d for r, d in zip(res, dims)])
-        fin = np.mean([sum(8 * s.bytes for s in r.steps if s.kind == "final") / d for r, d in zip(res, dims)])
-        ideal = np.mean([sum(s.ideal_bits for s in r.steps) / d for r, d in zip(res, dims)])
-        rows.append({"steps": steps, "t_min": t_min, "tile": tile, "spacing": spacing, "file_bits_per_dim": file_bpd,
-                     "latent_bits_per_dim": lat, "final_bits_per_dim": fin, "ideal_bits_per_dim": ideal})
-        print(f"{steps:>5} {t_min:>5} {tile:>4} {spacing:>5.2f} {file_bpd:>10.4f} {lat:>8.4f} {fin:>8.4f} {ideal:>8.4f} "
-              f"{file_bpd / ideal:>10.3f}", flush=True)
+        row: dict[str, Any] = {"effort": effort, "steps": steps, "t_min": t_min, "tile": tile, "method": args.method}
+        row.update({k: float(np.mean([m[k] for m in per_image.values()])) for k in ROW_MEANS})
+        row["per_image"] = per_image
+        rows.append(row)
+        print(f"{effort:>6} {steps or 'plan':>5} {'plan' if t_min is None else t_min:>5} {tile:>4} "
+              f"{row['file_bits_per_dim']:>10.4f} {row['latent_bits_per_dim']:>8.4f} {row['final_bits_per_dim']:>8.4f} "
+              f"{row['ideal_bits_per_dim']:>8.4f} {_fmt(row['expected_bits_per_dim'], 8)} "
+              f"{row['file_bits_per_dim'] / row['ideal_bits_per_dim']:>10.3f} {row['encode_seconds']:>7.2f} "
+              f"{row['network_calls']:>5.0f}", flush=True)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"rows": rows, "model": prior.fingerprint, "images": len(images),
-                                        "crop": args.crop, "machine": machine_description(), "date": now_iso(),
-                                        "command": " ".join(sys.argv)}, indent=2))
+        write_json(args.out, {"rows": rows, "model": Path(prior.source).name, "model_fingerprint": prior.fingerprint,
+                              "method": args.method, "images": list(images), "crop": args.crop,
+                              "machine": machine_description(), "date": now_iso(),
+                              "command": command_line("benchmarks.sweep_steps", argv)})
     best = min(rows, key=lambda r: r["file_bits_per_dim"]) if rows else None
-    print("best:", best)
+    if best:
+        print("best:", {k: v for k, v in best.items() if k != "per_image"})
     return 0
 
 
