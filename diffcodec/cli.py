@@ -11,12 +11,11 @@ import click
 import numpy as np
 
 from .codec import EncodeOptions
+from .container import DEFAULT_MAX_PIXELS
 from .errors import DiffcodecError
 from .kinds import LatentMethod, Reconstruction, values
 from .trajectory import MAX_EFFORT
 
-# Files claiming more pixels are refused unless asked (a 12-megapixel photo decodes within ~4 GB).
-MAX_PIXELS_DEFAULT = 25_000_000
 
 MODEL_HELP = "model checkpoint (default: the model shipped with diffcodec)"
 
@@ -76,7 +75,7 @@ device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda
                              show_default=True, help="where the network runs")
 model_option = click.option("--model", type=click.Path(dir_okay=False), default=None, help=MODEL_HELP)
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="no progress bar or summary")
-max_pixels_option = click.option("--max-pixels", type=click.IntRange(1), default=MAX_PIXELS_DEFAULT, show_default=True,
+max_pixels_option = click.option("--max-pixels", type=click.IntRange(1), default=DEFAULT_MAX_PIXELS, show_default=True,
                                  help="refuse files whose header claims a larger image (memory is spent per pixel)")
 
 

@@ -214,7 +214,7 @@ def check_chunks(parsed: fmt.Parsed) -> None:
 
 def iter_previews(data: bytes, prior: Prior, reconstruct: Reconstruction = Reconstruction.MEAN,
                   max_step: int | None = None, every: bool = True,
-                  max_pixels: int = fmt.MAX_PIXELS) -> Iterator[Preview]:
+                  max_pixels: int = fmt.DEFAULT_MAX_PIXELS) -> Iterator[Preview]:
     """Algorithm 4: yield the x_0 estimate after 0, 1, 2, ... coded steps (only the last one,
     at ``max_step`` or the end of the data, when ``every`` is False).  Network calls are made
     only for the steps decoded and the previews shown."""
@@ -227,14 +227,17 @@ def iter_previews(data: bytes, prior: Prior, reconstruct: Reconstruction = Recon
     K = header.num_latent_steps
     last = len(parsed.chunks) if max_step is None else min(max_step, len(parsed.chunks))
     consumed = parsed.header_size
-    x, ints = chain.x_T(), Intervals(chain.n)
+    x = ints = None  # made when a step or a preview needs them (not for a header-only file's grey preview)
     for n in range(0, last + 1):
         j = K - n
         show = every or n == last
         need = n < last or (show and (chain.has_signal(j) or reconstruct != Reconstruction.MEAN))
+        if need and x is None:
+            x, ints = chain.x_T(), Intervals(chain.n)
         out = chain.predict(x, j) if need else None
         if show:
-            img = to_uint8(chain.reconstruct(x, j, out, reconstruct))
+            img = to_uint8(chain.reconstruct(x, j, out, reconstruct)) if need else \
+                np.full((header.height, header.width, 3), 128, dtype=np.uint8)  # x_T alone: mid-grey
             yield Preview(n, header.timesteps[j], consumed, img, net_seconds=chain.net_seconds,
                           net_calls=chain.net_calls)
         if n == last:
@@ -259,7 +262,7 @@ def iter_previews(data: bytes, prior: Prior, reconstruct: Reconstruction = Recon
 
 
 def decode(data: bytes, prior: Prior, step: int | None = None,
-           reconstruct: Reconstruction = Reconstruction.MEAN, max_pixels: int = fmt.MAX_PIXELS) -> DecodeResult:
+           reconstruct: Reconstruction = Reconstruction.MEAN, max_pixels: int = fmt.DEFAULT_MAX_PIXELS) -> DecodeResult:
     """Decode as far as ``step`` coded steps (default: everything in the data)."""
     t0 = time.perf_counter()
     if step is not None and step < 0:

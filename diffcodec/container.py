@@ -55,7 +55,10 @@ VERSION = 2
 SCHEDULE_IDS = {"linear": 0, "cosine": 1}
 MODES = tuple(m.value for m in ImageMode)
 MAX_SIDE = 16384
-MAX_PIXELS = 2**26
+MAX_PIXELS = 2**26  # the format's limit
+# What a decoder accepts unless told otherwise: decoding spends memory per pixel (a 12-megapixel
+# photo decodes within ~4 GB), so a small file must not be able to claim more than this.
+DEFAULT_MAX_PIXELS = 25_000_000
 MAX_HEADER = 65536
 MAX_PAYLOAD = 2**30
 _CHUNK_HEAD = struct.Struct("<BHI")
@@ -139,7 +142,7 @@ class Parsed:
     header_size: int = 0
 
 
-def parse(data: bytes, max_pixels: int = MAX_PIXELS) -> Parsed:
+def parse(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Parsed:
     """Parse a .dfc file (possibly truncated).  Raises FormatError on anything else wrong,
     and on images of more than ``max_pixels`` pixels before anything is allocated for them."""
     data = memoryview(bytes(data))

@@ -26,11 +26,17 @@ class BoundTerms:
     timesteps: np.ndarray  # [K] original timesteps of the chain
 
 
-def bits_per_dim(image: np.ndarray, prior: Prior, steps: int | None = None, seed: int = 0,
-                 progress=None) -> BoundTerms:
+def bits_per_dim(image: np.ndarray, prior: Prior, steps: int | Sequence[int] | None = None, seed: int = 0,
+                 progress=None, variance: str = "model") -> BoundTerms:
     """The variational bound of a uint8 H x W x 3 image under ``prior`` with the full chain
-    (``steps=None``) or one respaced to ``steps`` timesteps."""
-    diffusion = prior.diffusion.build(steps)
+    (``steps=None``), one respaced to ``steps`` timesteps, or the given timesteps.  ``variance``:
+    the model's own reverse variances (``model``: learned or fixed) or the analytic ones from the
+    checkpoint's x_0 error table (``analytic``)."""
+    if variance not in VARIANCE_SOURCES:
+        raise OptionError(f"variance must be one of {VARIANCE_SOURCES}")
+    if variance == "analytic" and prior.xstart_mse is None:
+        raise OptionError("the analytic variance needs a model with an x_0 error table (diffcodec errtable)")
+    diffusion = prior.diffusion.build(steps, prior.xstart_mse if variance == "analytic" else None)
     x = to_tensor(image)[None].to(prior.device)
     g = torch.Generator(device=prior.device).manual_seed(seed)
 

@@ -55,7 +55,7 @@ class FileReport:
         return asdict(self)
 
 
-def file_report(data: bytes, name: str = "", max_pixels: int = fmt.MAX_PIXELS) -> FileReport:
+def file_report(data: bytes, name: str = "", max_pixels: int = fmt.DEFAULT_MAX_PIXELS) -> FileReport:
     parsed = fmt.parse(data, max_pixels)
     h = parsed.header
     pixels, dims = h.pixels, 3 * h.pixels
@@ -81,7 +81,7 @@ def progression_strip(previews: list[np.ndarray], max_frames: int = 12) -> np.nd
 
 def export_previews(data: bytes, prior: Prior, folder: str | Path | None = None, strip: str | Path | None = None,
                     reconstruct: Reconstruction = Reconstruction.MEAN, max_step: int | None = None,
-                    max_pixels: int = fmt.MAX_PIXELS, progress: Callable[[Preview], None] | None = None
+                    max_pixels: int = fmt.DEFAULT_MAX_PIXELS, progress: Callable[[Preview], None] | None = None
                     ) -> tuple[Image.Image, Preview]:
     """Decode step by step, writing every preview into ``folder`` (step0000.png, ...) and/or a
     progression strip; returns the last preview as an image in the file's mode, and itself."""

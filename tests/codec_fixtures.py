@@ -96,3 +96,31 @@ class OracleNet(nn.Module):
 def oracle_prior(pixels: np.ndarray) -> Prior:
     net = OracleNet(pixels)
     return Prior(net, named_config("tiny"), DIFFUSION, "ab" * 32, "oracle")
+
+
+class GaussianPriorNet(nn.Module):
+    """An analytic epsilon-network in float64: the exact posterior-mean denoiser for pixels that
+    are independent N(0, VAR) on [-1, 1].  No learned weights and only IEEE-exact arithmetic
+    (+, *, /, sqrt), so its outputs — and the golden files made with it — are the same on every
+    machine."""
+
+    VAR = 0.25
+
+    def __init__(self, diffusion: DiffusionConfig = DIFFUSION) -> None:
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(1))
+        self.config = named_config("tiny")
+        self.abar = np.cumprod(1.0 - get_named_beta_schedule(diffusion.schedule, diffusion.num_timesteps))
+        self.T = diffusion.num_timesteps
+
+    def forward(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        t = int(round(float(s[0]) * self.T / 1000.0))
+        a = float(self.abar[t])
+        x = x.double()
+        x0 = (np.sqrt(a) * self.VAR / (a * self.VAR + 1.0 - a)) * x
+        eps = (x - np.sqrt(a) * x0) / np.sqrt(1.0 - a)
+        return torch.cat([eps, torch.zeros_like(eps)], dim=1)
+
+
+def analytic_prior() -> Prior:
+    return Prior(GaussianPriorNet(), named_config("tiny"), DIFFUSION, "9a" * 32, "analytic")

@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 import pytest
+import torch
+
 
 from diffcodec.checkpoint import Prior
 from diffcodec.diffusion import DiffusionConfig, analytic_variance, get_named_beta_schedule
@@ -80,8 +82,7 @@ def _toy_prior(T: int, seed: int = 0) -> Prior:
 def _brute_force(prior: Prior, K: int, method: LatentMethod, level) -> float:
     abar = np.cumprod(1 - get_named_beta_schedule("cosine", prior.diffusion.num_timesteps))
     kl = step_kl_matrix(abar, prior.xstart_mse)
-    pfr_ok = method == LatentMethod.PFR or (method == LatentMethod.AUTO and 3 * 2.0 ** (level.chunk_bits +
-                                                                                        level.margin_bits) / 2 <= level.pfr_work)
+    pfr_ok = method == LatentMethod.PFR or (method == LatentMethod.AUTO and level.pfr)
     fixed = {LatentMethod.UQ: ChunkKind.UQ, LatentMethod.PFR: ChunkKind.PFR}.get(method)
     cost, use = _step_costs(kl, pfr_ok, fixed, level.chunk_bits, DEFAULT_COSTS)
     last = _final_costs(kl, cost, use, final_bits(prior.xstart_mse), DEFAULT_COSTS)
@@ -141,3 +142,50 @@ def test_model_without_a_table_gets_the_even_chain():
     plan = plan_chain(prior, 100, PlanOptions())
     assert plan.timesteps == even_timesteps(1000, 8, 10) and set(plan.coders) == {ChunkKind.UQ}
     assert math.isnan(plan.expected_bits_per_dim)
+
+
+def test_likelihood_with_analytic_variance(tiny_prior_with_table):
+    """bits_per_dim's analytic variance comes from the checkpoint's table; without a table it is
+    refused by name."""
+    from diffcodec.errors import OptionError
+    from diffcodec.likelihood import bits_per_dim
+
+    prior, img = tiny_prior_with_table
+    learned = bits_per_dim(img, prior, steps=6)
+    analytic = bits_per_dim(img, prior, steps=6, variance="analytic")
+    for t in (learned, analytic):
+        assert math.isfinite(t.total) and t.total == pytest.approx(t.prior + t.latent + t.decoder)
+    assert analytic.total != learned.total
+    import dataclasses
+
+    with pytest.raises(OptionError, match="error table"):
+        bits_per_dim(img, dataclasses.replace(prior, xstart_mse=None), steps=6, variance="analytic")
+    with pytest.raises(OptionError):
+        bits_per_dim(img, prior, steps=6, variance="magic")
+
+
+@pytest.fixture(scope="module")
+def tiny_prior_with_table(tmp_path_factory, tiny_images):
+    from codec_fixtures import make_tiny_checkpoint
+    from diffcodec.checkpoint import attach_xstart_mse, load_prior
+    from diffcodec.errtable import isotonic_increasing, measure_xstart_mse
+
+    path = make_tiny_checkpoint(tmp_path_factory.mktemp("tab") / "m.pt")
+    crops = torch.from_numpy(tiny_images[0][None].transpose(0, 3, 1, 2) / 127.5 - 1.0).float()
+    raw = measure_xstart_mse(load_prior(path), crops, timesteps=range(0, 1000, 50))
+    rows = np.arange(0, 1000, 50)
+    table = np.stack([np.interp(np.arange(1000), rows, raw[rows, c]) for c in range(3)], axis=1)
+    table = np.stack([isotonic_increasing(table[:, c]) for c in range(3)], axis=1)
+    out = tmp_path_factory.mktemp("tab2") / "m_table.pt"
+    attach_xstart_mse(path, out, table)
+    return load_prior(out), tiny_images[0]
+
+
+def test_isotonic_regression():
+    from diffcodec.errtable import isotonic_increasing
+
+    y = np.array([1.0, 3.0, 2.0, 2.0, 5.0, 4.0])
+    np.testing.assert_allclose(isotonic_increasing(y), [1.0, 7 / 3, 7 / 3, 7 / 3, 4.5, 4.5])
+    z = np.random.default_rng(0).normal(size=200).cumsum()
+    out = isotonic_increasing(z)
+    assert (np.diff(out) >= 0).all() and out.sum() == pytest.approx(z.sum())

@@ -16,8 +16,11 @@ KL(q || p') + log2(KL + 1) + O(1) bits, for any prior p' the receiver can sample
   visiting the dims in a seeded portable permutation (Philox keys, stable sort) so that a
   chunk mixes positions.  A chunk of s dims expects e = s * kappa bits.  The layout depends
   only on the side information, the seed and the step, never on the network's output.
-* **Search.** Candidate n of chunk c is x_n = mu_p + sigma_p z_n, z_n ~ N(0, I) from Philox
-  counter (dim pair, n, c, tag|step); its weight w_n = q(x_n) / p'(x_n) is, in z,
+* **Search.** Candidate n of chunk c is x_n = mu_p + sigma_p z_n: the chunk's dimensions in
+  eights, each eight from one Philox call (counter (octet, n, c, tag|step)) whose four words
+  give eight 16-bit halves, each looked up in a table of the 65536 normal quantiles
+  Phi^-1((h + 1/2) / 65536) (:func:`normal_table`: |z| <= 4.325, the discrete stand-in for
+  N(0, 1) both sides use); its weight w_n = q(x_n) / p'(x_n) is, in z,
   log w_n = sum_i [ln r - r^2 (z_i - a_i)^2 / 2 + z_i^2 / 2],  a = delta / r,
   i.e. sum_i [r^2 a_i z_i - (r^2 - 1) z_i^2 / 2] + const.  Arrivals T_n = E_0 + ... + E_n,
   E ~ Exp(1) from Philox; the encoder sends n* = argmin_n (ln T_n - ln w_n).  Without a cap
@@ -57,9 +60,9 @@ Payload::
 from __future__ import annotations
 
 import math
+import struct
 import time
 from dataclasses import dataclass, field
-import struct
 
 import numpy as np
 import torch
@@ -76,7 +79,7 @@ RATIO = 2.0**KAPPA  # r = sigma_p / sigma_q
 MAX_CHUNK_DIMS = 4096
 MAX_CHUNK_BITS, MAX_MARGIN, CAP_EXTRA = 20, 7, 4  # at most 2**31 candidates: counters stay 32-bit
 TAG_NORMAL, TAG_ARRIVAL, TAG_ORDER = 1, 2, 3
-SEARCH_ELEMENTS = 2**18
+SEARCH_ELEMENTS = 2**19  # candidate x dimension entries per torch block
 MIN_BLOCK = 16
 _EPS = 1e-9  # keeps float floor/ceil decisions away from ulp-level platform differences
 
@@ -159,25 +162,51 @@ def plan_from_sizes(sizes: np.ndarray, kappa: np.ndarray) -> Plan:
 # ----------------------------------------------------------------------------- search
 
 
+def normal_table() -> torch.Tensor:
+    """The 65536 candidate normals: z[h] = Phi^-1((h + 1/2) / 65536), rounded to float32 (so
+    that a last-ulp difference of scipy's ndtri between machines does not reach the codec)."""
+    global _TABLE
+    if _TABLE is None:  # a cache of a pure function, computed on first use
+        from scipy.special import ndtri
+
+        z = ndtri((np.arange(TABLE_SIZE, dtype=np.float64) + 0.5) / TABLE_SIZE).astype(np.float32)
+        _TABLE = torch.from_numpy(z.astype(np.float64))
+    return _TABLE
+
+
+TABLE_SIZE = 1 << 16
+_TABLE = None
+
+
+def candidate_normals(key: tuple[int, int], octet: torch.Tensor, n: torch.Tensor, chunk: torch.Tensor,
+                      step: int) -> torch.Tensor:
+    """The 8 normals of every (octet, candidate n, chunk): Philox counter (octet, n, chunk,
+    TAG_NORMAL << 16 | step), its four words split into 16-bit halves (low half first) and
+    looked up in :func:`normal_table`; shape broadcast(octet, n, chunk) + (8,)."""
+    words = philox.philox4x32(octet, n, chunk, (TAG_NORMAL << 16) | step, key)
+    halves = torch.stack([h for w in words for h in (w & 0xFFFF, w >> 16)], dim=-1)
+    return normal_table().to(halves.device)[halves]
+
+
 @dataclass
-class _Pairs:
-    """Dims of the plan taken two at a time (one Philox call gives two normals)."""
+class _Octets:
+    """The plan's positions taken eight at a time (one Philox call gives eight normals)."""
 
-    first: np.ndarray  # position of the pair's first dim
-    second: np.ndarray  # position of its second dim (== first when the chunk ends there)
-    has_second: np.ndarray
-    chunk: np.ndarray
-    index: np.ndarray  # pair index inside the chunk (counter word 0)
-    starts: np.ndarray  # [C + 1] pairs of each chunk
+    chunk: np.ndarray  # [O] chunk of each octet
+    index: np.ndarray  # [O] octet index inside its chunk (counter word 0)
+    lanes: np.ndarray  # [O, 8] plan position of each lane, -1 where the chunk ended
+    starts: np.ndarray  # [C + 1] octets of each chunk
 
 
-def _pairs(plan: Plan) -> _Pairs:
-    first = np.flatnonzero(plan.pos % 2 == 0)
-    nxt = np.minimum(first + 1, len(plan.pos) - 1)
-    has = (first + 1 < len(plan.pos)) & (plan.chunk[nxt] == plan.chunk[first])
-    chunk = plan.chunk[first]
-    starts = np.concatenate([[0], np.cumsum(np.bincount(chunk, minlength=plan.num_chunks))])
-    return _Pairs(first, np.where(has, nxt, first), has, chunk, plan.pos[first] // 2, starts)
+def _octets(plan: Plan) -> _Octets:
+    sizes = plan.sizes
+    per = -(-sizes // 8)
+    starts = np.concatenate([[0], np.cumsum(per)])
+    chunk = np.repeat(np.arange(plan.num_chunks), per)
+    index = np.arange(len(chunk)) - starts[chunk]
+    pos = plan.starts[chunk][:, None] + 8 * index[:, None] + np.arange(8)[None]
+    lanes = np.where(pos < plan.starts[chunk + 1][:, None], pos, -1)
+    return _Octets(chunk, index, lanes, starts)
 
 
 def _ranges(starts: np.ndarray, which: np.ndarray) -> np.ndarray:
@@ -190,37 +219,60 @@ def _ranges(starts: np.ndarray, which: np.ndarray) -> np.ndarray:
 class SearchResult:
     nstar: np.ndarray
     certified: np.ndarray  # bool [C]: the bound proved n* is the uncapped argmin
-    candidates: int = 0  # candidate x dim-pair evaluations
+    candidates: int = 0  # candidate x dimension evaluations
     seconds: float = 0.0
+    compiled: bool = False
+
+
+def _coefficients(plan: Plan, a: np.ndarray, rsq: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per position lin = r^2 a and quad = (r^2 - 1) / 2 of f(z) = sum (lin - quad z) z, and per
+    chunk f_max = sum lin^2 / (4 quad), the largest f can be."""
+    lin, quad = rsq * a, 0.5 * (rsq - 1.0)
+    f_max = np.bincount(plan.chunk, lin**2 / (4.0 * np.maximum(quad, 1e-300)), minlength=plan.num_chunks)
+    return lin, quad, f_max
 
 
 def search(key: tuple[int, int], step: int, plan: Plan, a: np.ndarray, rsq: np.ndarray, cap_bits: np.ndarray,
-           device: torch.device | str = "cpu", max_elements: int = SEARCH_ELEMENTS) -> SearchResult:
+           device: torch.device | str = "cpu", max_elements: int = SEARCH_ELEMENTS,
+           compiled: bool | None = None) -> SearchResult:
     """n* = argmin_{n < 2**L_c} ln T_n - ln w_n for every chunk c (L = ``cap_bits``).  ``a`` and
     ``rsq`` (= r^2) are per position of ``plan.order``; a = (mu_q - mu_p) / sigma_p.
 
     With f(z) = sum_i [r_i^2 a_i z_i - (r_i^2 - 1) z_i^2 / 2] (ln w up to a per-chunk constant),
     f <= f_max = sum_i r_i^4 a_i^2 / (2 (r_i^2 - 1)), so once ln T_n - f_max >= the best value
     so far no later candidate can win: the chunk stops early and its n* is *certified* exact.
-    Chunks still open at their cap are not certified (the cap may have bound)."""
+    Chunks still open at their cap are not certified (the cap may have bound).
+
+    On a CPU the compiled kernel (diffcodec/csrc/pfrsearch.c) runs it when it was built
+    (``compiled=None``: when available); the torch code below is the reference and the fallback."""
     t0 = time.perf_counter()
-    dev = torch.device(device)
-    pr = _pairs(plan)
-    lin_e, quad_e = rsq[pr.first] * a[pr.first], 0.5 * (rsq[pr.first] - 1.0)
-    lin_o = np.where(pr.has_second, rsq[pr.second] * a[pr.second], 0.0)
-    quad_o = np.where(pr.has_second, 0.5 * (rsq[pr.second] - 1.0), 0.0)
-    f_max = np.bincount(pr.chunk, lin_e**2 / (4.0 * quad_e) + np.where(pr.has_second, lin_o**2 / (
-        4.0 * np.where(pr.has_second, quad_o, 1.0)), 0.0), minlength=plan.num_chunks)
-    n_pairs = np.diff(pr.starts)
+    lin, quad, f_max = _coefficients(plan, a, rsq)
+    caps = np.left_shift(1, np.asarray(cap_bits, dtype=np.int64))
+    kernel = _kernel() if compiled is not False and torch.device(device).type == "cpu" else None
+    if compiled and kernel is None:
+        raise RuntimeError("the compiled PFR search is not available (diffcodec/csrc was not built)")
+    if kernel is not None:
+        res = _search_compiled(kernel, key, step, plan, lin, quad, f_max, caps)
+    else:
+        res = _search_torch(key, step, plan, lin, quad, f_max, caps, torch.device(device), max_elements)
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def _search_torch(key, step, plan: Plan, lin, quad, f_max, caps, dev, max_elements) -> SearchResult:
+    oc = _octets(plan)
+    lanes = np.where(oc.lanes >= 0, oc.lanes, 0)
+    valid = oc.lanes >= 0
+    lin8, quad8 = np.where(valid, lin[lanes], 0.0), np.where(valid, quad[lanes], 0.0)
+    n_oct = np.diff(oc.starts)
     res = SearchResult(np.zeros(plan.num_chunks, dtype=np.int64), np.zeros(plan.num_chunks, dtype=bool))
-    tag_n, tag_a = (TAG_NORMAL << 16) | step, (TAG_ARRIVAL << 16) | step
-    per_batch = max(max_elements // MIN_BLOCK, int(n_pairs.max()))
-    bounds = np.searchsorted(np.cumsum(n_pairs), np.arange(per_batch, n_pairs.sum() + per_batch, per_batch),
-                             side="right")
+    tag_a = (TAG_ARRIVAL << 16) | step
+    per_batch = max(max_elements // (8 * MIN_BLOCK), int(n_oct.max()))
+    bounds = np.searchsorted(np.cumsum(n_oct), np.arange(per_batch, n_oct.sum() + per_batch, per_batch), side="right")
     c0 = 0
     for c1 in np.unique(np.clip(bounds, 1, plan.num_chunks)):
         chunks = np.arange(c0, c1)
-        caps = np.left_shift(1, np.asarray(cap_bits, dtype=np.int64)[chunks])
+        ccaps = caps[chunks]
         best = torch.full((len(chunks),), math.inf, dtype=torch.float64, device=dev)
         pick = torch.zeros(len(chunks), dtype=torch.int64, device=dev)
         carry = torch.zeros(len(chunks), dtype=torch.float64, device=dev)
@@ -228,21 +280,21 @@ def search(key: tuple[int, int], step: int, plan: Plan, a: np.ndarray, rsq: np.n
         open_ = np.ones(len(chunks), dtype=bool)
         n0, active = 0, np.zeros(0, dtype=np.int64)
         while True:
-            now = np.flatnonzero(open_ & (caps > n0))
+            now = np.flatnonzero(open_ & (ccaps > n0))
             if not len(now):
                 break
             if len(now) != len(active):
                 active = now
-                sel = _ranges(pr.starts, chunks[active])
+                sel = _ranges(oc.starts, chunks[active])
                 t = {k: torch.from_numpy(np.ascontiguousarray(v)).to(dev) for k, v in dict(
-                    index=pr.index[sel], chunk=pr.chunk[sel], lin_e=lin_e[sel], quad_e=quad_e[sel],
-                    lin_o=lin_o[sel], quad_o=quad_o[sel], ends=np.cumsum(n_pairs[chunks[active]]) - 1,
-                    ids=chunks[active], caps=caps[active], local=active).items()}
-            block = max(max_elements // len(t["index"]), MIN_BLOCK)
-            block = int(min(block, max(n0, MIN_BLOCK), caps[active].max() - n0))
+                    index=oc.index[sel], chunk=oc.chunk[sel], lin=lin8[sel], quad=quad8[sel],
+                    ends=np.cumsum(n_oct[chunks[active]]) - 1, ids=chunks[active], caps=ccaps[active],
+                    local=active).items()}
+            block = max(max_elements // (8 * len(t["index"])), MIN_BLOCK)
+            block = int(min(block, max(n0, MIN_BLOCK), ccaps[active].max() - n0))
             n = torch.arange(n0, n0 + block, dtype=torch.int64, device=dev)[:, None]
-            z1, z2 = philox.normals(key, t["index"][None], n, t["chunk"][None], tag_n)
-            f = (t["lin_e"] - t["quad_e"] * z1).mul_(z1).add_((t["lin_o"] - t["quad_o"] * z2).mul_(z2))
+            z = candidate_normals(key, t["index"][None], n, t["chunk"][None], step)  # [block, O, 8]
+            f = ((t["lin"][None] - t["quad"][None] * z) * z).sum(dim=-1)
             ends = torch.cumsum(f, dim=1)[:, t["ends"]]
             log_w = torch.cat([ends[:, :1], ends[:, 1:] - ends[:, :-1]], dim=1)
             e, _ = philox.exponentials(key, n, t["ids"][None], 0, tag_a)
@@ -256,25 +308,72 @@ def search(key: tuple[int, int], step: int, plan: Plan, a: np.ndarray, rsq: np.n
             done = (torch.log(arrivals[-1]) - bound[t["local"]] >= best[t["local"]]).cpu().numpy()
             res.certified[chunks[active[done]]] = True
             open_[active[done]] = False
-            res.candidates += block * len(t["index"])
+            res.candidates += block * int(plan.starts[chunks[active] + 1].sum() - plan.starts[chunks[active]].sum())
             n0 += block
         res.nstar[c0:c1] = pick.cpu().numpy()
         c0 = c1
-    res.seconds = time.perf_counter() - t0
     return res
+
+
+def _kernel():
+    """The compiled search (a ctypes function), or None where the extension was not built."""
+    global _KERNEL
+    if _KERNEL is None:
+        _KERNEL = False
+        import ctypes
+        import importlib.machinery
+        from pathlib import Path
+
+        here = Path(__file__).resolve().parents[1]
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            lib = here / f"_pfrsearch{suffix}"
+            if lib.exists():
+                try:
+                    fn = ctypes.CDLL(str(lib)).pfr_search
+                except OSError:
+                    continue
+                fn.restype = None
+                _KERNEL = fn
+                break
+    return _KERNEL or None
+
+
+_KERNEL = None
+
+
+def _search_compiled(kernel, key, step, plan: Plan, lin, quad, f_max, caps) -> SearchResult:
+    import ctypes
+
+    def ptr(arr, ctype):
+        return arr.ctypes.data_as(ctypes.POINTER(ctype))
+
+    starts = np.ascontiguousarray(plan.starts, dtype=np.int64)
+    lin, quad = np.ascontiguousarray(lin, dtype=np.float64), np.ascontiguousarray(quad, dtype=np.float64)
+    f_max, caps = np.ascontiguousarray(f_max, dtype=np.float64), np.ascontiguousarray(caps, dtype=np.int64)
+    table = np.ascontiguousarray(normal_table().numpy())
+    nstar = np.zeros(plan.num_chunks, dtype=np.int64)
+    certified = np.zeros(plan.num_chunks, dtype=np.uint8)
+    evaluated = np.zeros(1, dtype=np.int64)
+    kernel(ctypes.c_int64(plan.num_chunks), ptr(starts, ctypes.c_int64), ptr(lin, ctypes.c_double),
+           ptr(quad, ctypes.c_double), ptr(caps, ctypes.c_int64), ptr(f_max, ctypes.c_double),
+           ctypes.c_uint32(key[0] & 0xFFFFFFFF), ctypes.c_uint32(key[1] & 0xFFFFFFFF),
+           ctypes.c_uint32((TAG_NORMAL << 16) | step), ctypes.c_uint32((TAG_ARRIVAL << 16) | step),
+           ptr(table, ctypes.c_double), ptr(nstar, ctypes.c_int64), ptr(certified, ctypes.c_uint8),
+           ptr(evaluated, ctypes.c_int64))
+    return SearchResult(nstar, certified.astype(bool), int(evaluated[0]), compiled=True)
 
 
 def regenerate(key: tuple[int, int], step: int, plan: Plan, nstar: np.ndarray,
                device: torch.device | str = "cpu") -> torch.Tensor:
     """z_{n*} of every chunk, per position of ``plan.order`` (float64, CPU)."""
-    pr = _pairs(plan)
+    oc = _octets(plan)
     dev = torch.device(device)
-    z1, z2 = philox.normals(key, torch.from_numpy(pr.index).to(dev), torch.from_numpy(nstar[pr.chunk]).to(dev),
-                            torch.from_numpy(pr.chunk).to(dev), (TAG_NORMAL << 16) | step)
-    z = torch.empty(len(plan.order), dtype=torch.float64)
-    z[torch.from_numpy(pr.first)] = z1.cpu()
-    z[torch.from_numpy(pr.second[pr.has_second])] = z2.cpu()[torch.from_numpy(pr.has_second)]
-    return z
+    z = candidate_normals(key, torch.from_numpy(oc.index).to(dev), torch.from_numpy(nstar[oc.chunk]).to(dev),
+                          torch.from_numpy(oc.chunk).to(dev), step).cpu()  # [O, 8]
+    out = torch.empty(len(plan.order), dtype=torch.float64)
+    valid = torch.from_numpy(oc.lanes >= 0)
+    out[torch.from_numpy(oc.lanes[oc.lanes >= 0])] = z[valid]
+    return out
 
 
 # ----------------------------------------------------------------------------- side information
@@ -307,61 +406,6 @@ def _fit_tile_codes(n: np.ndarray, s: np.ndarray) -> bytes:
             better = cost < best_cost
             best_cost, best = np.where(better, cost, best_cost), np.where(better, code, best)
     return best.astype(np.uint8).tobytes()
-
-
-@dataclass
-class Estimate:
-    """What a PFR step would cost, known before any search (from the side information alone)."""
-
-    codes: bytes  # the kappa codes the step would send
-    kl_bits: float  # KL(q || p') of the whole step, bits
-    chunks: int
-    search_pairs: float  # candidate x dim-pair evaluations if no chunk stops early (an upper bound)
-
-    @property
-    def bits(self) -> float:
-        """Expected coded bits: the KL plus :data:`INDEX_OVERHEAD_BITS` per chunk."""
-        return self.kl_bits + INDEX_OVERHEAD_BITS * self.chunks
-
-
-# Coded index bits per chunk beyond its KL(q || p'): the range-coded b plus the raw bits' excess
-# over the KL; 2.0-2.7 measured on steps of 10-1700 chunks (README, "Choosing the coder per step").
-INDEX_OVERHEAD_BITS = 2.5
-
-
-@dataclass
-class TileFit:
-    """The side information a PFR step would send, and its KL per tile: what :func:`estimate`
-    needs, fitted once per step whatever chunk size is then considered."""
-
-    codes: bytes
-    dims: np.ndarray  # [tiles x channels] dims of each group
-    kl: np.ndarray  # [tiles x channels] KL(q || p') of each group, bits
-
-    def estimate(self, chunk_bits: int, margin: int) -> Estimate:
-        check_params(chunk_bits, margin)
-        code = np.frombuffer(self.codes, dtype=np.uint8).astype(np.int64)
-        d = _dims_per_chunk(KAPPA[code], chunk_bits)
-        m = -(-self.dims.astype(np.int64) // d)
-        cap = np.clip(np.ceil(self.kl / m) + margin, 1, index_range(chunk_bits, margin))
-        pairs = np.ceil(self.dims / m / 2.0)
-        return Estimate(self.codes, float(self.kl.sum()), int(m.sum()), float((m * pairs * 2.0**cap).sum()))
-
-
-def fit_tiles(delta: np.ndarray, grid: Grid) -> TileFit:
-    """The codes :func:`fit_codes` picks for normalised offsets ``delta`` = (mu_q - mu_p) /
-    sigma_q ([C, H, W]), with each group's size and KL under them."""
-    delta2 = np.asarray(delta, dtype=np.float64) ** 2
-    n = grid.tile_sums(np.ones_like(delta2)).ravel()
-    s = grid.tile_sums(delta2).ravel()
-    codes = _fit_tile_codes(n, s)
-    return TileFit(codes, n, _tile_kl_bits(n, s, np.frombuffer(codes, dtype=np.uint8).astype(np.int64)))
-
-
-def estimate(delta: np.ndarray, grid: Grid, chunk_bits: int, margin: int) -> Estimate:
-    """Cost and search effort of coding a step whose normalised offsets are ``delta`` with PFR
-    at ``chunk_bits`` and ``margin`` (see :class:`TileFit` to consider several)."""
-    return fit_tiles(delta, grid).estimate(chunk_bits, margin)
 
 
 # ----------------------------------------------------------------------------- index coding
@@ -508,12 +552,12 @@ class PfrPayload:
 class PfrCoder:
     kind = ChunkKind.PFR
 
-    def encode(self, ctx: StepContext, target: EncodeTarget, codes: bytes | None = None) -> StepOutput:
+    def encode(self, ctx: StepContext, target: EncodeTarget) -> StepOutput:
         chain = ctx.chain
         mu_q, _, _ = chain.diffusion.q_posterior_mean_variance(target.x0, ctx.x, chain.t(ctx.j))
         sigma_q = math.sqrt(ctx.coefs[2])
         step = encode_step(mu_q[0], ctx.pred["mean"][0].double(), sigma_q, chain.grid, chain.key, ctx.index,
-                           target.pfr_chunk_bits, target.pfr_margin_bits, chain.device, codes=codes)
+                           target.pfr_chunk_bits, target.pfr_margin_bits, chain.device)
         payload = PfrPayload(target.pfr_chunk_bits, target.pfr_margin_bits, step.offset_code, step.std_code,
                              step.codes, step.stream, step.raw).to_bytes()
         return StepOutput(payload, ctx.intervals, x=step.x[None], coded_bits=step.stats["index_bits"],

@@ -1,0 +1,42 @@
+"""The golden files' cases: which image, which options (tests/golden/, test_golden.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from codec_fixtures import analytic_prior
+from diffcodec.codec import EncodeOptions, encode
+from diffcodec.kinds import LatentMethod
+
+
+def _source(mode: str) -> Image.Image:
+    from skimage import data
+
+    rgb = Image.fromarray(data.chelsea()).resize((14, 10), Image.Resampling.LANCZOS)
+    if mode == "RGB":
+        return rgb
+    if mode == "P":
+        return rgb.quantize(12)
+    return rgb.convert(mode)
+
+
+_UQ = dict(steps=3, t_min=4, seed=20261124, method=LatentMethod.UQ, tile=8)
+CASES = {
+    "rgb_uq": ("RGB", _UQ),
+    "rgb_pfr": ("RGB", dict(_UQ, method=LatentMethod.PFR, pfr_chunk_bits=5, pfr_margin_bits=3)),
+    "grey_uq": ("L", _UQ),
+    "bilevel_uq": ("1", _UQ),
+    "palette_uq": ("P", _UQ),
+    "rgb_lossy": ("RGB", dict(_UQ, stop_after=2)),
+}
+
+
+def encode_case(name: str) -> tuple[bytes, Image.Image]:
+    mode, options = CASES[name]
+    src = _source(mode)
+    return encode(src, analytic_prior(), EncodeOptions(**options)).data, src
+
+
+def pixels(img: Image.Image) -> np.ndarray:
+    return np.asarray(img)
