@@ -205,11 +205,7 @@ def check_chunks(parsed: fmt.Parsed) -> None:
     """Every chunk's structure against the header (side-information counts, stream lengths,
     coder parameters), before anything image-sized is allocated or any network call is made."""
     for chunk in parsed.chunks:
-        coder = CODERS[chunk.kind]
-        if chunk.kind.is_final:
-            coder.check(chunk.payload, parsed.header, chunk.kind)
-        else:
-            coder.check(chunk.payload, parsed.header)
+        CODERS[chunk.kind].check(chunk.payload, parsed.header, chunk.kind)
 
 
 def iter_previews(data: bytes, prior: Prior, reconstruct: Reconstruction = Reconstruction.MEAN,
@@ -244,12 +240,10 @@ def iter_previews(data: bytes, prior: Prior, reconstruct: Reconstruction = Recon
             return
         chunk = parsed.chunks[n]
         consumed += chunk.size
-        ctx = StepContext(chain, n, j, x, out, ints)
+        step = CODERS[chunk.kind].decode(StepContext(chain, n, j, x, out, ints), chunk.payload, chunk.kind)
         if j > 0:
-            step = CODERS[chunk.kind].decode(ctx, chunk.payload)
             x, ints = step.x, (_intersect_channels(step.intervals) if grey else step.intervals)
             continue
-        step = CODERS[chunk.kind].decode(ctx, chunk.payload, chunk.kind, 1 if grey else 3)
         sym = step.pixels
         rgb = np.ascontiguousarray((np.repeat(sym, 3, axis=0) if sym.shape[0] == 1 else sym).transpose(1, 2, 0))
         restored = restore_image(rgb, header, lossless=True)

@@ -12,6 +12,7 @@ class ChunkKind(IntEnum):
     PFR = 2  # latent step: chunked Poisson functional representation (diffcodec.coders.pfr)
     FINAL = 3  # x_0, every channel under its own belief (diffcodec.coders.final)
     FINAL_PRED = 4  # x_0, RGB channels predicted from the ones decoded before them
+    UQ_PRED = 5  # latent step: UQ with channels predicted from the ones decoded before them
 
     @property
     def is_final(self) -> bool:
@@ -19,7 +20,7 @@ class ChunkKind(IntEnum):
 
     @property
     def label(self) -> str:
-        return {ChunkKind.UQ: "uq", ChunkKind.PFR: "pfr", ChunkKind.FINAL: "final",
+        return {ChunkKind.UQ: "uq", ChunkKind.UQ_PRED: "uq+chan", ChunkKind.PFR: "pfr", ChunkKind.FINAL: "final",
                 ChunkKind.FINAL_PRED: "final+chan"}[self]
 
 

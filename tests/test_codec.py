@@ -536,3 +536,57 @@ def test_shared_randomness_is_blockwise_identical(monkeypatch):
         np.testing.assert_array_equal(a, b)
     u = whole[1]
     assert u.shape == (1001,) and (u > 0).all() and (u < 1).all() and abs(u.mean() - 0.5) < 0.03
+
+
+@pytest.fixture(scope="module")
+def chan_file():
+    """A natural image at low noise under the shipped model: the channels' residuals are
+    correlated, and UQ steps take the channel-predicted layout."""
+    from skimage import data
+
+    from diffcodec.checkpoint import load_prior
+
+    prior = load_prior()
+    img = np.asarray(Image.fromarray(data.astronaut()).resize((48, 48), Image.Resampling.LANCZOS))
+    res = encode(img, prior, _opts(steps=3, t_min=2))
+    return res, img, prior
+
+
+def test_channel_predicted_uq_steps(chan_file):
+    res, img, prior = chan_file
+    kinds = [s.kind for s in res.steps[:-1]]
+    assert ChunkKind.UQ_PRED in kinds
+    for s in res.steps[:-1]:
+        assert s.bytes - 11 - 4 == min(s.extra["plain_bytes"], s.extra["predicted_bytes"])  # the shorter layout
+        assert (s.kind == ChunkKind.UQ_PRED) == (s.extra["predicted_bytes"] < s.extra["plain_bytes"])
+    np.testing.assert_array_equal(np.asarray(decode(res.data, prior).image), img)
+
+
+def test_damaged_channel_predicted_payloads_are_format_errors(chan_file):
+    from diffcodec.container import Chunk
+
+    res, img, prior = chan_file
+    parsed = parse(res.data)
+    c = next(i for i, ch in enumerate(parsed.chunks) if ch.kind == ChunkKind.UQ_PRED)
+    payload = parsed.chunks[c].payload
+    rng = np.random.default_rng(5)
+    outcomes = {"ok": 0, "error": 0}
+    cuts = list(range(0, len(payload), max(1, len(payload) // 40)))
+    for i in range(len(cuts) + 40):
+        if i < len(cuts):
+            bad = payload[:cuts[i]]
+        else:
+            bad = bytearray(payload)
+            bad[int(rng.integers(0, len(bad)))] ^= int(rng.integers(1, 256))
+            bad = bytes(bad)
+        chunks = list(parsed.chunks)
+        chunks[c] = Chunk(ChunkKind.UQ_PRED, c, 0.0, bad)
+        try:
+            out = decode(res.data[:parsed.header_size] + b"".join(ch.to_bytes() for ch in chunks), prior)
+        except FormatError:
+            outcomes["error"] += 1
+            continue
+        outcomes["ok"] += 1
+        if out.lossless:
+            np.testing.assert_array_equal(np.asarray(out.image), img)
+    assert outcomes["error"] >= len(cuts)  # every cut is refused

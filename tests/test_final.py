@@ -19,10 +19,10 @@ from diffcodec.kinds import ChunkKind
 CODER = FinalCoder()
 
 
-def _ctx(mu: np.ndarray, tile: int, lo=None, hi=None) -> StepContext:
+def _ctx(mu: np.ndarray, tile: int, lo=None, hi=None, mode: str = "RGB") -> StepContext:
     """A final step's context: the network's estimate ``mu`` in levels ([3, H, W])."""
     _, h, w = mu.shape
-    chain = SimpleNamespace(height=h, width=w, header=SimpleNamespace(tile=tile))
+    chain = SimpleNamespace(height=h, width=w, header=SimpleNamespace(tile=tile, mode=mode))
     pred = {"pred_xstart": torch.from_numpy(mu / 127.5 - 1.0)[None]}
     ints = Intervals(mu.size, None if lo is None else lo.ravel(), None if hi is None else hi.ravel())
     return StepContext(chain, 0, 0, None, pred, ints)
@@ -34,9 +34,10 @@ def _target(sym: np.ndarray, channels: int = 3) -> EncodeTarget:
 
 
 def _round_trip(sym, mu, tile, channels=3, **kw):
-    out = CODER.encode(_ctx(mu, tile, **kw), _target(sym, channels))
+    mode = "RGB" if channels == 3 else "L"
+    out = CODER.encode(_ctx(mu, tile, mode=mode, **kw), _target(sym, channels))
     kind = out.stats["kind"]
-    back = CODER.decode(_ctx(mu, tile, **kw), out.payload, kind, channels)
+    back = CODER.decode(_ctx(mu, tile, mode=mode, **kw), out.payload, kind)
     np.testing.assert_array_equal(back.pixels, sym[:channels] if channels == 3 else sym[:1])
     return out, kind
 
@@ -70,7 +71,7 @@ def test_never_larger_than_plain_and_grey_is_plain():
     out, kind = _round_trip(grey, mu, 8, channels=1)
     assert kind == ChunkKind.FINAL and "predicted_bytes" not in out.stats
     with pytest.raises(FormatError, match="RGB"):
-        CODER.decode(_ctx(mu, 8), out.payload, ChunkKind.FINAL_PRED, 1)
+        CODER.decode(_ctx(mu, 8, mode="L"), out.payload, ChunkKind.FINAL_PRED)
 
 
 def test_edge_values_round_trip():

@@ -15,9 +15,9 @@ from .final import FinalCoder
 from .pfr import PfrCoder
 from .uq import UqCoder
 
-_FINAL = FinalCoder()
-#: The coder of every chunk kind (read-only).
-CODERS = MappingProxyType({ChunkKind.UQ: UqCoder(), ChunkKind.PFR: PfrCoder(),
+_UQ, _FINAL = UqCoder(), FinalCoder()
+#: The coder of every chunk kind (read-only); a coder with two layouts owns two kinds.
+CODERS = MappingProxyType({ChunkKind.UQ: _UQ, ChunkKind.UQ_PRED: _UQ, ChunkKind.PFR: PfrCoder(),
                            ChunkKind.FINAL: _FINAL, ChunkKind.FINAL_PRED: _FINAL})
 
 __all__ = ["CODERS", "Coder", "EncodeTarget", "StepContext", "StepOutput"]

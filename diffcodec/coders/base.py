@@ -11,12 +11,14 @@ exactly what the decoder will compute from the payload.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
 
+from ..errors import FormatError
 from ..intervals import Intervals
 from ..kinds import ChunkKind
 
@@ -74,8 +76,27 @@ class StepOutput:
 
 
 class Coder(Protocol):
+    """A step coder.  ``encode`` may pick among the chunk kinds the coder owns (a layout) and
+    names it in ``StepOutput.stats['kind']``; ``check`` validates a payload's structure against
+    the header before anything image-sized is allocated."""
+
     kind: ChunkKind
 
     def encode(self, ctx: StepContext, target: EncodeTarget) -> StepOutput: ...
 
-    def decode(self, ctx: StepContext, payload: bytes) -> StepOutput: ...
+    def decode(self, ctx: StepContext, payload: bytes, kind: ChunkKind) -> StepOutput: ...
+
+    def check(self, payload: bytes, header, kind: ChunkKind) -> None: ...
+
+
+def take_field(data: bytes, pos: int, expected: int | None, what: str) -> tuple[int, bytes]:
+    """A u32-length-prefixed field of a payload at ``pos``: (position after it, its bytes); a
+    wrong length (or one other than ``expected``) is a FormatError."""
+    if len(data) < pos + 4:
+        raise FormatError(f"step payload is truncated before its {what}")
+    (n,) = struct.unpack_from("<I", data, pos)
+    if expected is not None and n != expected:
+        raise FormatError(f"step payload has the wrong amount of side information ({what}: {n}, not {expected})")
+    if len(data) < pos + 4 + n:
+        raise FormatError(f"step payload is shorter than its {what} field says")
+    return pos + 4 + n, bytes(data[pos + 4:pos + 4 + n])

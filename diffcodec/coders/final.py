@@ -6,11 +6,9 @@ among the pixel's feasible levels [lo, hi] (what the universal-quantization step
 side information per tile and channel.  Two layouts:
 
 * **plain** (chunk kind FINAL): every channel under its own mean m_c, one stream;
-* **channel-predicted** (kind FINAL_PRED, RGB only): the residuals e_c = v_c - m_c are
-  correlated across channels (the model misses the same detail in all three), so channel 1
-  is coded with mean m_1 + a e_0 and channel 2 with m_2 + b e_0 + c e_1, (a, b, c) fitted by
-  least squares per tile and sent as one byte each (:data:`diffcodec.sideinfo.COEF`); one
-  stream per channel, decoded in order so e_0 and e_1 are known when needed.
+* **channel-predicted** (kind FINAL_PRED, RGB only): channel 1 is coded with mean m_1 + a e_0
+  and channel 2 with m_2 + b e_0 + c e_1, e_c = v_c - m_c (:mod:`diffcodec.coders.chanpred`);
+  one stream per channel, decoded in order so e_0 and e_1 are known when needed.
 
 The encoder codes both and keeps the shorter.  A grey image's three chain channels hold the
 same level, so its one coded channel uses the mean of their estimates and the intersection of
@@ -33,8 +31,9 @@ from ..entropy import decode_tables, encode_tables, table_chunks
 from ..errors import FormatError
 from ..intervals import Intervals, level_mass
 from ..kinds import ChunkKind
-from ..sideinfo import COEF, SCALE, TileGrid, fit_tile_codes
-from .base import EncodeTarget, StepContext, StepOutput
+from ..sideinfo import SCALE, TileGrid, fit_tile_codes
+from .base import EncodeTarget, StepContext, StepOutput, take_field
+from .chanpred import coefficients, fit_coefficients, predicted_mean
 from .uq import MIN_START_STD
 
 
@@ -73,29 +72,6 @@ def _fit_scales(grid: TileGrid, v: np.ndarray, mean: np.ndarray, lo: np.ndarray,
     return fit_tile_codes(grid, SCALE.code(np.maximum(rms, MIN_START_STD)), cost)
 
 
-def _fit_coefficients(e: np.ndarray, grid: TileGrid) -> bytes:
-    """Per-tile least-squares (a, b, c): e_1 ~ a e_0, e_2 ~ b e_0 + c e_1, as codes."""
-    s = {k: grid.tile_sums(v[None])[0] for k, v in
-         {"00": e[0] * e[0], "01": e[0] * e[1], "11": e[1] * e[1], "02": e[0] * e[2], "12": e[1] * e[2]}.items()}
-    eps = 1e-9
-    a = s["01"] / (s["00"] + eps)
-    det = s["00"] * s["11"] - s["01"] ** 2
-    ok = det > 1e-6 * (s["00"] * s["11"] + eps)
-    safe = np.where(ok, det, 1.0)
-    b = np.where(ok, (s["02"] * s["11"] - s["12"] * s["01"]) / safe, s["02"] / (s["00"] + eps))
-    c = np.where(ok, (s["12"] * s["00"] - s["02"] * s["01"]) / safe, 0.0)
-    return COEF.code(np.stack([a, b, c])).astype(np.uint8).tobytes()
-
-
-def _predicted_mean(mu: np.ndarray, v: np.ndarray, coef: np.ndarray, channel: int) -> np.ndarray:
-    """Mean of ``channel`` given the levels of the channels before it ([C, H, W] arrays)."""
-    if channel == 0:
-        return mu[0]
-    if channel == 1:
-        return mu[1] + coef[0] * (v[0] - mu[0])
-    return mu[2] + coef[1] * (v[0] - mu[0]) + coef[2] * (v[1] - mu[1])
-
-
 class FinalCoder:
     """Both layouts; ``kind`` is decided per file by the encoder (the shorter)."""
 
@@ -125,9 +101,9 @@ class FinalCoder:
         best = (ChunkKind.FINAL, struct.pack("<I", len(codes)) + codes + stream, 8 * len(stream))
         sizes = {"plain_bytes": len(best[1])}
         if ch == 3:
-            pred_codes = _fit_coefficients(v - mean, grid)
-            coef = COEF.value(grid.expand(np.frombuffer(pred_codes, dtype=np.uint8)))
-            means = np.stack([_predicted_mean(mean, v, coef, c) for c in range(3)])
+            pred_codes = fit_coefficients(v - mean, v - mean, grid)
+            coef = coefficients(pred_codes, grid)
+            means = np.stack([predicted_mean(mean, v - mean, coef, c) for c in range(3)])
             scale_codes = _fit_scales(grid, v, means, lo, hi)
             std = SCALE.value(grid.expand(np.frombuffer(scale_codes, dtype=np.uint8)))
             streams = [_code((v[c] - lo[c]).ravel(), lo[c].ravel(), hi[c].ravel(), means[c].ravel(), std[c].ravel())
@@ -144,17 +120,17 @@ class FinalCoder:
     @staticmethod
     def split(payload: bytes, kind: ChunkKind, grid: TileGrid) -> tuple[bytes, bytes, list[bytes]]:
         """(width codes, predictor codes, streams) of a payload, checked against the tile grid."""
-        pos, codes = _take(payload, 0, grid.size, "widths")
+        pos, codes = take_field(payload, 0, grid.size, "widths")
         if kind == ChunkKind.FINAL:
             if (len(payload) - pos) % 4:
                 raise FormatError("final step stream is not a whole number of words")
             return codes, b"", [payload[pos:]]
         if grid.c != 3:
             raise FormatError("a channel-predicted final step needs an RGB image")
-        pos, pred_codes = _take(payload, pos, grid.size, "predictor codes")
+        pos, pred_codes = take_field(payload, pos, grid.size, "predictor codes")
         streams = []
         for _ in range(3):
-            pos, stream = _take(payload, pos, None, "stream")
+            pos, stream = take_field(payload, pos, None, "stream")
             if len(stream) % 4:
                 raise FormatError("final step stream is not a whole number of words")
             streams.append(stream)
@@ -166,27 +142,17 @@ class FinalCoder:
         channels = 1 if header.mode in ("L", "1") else 3
         self.split(payload, kind, TileGrid(channels, header.height, header.width, header.tile))
 
-    def decode(self, ctx: StepContext, payload: bytes, kind: ChunkKind = ChunkKind.FINAL,
-               channels: int = 3) -> StepOutput:
+    def decode(self, ctx: StepContext, payload: bytes, kind: ChunkKind = ChunkKind.FINAL) -> StepOutput:
+        channels = 1 if ctx.chain.header.mode in ("L", "1") else 3
         grid, mean, lo, hi = self.setup(ctx, channels)
         codes, pred_codes, streams = self.split(payload, kind, grid)
         std = SCALE.value(grid.expand(np.frombuffer(codes, dtype=np.uint8)))
         if kind == ChunkKind.FINAL:
             v = _decode(streams[0], lo.ravel(), hi.ravel(), mean.ravel(), std.ravel()).reshape(mean.shape)
         else:
-            coef = COEF.value(grid.expand(np.frombuffer(pred_codes, dtype=np.uint8)))
+            coef = coefficients(pred_codes, grid)
             v = np.zeros(mean.shape, dtype=np.int64)
             for c in range(3):
-                m = _predicted_mean(mean, v, coef, c)
+                m = predicted_mean(mean, v - mean, coef, c)
                 v[c] = _decode(streams[c], lo[c].ravel(), hi[c].ravel(), m.ravel(), std[c].ravel()).reshape(m.shape)
         return StepOutput(payload, ctx.intervals, pixels=v.astype(np.uint8))
-
-
-def _take(data: bytes, pos: int, expected: int | None, what: str) -> tuple[int, bytes]:
-    """A u32-length-prefixed field at ``pos``: (position after it, its bytes)."""
-    if len(data) < pos + 4:
-        raise FormatError(f"final step payload is truncated before its {what}")
-    (n,) = struct.unpack_from("<I", data, pos)
-    if (expected is not None and n != expected) or len(data) < pos + 4 + n:
-        raise FormatError(f"final step has the wrong amount of {what}")
-    return pos + 4 + n, bytes(data[pos + 4:pos + 4 + n])

@@ -563,10 +563,10 @@ class PfrCoder:
         return StepOutput(payload, ctx.intervals, x=step.x[None], coded_bits=step.stats["index_bits"],
                           stats=step.stats)
 
-    def check(self, payload: bytes, header) -> None:
+    def check(self, payload: bytes, header, kind: ChunkKind = ChunkKind.PFR) -> None:
         PfrPayload.from_bytes(payload, Grid(3, header.height, header.width, header.tile).size)
 
-    def decode(self, ctx: StepContext, payload: bytes) -> StepOutput:
+    def decode(self, ctx: StepContext, payload: bytes, kind: ChunkKind = ChunkKind.PFR) -> StepOutput:
         chain = ctx.chain
         p = PfrPayload.from_bytes(payload, chain.grid.size)
         x = decode_step(p, ctx.pred["mean"][0].double(), math.sqrt(ctx.coefs[2]), chain.grid, chain.key,

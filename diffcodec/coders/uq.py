@@ -8,19 +8,27 @@ cells are intervals of levels (:class:`diffcodec.intervals.Quantizer`).  So:
 
 * only the symbols whose cells meet the pixel's feasible interval [lo, hi] can occur: the
   alphabet of a dimension is k(lo) .. k(hi), often one or two symbols at high noise;
-* each is coded with the probability that the belief N(m, s^2) over levels (m = the network's
-  x_0 estimate, s per tile and channel as side information) gives its cell within [lo, hi];
+* each is coded with the probability that the belief N(mean, s^2) over levels (mean = the
+  network's x_0 estimate m, s per tile and channel as side information) gives its cell within
+  [lo, hi];
 * after the step the pixel's feasible interval is its symbol's cell within [lo, hi], and the
   next steps (and the final step) code under beliefs restricted to it.
 
+Two layouts, the encoder keeps the shorter:
+
+* **plain** (chunk kind UQ): every channel's belief centred on m, one stream;
+* **channel-predicted** (kind UQ_PRED): channels in order, each belief mean shifted by the
+  residuals the receiver estimates for the channels before it (:mod:`diffcodec.coders.chanpred`).
+
 Plain universal quantization pays ~0.25 bits/dim over the step's KL at high KL (a uniform
-cell coded under a Gaussian); restricted beliefs recover most of it in the following steps.
+cell coded under a Gaussian); restricted beliefs recover it in the final step.
 
-Payload::
+Payloads::
 
-    u32 S, then S x u8     belief widths, one per tile and channel: s = 2 ** ((code - 160) / 8) levels
-    rest                   range-coded symbols k - k(lo), every dimension in C, H, W order,
-                           under Categorical tables (multiple of 4 bytes)
+    plain:      u32 S, S x u8 widths s = 2 ** ((code - 160) / 8) levels (tile x channel)
+                | range-coded k - k(lo) of every dimension in C, H, W order (Categorical tables)
+    predicted:  u32 S, S x u8 widths | u32 P, P x u8 predictor codes (a, b, c per tile)
+                | 3 x (u32 W, W bytes: range-coded k - k(lo) of one channel)
 """
 
 from __future__ import annotations
@@ -36,24 +44,39 @@ from ..errors import FormatError
 from ..intervals import Intervals, Quantizer, level_mass
 from ..kinds import ChunkKind
 from ..sideinfo import SCALE, TileGrid, fit_tile_codes
-from .base import EncodeTarget, StepContext, StepOutput
+from .base import EncodeTarget, StepContext, StepOutput, take_field
+from .chanpred import coefficients, fit_coefficients, interval_residual, predicted_mean
 
 MIN_START_STD = 0.3  # levels: where a tile's belief width search starts at the least
 
 
-def symbol_tables(q: Quantizer, k_lo: np.ndarray, alphabet: np.ndarray, ints: Intervals, std: np.ndarray):
-    """Yield the probability table of each run of dimensions (see :func:`table_chunks`):
-    row i, column c is the belief mass of cell k(lo) + c within [lo, hi]."""
-    for start, end, width in table_chunks(alphabet):
-        idx = slice(start, end)
+def symbol_tables(q: Quantizer, k_lo: np.ndarray, alphabet: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                  mean: np.ndarray, std: np.ndarray, dims: slice):
+    """Yield the probability table of each run of the dimensions ``dims`` (see
+    :func:`table_chunks`): row i, column c is the belief N(mean, std) mass of cell k(lo) + c
+    within [lo, hi].  ``mean``/``std`` are indexed relative to ``dims``; the rest absolutely."""
+    offset = dims.start
+    for start, end, width in table_chunks(alphabet[dims]):
+        idx = slice(offset + start, offset + end)
         k = k_lo[idx, None] + np.arange(width + 1)[None]
         first = q.first(k, idx)
-        lo, hi = ints.lo[idx, None].astype(np.int64), ints.hi[idx, None].astype(np.int64)
-        a = np.maximum(first[:, :-1], lo)
-        b = np.minimum(first[:, 1:] - 1, hi)
+        lo_i, hi_i = lo[idx, None].astype(np.int64), hi[idx, None].astype(np.int64)
+        a = np.maximum(first[:, :-1], lo_i)
+        b = np.minimum(first[:, 1:] - 1, hi_i)
         valid = (np.arange(width)[None] < alphabet[idx, None]) & (a <= b)
-        mass = level_mass(np.where(valid, a, 0), np.where(valid, b, 0), q.m[idx, None], std[idx, None])
+        mass = level_mass(np.where(valid, a, 0), np.where(valid, b, 0), mean[start:end, None], std[start:end, None])
         yield np.where(valid, mass, 0.0)
+
+
+def _fit_widths(grid: TileGrid, v, mean, lo, hi, nlo, nhi) -> bytes:
+    """Per-tile belief widths minimising the real cost -log2 P(cell within [lo, hi]) ([C, H, W])."""
+    def cost(codes: np.ndarray) -> np.ndarray:
+        std = SCALE.value(codes)
+        p = level_mass(nlo, nhi, mean, std) / np.maximum(level_mass(lo, hi, mean, std), 1e-300)
+        return -np.log2(np.clip(p, 1e-300, 1.0))
+
+    rms = np.sqrt(grid.tile_means((v - mean) ** 2))
+    return fit_tile_codes(grid, SCALE.code(np.maximum(rms, MIN_START_STD)), cost)
 
 
 class UqCoder:
@@ -73,58 +96,114 @@ class UqCoder:
         shift = torch.from_numpy((k.astype(np.float64) + q.u).reshape(ctx.x.shape))
         return ctx.pred["mean"].double() + delta * shift
 
+    @staticmethod
+    def _cells(q: Quantizer, k: np.ndarray, ints: Intervals) -> Intervals:
+        return Intervals(len(k), np.maximum(q.first(k), ints.lo), np.minimum(q.first(k + 1) - 1, ints.hi))
+
     def encode(self, ctx: StepContext, target: EncodeTarget) -> StepOutput:
         delta, q, k_lo, alphabet = self._setup(ctx)
         v = target.flat_levels
         ints = ctx.intervals
         k = q.symbol(v)
-        new = Intervals(len(v), np.maximum(q.first(k), ints.lo), np.minimum(q.first(k + 1) - 1, ints.hi))
+        new = self._cells(q, k, ints)
         grid = ctx.chain.grid
         shape = (grid.c, grid.h, grid.w)
-        lo, hi, nlo, nhi, m = (a.reshape(shape) for a in (ints.lo, ints.hi, new.lo, new.hi, q.m))
-
-        def cost(codes: np.ndarray) -> np.ndarray:
-            std = SCALE.value(codes)
-            p = level_mass(nlo, nhi, m, std) / np.maximum(level_mass(lo, hi, m, std), 1e-300)
-            return -np.log2(np.clip(p, 1e-300, 1.0))
-
-        rms = np.sqrt(grid.tile_means((v.reshape(shape) - m) ** 2))
-        codes = fit_tile_codes(grid, SCALE.code(np.maximum(rms, MIN_START_STD)), cost)
-        std = SCALE.value(grid.expand(np.frombuffer(codes, dtype=np.uint8))).reshape(-1)
+        lo, hi, nlo, nhi, m, vv = (a.reshape(shape) for a in (ints.lo, ints.hi, new.lo, new.hi, q.m, v))
         symbols = k - k_lo
-        tables = symbol_tables(q, k_lo, alphabet, ints, std)
-        chunks = ((symbols[s:e], t) for (s, e, _), t in zip(table_chunks(alphabet), tables))
-        stream = encode_tables(chunks)
-        payload = struct.pack("<I", len(codes)) + codes + stream
-        stats = {"mean_alphabet": float(alphabet.mean()), "mean_log2_width": new.mean_log2_width()}
-        return StepOutput(payload, new, x=self._next_x(ctx, delta, q, k), coded_bits=8 * len(stream), stats=stats)
+        n = grid.h * grid.w
+
+        def stream(mean: np.ndarray, std: np.ndarray, dims: slice) -> bytes:
+            tables = symbol_tables(q, k_lo, alphabet, ints.lo, ints.hi, mean, std, dims)
+            runs = table_chunks(alphabet[dims])
+            return encode_tables((symbols[dims][s:e], t) for (s, e, _), t in zip(runs, tables))
+
+        # plain: every channel under m, one stream
+        codes = _fit_widths(grid, vv, m, lo, hi, nlo, nhi)
+        std = SCALE.value(grid.expand(np.frombuffer(codes, dtype=np.uint8))).reshape(-1)
+        plain = stream(q.m, std, slice(0, len(v)))
+        best = (ChunkKind.UQ, struct.pack("<I", len(codes)) + codes + plain, 8 * len(plain))
+        sizes = {"plain_bytes": len(best[1])}
+        # channel-predicted: channels in order, means shifted by the residuals estimated before them
+        g1 = TileGrid(1, grid.h, grid.w, grid.tile)
+        width_codes, resid, means, stds = [], np.zeros(shape), np.zeros(shape), np.zeros(shape)
+        pred_codes = b""
+        for c in range(3):
+            if c == 1:  # the coefficients need channel 0's estimated residual
+                pred_codes = fit_coefficients(vv - m, resid, grid)
+            mean_c = m[0] if c == 0 else predicted_mean(m, resid, coefficients(pred_codes, grid), c)
+            wc = _fit_widths(g1, vv[c:c + 1], mean_c[None], lo[c:c + 1], hi[c:c + 1], nlo[c:c + 1], nhi[c:c + 1])
+            width_codes.append(wc)
+            means[c], stds[c] = mean_c, SCALE.value(g1.expand(np.frombuffer(wc, dtype=np.uint8)))[0]
+            resid[c] = interval_residual(nlo[c], nhi[c], means[c], stds[c], m[c])
+            if c == 1:  # refit with channel 1's residual for channel 2's (b, c)
+                pred_codes = fit_coefficients(vv - m, resid, grid)
+        all_codes = b"".join(width_codes)
+        streams = [stream(means[c].reshape(-1), stds[c].reshape(-1), slice(c * n, (c + 1) * n)) for c in range(3)]
+        payload = struct.pack("<I", len(all_codes)) + all_codes + struct.pack("<I", len(pred_codes)) + pred_codes \
+            + b"".join(struct.pack("<I", len(s)) + s for s in streams)
+        sizes["predicted_bytes"] = len(payload)
+        if len(payload) < len(best[1]):
+            best = (ChunkKind.UQ_PRED, payload, 8 * sum(len(s) for s in streams))
+        kind, payload, bits = best
+        stats = {"kind": kind, "mean_alphabet": float(alphabet.mean()), "mean_log2_width": new.mean_log2_width(),
+                 **sizes}
+        return StepOutput(payload, new, x=self._next_x(ctx, delta, q, k), coded_bits=bits, stats=stats)
 
     @staticmethod
-    def split(payload: bytes, grid: TileGrid) -> tuple[bytes, bytes]:
-        """(width codes, stream) of a payload, checked against the image's tile grid."""
-        if len(payload) < 4:
-            raise FormatError("UQ step payload too short")
-        (n,) = struct.unpack_from("<I", payload)
-        if n != grid.size or len(payload) < 4 + n:
-            raise FormatError("UQ step has the wrong amount of side information")
-        if (len(payload) - 4 - n) % 4:
-            raise FormatError("UQ step stream is not a whole number of words")
-        return payload[4:4 + n], payload[4 + n:]
+    def split(payload: bytes, grid: TileGrid, kind: ChunkKind = ChunkKind.UQ) -> tuple[bytes, bytes, list[bytes]]:
+        """(width codes, predictor codes, streams) of a payload, checked against the tile grid."""
+        pos, codes = take_field(payload, 0, grid.size, "widths")
+        if kind == ChunkKind.UQ:
+            if (len(payload) - pos) % 4:
+                raise FormatError("UQ step stream is not a whole number of words")
+            return codes, b"", [payload[pos:]]
+        pos, pred = take_field(payload, pos, grid.size, "predictor codes")
+        streams = []
+        for _ in range(3):
+            pos, s = take_field(payload, pos, None, "stream")
+            if len(s) % 4:
+                raise FormatError("UQ step stream is not a whole number of words")
+            streams.append(s)
+        if pos != len(payload):
+            raise FormatError("UQ step payload has data after its last stream")
+        return codes, pred, streams
 
-    def check(self, payload: bytes, header) -> None:
-        self.split(payload, TileGrid(3, header.height, header.width, header.tile))
+    def check(self, payload: bytes, header, kind: ChunkKind = ChunkKind.UQ) -> None:
+        self.split(payload, TileGrid(3, header.height, header.width, header.tile), kind)
 
-    def decode(self, ctx: StepContext, payload: bytes) -> StepOutput:
+    def decode(self, ctx: StepContext, payload: bytes, kind: ChunkKind = ChunkKind.UQ) -> StepOutput:
         grid = ctx.chain.grid
-        codes, stream = self.split(payload, grid)
+        codes, pred_codes, streams = self.split(payload, grid, kind)
         delta, q, k_lo, alphabet = self._setup(ctx)
+        ints = ctx.intervals
         std = SCALE.value(grid.expand(np.frombuffer(codes, dtype=np.uint8))).reshape(-1)
-        symbols = decode_tables(stream, symbol_tables(q, k_lo, alphabet, ctx.intervals, std))
+        if kind == ChunkKind.UQ:
+            symbols = decode_tables(streams[0], symbol_tables(q, k_lo, alphabet, ints.lo, ints.hi, q.m, std,
+                                                              slice(0, len(k_lo))))
+        else:
+            shape = (grid.c, grid.h, grid.w)
+            n = grid.h * grid.w
+            m = q.m.reshape(shape)
+            coef = coefficients(pred_codes, grid)
+            resid = np.zeros(shape)
+            parts = []
+            for c in range(3):
+                dims = slice(c * n, (c + 1) * n)
+                mean_c = predicted_mean(m, resid, coef, c).reshape(-1)
+                std_c = std[dims]
+                sym = decode_tables(streams[c], symbol_tables(q, k_lo, alphabet, ints.lo, ints.hi, mean_c, std_c, dims))
+                if len(sym) != n or (sym >= alphabet[dims]).any():
+                    raise FormatError("UQ step decodes to symbols outside their cells: the stream is corrupt")
+                parts.append(sym)
+                kc = k_lo[dims] + sym
+                clo = np.maximum(q.first(kc, dims), ints.lo[dims])
+                chi = np.minimum(q.first(kc + 1, dims) - 1, ints.hi[dims])
+                resid[c] = interval_residual(clo, chi, mean_c, std_c, q.m[dims]).reshape(grid.h, grid.w)
+            symbols = np.concatenate(parts)
         if len(symbols) != len(k_lo) or (symbols >= alphabet).any():
             raise FormatError("UQ step decodes to symbols outside their cells: the stream is corrupt")
         k = k_lo + symbols
-        ints = ctx.intervals
-        new = Intervals(len(k), np.maximum(q.first(k), ints.lo), np.minimum(q.first(k + 1) - 1, ints.hi))
+        new = self._cells(q, k, ints)
         if (new.lo > new.hi).any():
             raise FormatError("UQ step leaves a pixel with no feasible level: the stream is corrupt")
-        return StepOutput(payload, new, x=self._next_x(ctx, delta, q, k), coded_bits=8 * len(stream))
+        return StepOutput(payload, new, x=self._next_x(ctx, delta, q, k), coded_bits=8 * sum(len(s) for s in streams))

@@ -1,0 +1,67 @@
+"""Channel prediction: the RGB channels' residuals around the network's estimate are correlated
+(the model misses the same detail in all three), so a channel's belief mean is shifted by a
+per-tile linear function of the residuals of the channels decoded before it:
+
+    mean_0 = m_0,   mean_1 = m_1 + a r_0,   mean_2 = m_2 + b r_0 + c r_1
+
+(a, b, c) are fitted by least squares per tile and sent as one byte each
+(:data:`diffcodec.sideinfo.COEF`).  In the final step r_c is the decoded residual v_c - m_c; in a
+UQ step it is the residual the receiver can estimate once channel c's cell is known: the mean
+of channel c's belief restricted to its new interval, minus m_c (:func:`interval_residual`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import ndtr
+from scipy.stats import norm
+
+from ..sideinfo import COEF, TileGrid
+
+
+def fit_coefficients(targets: np.ndarray, regressors: np.ndarray, grid: TileGrid) -> bytes:
+    """Per-tile least squares: targets_1 ~ a r_0 and targets_2 ~ b r_0 + c r_1 ([3, H, W] each),
+    as codes (a, b, c) x tiles."""
+    g1 = TileGrid(1, grid.h, grid.w, grid.tile)
+    t, r = targets, regressors
+
+    def sums(x):
+        return g1.tile_sums(x[None])[0]
+
+    s00, s01, s11 = sums(r[0] * r[0]), sums(r[0] * r[1]), sums(r[1] * r[1])
+    t10, t20, t21 = sums(t[1] * r[0]), sums(t[2] * r[0]), sums(t[2] * r[1])
+    eps = 1e-9
+    a = t10 / (s00 + eps)
+    det = s00 * s11 - s01**2
+    ok = det > 1e-6 * (s00 * s11 + eps)
+    safe = np.where(ok, det, 1.0)
+    b = np.where(ok, (t20 * s11 - t21 * s01) / safe, t20 / (s00 + eps))
+    c = np.where(ok, (t21 * s00 - t20 * s01) / safe, 0.0)
+    return COEF.code(np.stack([a, b, c])).astype(np.uint8).tobytes()
+
+
+def coefficients(codes: bytes, grid: TileGrid) -> np.ndarray:
+    """[3, H, W] per-pixel (a, b, c) from the per-tile codes."""
+    return COEF.value(TileGrid(3, grid.h, grid.w, grid.tile).expand(np.frombuffer(codes, dtype=np.uint8)))
+
+
+def predicted_mean(mu: np.ndarray, resid: np.ndarray, coef: np.ndarray, channel: int) -> np.ndarray:
+    """Belief mean of ``channel`` given the residuals of the channels before it ([C, H, W])."""
+    if channel == 0:
+        return mu[0]
+    if channel == 1:
+        return mu[1] + coef[0] * resid[0]
+    return mu[2] + coef[1] * resid[0] + coef[2] * resid[1]
+
+
+def interval_residual(lo: np.ndarray, hi: np.ndarray, mean: np.ndarray, std: np.ndarray,
+                      m: np.ndarray) -> np.ndarray:
+    """E[v | lo <= v <= hi] - m under the belief N(mean, std^2) (a continuous truncated normal over
+    [lo - 1/2, hi + 1/2]); the interval's midpoint where the belief has no mass there."""
+    a = (np.asarray(lo, dtype=np.float64) - 0.5 - mean) / std
+    b = (np.asarray(hi, dtype=np.float64) + 0.5 - mean) / std
+    upper = a > 0
+    z = np.where(upper, ndtr(-a) - ndtr(-b), ndtr(b) - ndtr(a))
+    inside = mean + std * (norm.pdf(a) - norm.pdf(b)) / np.maximum(z, 1e-300)
+    est = np.where(z > 1e-12, np.clip(inside, lo - 0.5, hi + 0.5), 0.5 * (lo + hi))
+    return est - m
