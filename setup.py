@@ -8,4 +8,5 @@ with ctypes (no Python C API), so it works with any Python the wheel is built fo
 from setuptools import Extension, setup
 
 setup(ext_modules=[Extension("diffcodec._pfrsearch", ["diffcodec/csrc/pfrsearch.c"],
-                             extra_compile_args=["-O3", "-std=c99"], optional=True)])
+                             extra_compile_args=["-O3", "-std=c99", "-pthread"], extra_link_args=["-pthread"],
+                             optional=True)])

@@ -83,6 +83,13 @@ class CodedChain:
         self.tile_pixels = tile_pixels
         self.net_seconds = 0.0
         self.net_calls = 0
+        self._memo: dict = {}
+
+    def memo(self, name: str, make):
+        """What ``make()`` returns, computed once per chain (a coder's per-file precomputation)."""
+        if name not in self._memo:
+            self._memo[name] = make()
+        return self._memo[name]
 
     # -- the network -------------------------------------------------------------------------
     def model(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:

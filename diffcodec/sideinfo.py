@@ -80,18 +80,30 @@ class TileGrid:
         return self.tile_sums(values) / self.tile_sums(np.ones_like(values, dtype=np.float64))
 
 
-def fit_tile_codes(grid: TileGrid, start: np.ndarray, cost: Callable[[np.ndarray], np.ndarray],
+#: Images of more pixels fit their side information on every other row and column (a quarter of
+#: the pixels: the encoder's search, never the decoder's probabilities); smaller ones on all.
+SUBSAMPLE_ABOVE = 1 << 16
+
+
+def fit_tile_codes(grid: TileGrid, start: np.ndarray, cost: Callable[[np.ndarray, tuple], np.ndarray],
                    coarse: Iterable[int] = (-16, -8, 0, 8, 16), fine: Iterable[int] = (-4, -2, -1, 1, 2, 4)) -> bytes:
     """Per (channel, tile), the code with the lowest total ``cost`` among ``start`` + coarse
-    offsets, then the best of those + fine offsets.  ``cost(codes)`` takes [C, H, W] int codes
-    (constant on each tile) and returns the [C, H, W] cost of every element under them."""
-    start = np.asarray(start, dtype=np.int64).reshape(grid.c, grid.gh, grid.gw)
+    offsets, then the best of those + fine offsets.  ``cost(codes, where)`` takes int codes for
+    the pixels ``arr[where]`` of a [C, H, W] array (constant on each tile) and returns their cost
+    under them; ``where`` samples every other row and column of large images
+    (:data:`SUBSAMPLE_ABOVE`).  A tile with no sampled pixel keeps its start code."""
+    stride = 2 if grid.h * grid.w > SUBSAMPLE_ABOVE else 1
+    where = (slice(None), slice(None, None, stride), slice(None, None, stride))
+    ids = grid.group_ids()[where]
+    flat_ids = ids.ravel()
+    start = np.clip(np.asarray(start, dtype=np.int64).reshape(-1), 0, 255)
+    seen = np.bincount(flat_ids, minlength=grid.size) > 0
     best, best_cost = None, None
 
     def consider(codes: np.ndarray) -> None:
         nonlocal best, best_cost
-        codes = np.clip(codes, 0, 255)
-        total = grid.tile_sums(cost(grid.expand(codes)))
+        codes = np.where(seen, np.clip(codes, 0, 255), start)
+        total = np.bincount(flat_ids, cost(codes[ids], where).ravel(), minlength=grid.size)
         if best is None:
             best, best_cost = codes, total
         else:

@@ -57,19 +57,21 @@ def test_correlated_residuals_take_the_predicted_layout(tile):
     sym, mu = _pixels(rng, 40, 52, 0.9)
     out, kind = _round_trip(sym, mu, tile)
     assert kind == ChunkKind.FINAL_PRED
-    assert out.stats["predicted_bytes"] < 0.8 * out.stats["plain_bytes"]  # a shared residual is sent once
-    assert len(out.payload) == out.stats["predicted_bytes"]
+    assert out.stats["predicted_symbol_bits"] < 0.8 * out.stats["plain_symbol_bits"]  # a shared residual is sent once
+    assert abs(out.coded_bits - out.stats["predicted_symbol_bits"]) <= 0.01 * out.coded_bits + 3 * 32
 
 
 def test_never_larger_than_plain_and_grey_is_plain():
     rng = np.random.default_rng(2)
     for correlation in (0.0, 0.3, 0.6):
         sym, mu = _pixels(rng, 24, 20, correlation)
-        out, _ = _round_trip(sym, mu, 8)
-        assert len(out.payload) == min(out.stats["plain_bytes"], out.stats["predicted_bytes"])
+        out, kind = _round_trip(sym, mu, 8)
+        plain, pred = out.stats["plain_symbol_bits"], out.stats["predicted_symbol_bits"]
+        assert (kind == ChunkKind.FINAL_PRED) == (pred + 8 * (3 * 9 + 12) + 64 < plain)  # 3 coefficients x 9 tiles
+        assert abs(out.coded_bits - (pred if kind == ChunkKind.FINAL_PRED else plain)) <= 0.01 * out.coded_bits + 96
     grey = np.repeat(sym[:1], 3, axis=0)
     out, kind = _round_trip(grey, mu, 8, channels=1)
-    assert kind == ChunkKind.FINAL and "predicted_bytes" not in out.stats
+    assert kind == ChunkKind.FINAL and "predicted_symbol_bits" not in out.stats
     with pytest.raises(FormatError, match="RGB"):
         CODER.decode(_ctx(mu, 8, mode="L"), out.payload, ChunkKind.FINAL_PRED)
 

@@ -176,7 +176,7 @@ def test_plan_is_a_seeded_partition():
     grid = TileGrid(3, 20, 28, 8)
     rng = np.random.default_rng(2)
     codes = rng.integers(120, 230, grid.size).astype(np.uint8).tobytes()
-    plan = pfr.make_plan(codes, grid, (1, 2), 5, 8)
+    plan = pfr.make_plan(codes, grid, (1, 2), 8)
     dims = 3 * 20 * 28
     assert sorted(plan.order.tolist()) == list(range(dims))
     assert (np.diff(plan.chunk) >= 0).all() and plan.starts[-1] == dims
@@ -187,10 +187,12 @@ def test_plan_is_a_seeded_partition():
         g = gid[plan.starts[c]:plan.starts[c + 1]]
         assert (g == g[0]).all()  # a chunk stays inside one tile and channel
         assert plan.sizes[c] <= max(1, math.floor(8 / kappa[g[0]] + 1e-9))
-    again = pfr.make_plan(codes, grid, (1, 2), 5, 8)
+    again = pfr.make_plan(codes, grid, (1, 2), 8, pfr.group_order(grid, (1, 2)))  # a precomputed order: the same
     assert np.array_equal(again.order, plan.order) and np.array_equal(again.chunk, plan.chunk)
-    assert not np.array_equal(pfr.make_plan(codes, grid, (1, 2), 6, 8).order, plan.order)  # per step
-    assert not np.array_equal(pfr.make_plan(codes, grid, (1, 3), 5, 8).order, plan.order)  # per seed
+    assert not np.array_equal(pfr.make_plan(codes, grid, (1, 3), 8).order, plan.order)  # per seed
+    other = rng.integers(120, 230, grid.size).astype(np.uint8).tobytes()
+    chunks = pfr.make_plan(other, grid, (1, 2), 8)
+    assert np.array_equal(chunks.order, plan.order) and not np.array_equal(chunks.chunk, plan.chunk)  # per codes
 
 
 def test_chunk_sizes_are_far_from_rounding_boundaries():

@@ -10,7 +10,8 @@ side information per tile and channel.  Two layouts:
   and channel 2 with m_2 + b e_0 + c e_1, e_c = v_c - m_c (:mod:`diffcodec.coders.chanpred`);
   one stream per channel, decoded in order so e_0 and e_1 are known when needed.
 
-The encoder codes both and keeps the shorter.  A grey image's three chain channels hold the
+The encoder fits both, estimates their sizes from the levels' -log2 p (within a word of the
+range coder's) and codes the smaller.  A grey image's three chain channels hold the
 same level, so its one coded channel uses the mean of their estimates and the intersection of
 their intervals.
 
@@ -62,10 +63,18 @@ def _decode(stream, lo, hi, mean, std) -> np.ndarray:
     return lo.astype(np.int64) + sym
 
 
+def _bits(v: np.ndarray, mean: np.ndarray, std: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> float:
+    """-log2 of the levels' probabilities under the restricted beliefs (what the stream will take
+    to within a word), at the range coder's 24-bit probability floor."""
+    p = level_mass(v, v, mean, std) / np.maximum(level_mass(lo, hi, mean, std), 1e-300)
+    return float(-np.log2(np.clip(p, 2.0**-24, 1.0)).sum())
+
+
 def _fit_scales(grid: TileGrid, v: np.ndarray, mean: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> bytes:
-    def cost(codes: np.ndarray) -> np.ndarray:
+    def cost(codes: np.ndarray, where: tuple) -> np.ndarray:
         std = SCALE.value(codes)
-        p = level_mass(v, v, mean, std) / np.maximum(level_mass(lo, hi, mean, std), 1e-300)
+        p = level_mass(v[where], v[where], mean[where], std) / np.maximum(
+            level_mass(lo[where], hi[where], mean[where], std), 1e-300)
         return -np.log2(np.clip(p, 1e-300, 1.0))
 
     rms = np.sqrt(grid.tile_means((v - mean) ** 2))
@@ -97,23 +106,27 @@ class FinalCoder:
             raise AssertionError("a pixel lies outside its feasible interval: the chain is inconsistent")
         codes = _fit_scales(grid, v, mean, lo, hi)
         std = SCALE.value(grid.expand(np.frombuffer(codes, dtype=np.uint8)))
-        stream = _code((v - lo).ravel(), lo.ravel(), hi.ravel(), mean.ravel(), std.ravel())
-        best = (ChunkKind.FINAL, struct.pack("<I", len(codes)) + codes + stream, 8 * len(stream))
-        sizes = {"plain_bytes": len(best[1])}
+        sizes = {"plain_symbol_bits": _bits(v, mean, std, lo, hi)}
+        kind = ChunkKind.FINAL
         if ch == 3:
             pred_codes = fit_coefficients(v - mean, v - mean, grid)
             coef = coefficients(pred_codes, grid)
             means = np.stack([predicted_mean(mean, v - mean, coef, c) for c in range(3)])
             scale_codes = _fit_scales(grid, v, means, lo, hi)
-            std = SCALE.value(grid.expand(np.frombuffer(scale_codes, dtype=np.uint8)))
-            streams = [_code((v[c] - lo[c]).ravel(), lo[c].ravel(), hi[c].ravel(), means[c].ravel(), std[c].ravel())
-                       for c in range(3)]
+            pred_std = SCALE.value(grid.expand(np.frombuffer(scale_codes, dtype=np.uint8)))
+            sizes["predicted_symbol_bits"] = _bits(v, means, pred_std, lo, hi)
+            # the predicted layout also sends the predictor codes, three lengths and two more streams' flush
+            if sizes["predicted_symbol_bits"] + 8 * (len(pred_codes) + 12) + 64 < sizes["plain_symbol_bits"]:
+                kind = ChunkKind.FINAL_PRED
+        if kind == ChunkKind.FINAL:
+            stream = _code((v - lo).ravel(), lo.ravel(), hi.ravel(), mean.ravel(), std.ravel())
+            payload, bits = struct.pack("<I", len(codes)) + codes + stream, 8 * len(stream)
+        else:
+            streams = [_code((v[c] - lo[c]).ravel(), lo[c].ravel(), hi[c].ravel(), means[c].ravel(),
+                             pred_std[c].ravel()) for c in range(3)]
             payload = struct.pack("<I", len(scale_codes)) + scale_codes + struct.pack("<I", len(pred_codes)) \
                 + pred_codes + b"".join(struct.pack("<I", len(s)) + s for s in streams)
-            sizes["predicted_bytes"] = len(payload)
-            if len(payload) < len(best[1]):
-                best = (ChunkKind.FINAL_PRED, payload, 8 * sum(len(s) for s in streams))
-        kind, payload, bits = best
+            bits = 8 * sum(len(s) for s in streams)
         return StepOutput(payload, ctx.intervals, pixels=v.astype(np.uint8), coded_bits=bits,
                           stats={"kind": kind, "channel_prediction": kind == ChunkKind.FINAL_PRED, **sizes})
 

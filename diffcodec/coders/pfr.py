@@ -13,8 +13,8 @@ KL(q || p') + log2(KL + 1) + O(1) bits, for any prior p' the receiver can sample
   there and searches nearby codes against KL + an estimated per-chunk overhead.
 * **Chunks.** A group (tile x channel) of n dims with kappa bits/dim is cut into
   m = ceil(n / d) chunks of near-equal size, d = clamp(floor(chunk_bits / kappa), 1, 4096),
-  visiting the dims in a seeded portable permutation (Philox keys, stable sort) so that a
-  chunk mixes positions.  A chunk of s dims expects e = s * kappa bits.  The layout depends
+  visiting the dims in a seeded portable permutation (Philox keys, stable sort; one per file)
+  so that a chunk mixes positions.  A chunk of s dims expects e = s * kappa bits.  The layout depends
   only on the side information, the seed and the step, never on the network's output.
 * **Search.** Candidate n of chunk c is x_n = mu_p + sigma_p z_n: the chunk's dimensions in
   eights, each eight from one Philox call (counter (octet, n, c, tag|step)) whose four words
@@ -130,17 +130,25 @@ def _finish(order: np.ndarray, chunk: np.ndarray, kappa: np.ndarray, ratio: np.n
     return Plan(order, chunk, pos, starts, kappa, ratio, sizes * kappa)
 
 
-def make_plan(codes: bytes, grid: Grid, key: tuple[int, int], step: int, chunk_bits: int) -> Plan:
-    """The layout both sides derive from the side-information codes, the seed and the step."""
-    n_groups = grid.size
-    gid = (np.arange(grid.c)[:, None, None] * (grid.gh * grid.gw) + grid.rows[None, :, None] * grid.gw
-           + grid.cols[None, None, :]).ravel()
-    dims = gid.size
-    keys = philox.sort_keys(key, torch.arange(dims), 0, 0, (TAG_ORDER << 16) | step, device="cpu").numpy()
+def group_order(grid: Grid, key: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(order, group of each position): every dimension, grouped by (channel, tile), in a seeded
+    portable permutation within each group (Philox keys, stable sort).  One per file: it does not
+    depend on the step, so a chain computes it once."""
+    gid = grid.group_ids().ravel()
+    keys = philox.sort_keys(key, torch.arange(gid.size), 0, 0, TAG_ORDER << 16, device="cpu").numpy()
     first = np.argsort(keys, kind="stable")
     order = first[np.argsort(gid[first], kind="stable")]
-    g = gid[order]
-    n_g = np.bincount(gid, minlength=n_groups)
+    return order, gid[order]
+
+
+def make_plan(codes: bytes, grid: Grid, key: tuple[int, int], chunk_bits: int,
+              order: tuple[np.ndarray, np.ndarray] | None = None) -> Plan:
+    """The layout both sides derive from the side-information codes and the seed (``order``:
+    :func:`group_order`, when already computed)."""
+    n_groups = grid.size
+    order, g = group_order(grid, key) if order is None else order
+    dims = len(order)
+    n_g = np.bincount(g, minlength=n_groups)
     code = np.frombuffer(codes, dtype=np.uint8).astype(np.int64)
     d_g = _dims_per_chunk(KAPPA[code], chunk_bits)
     m_g = -(-n_g // d_g)
@@ -359,7 +367,7 @@ def _search_compiled(kernel, key, step, plan: Plan, lin, quad, f_max, caps) -> S
            ctypes.c_uint32(key[0] & 0xFFFFFFFF), ctypes.c_uint32(key[1] & 0xFFFFFFFF),
            ctypes.c_uint32((TAG_NORMAL << 16) | step), ctypes.c_uint32((TAG_ARRIVAL << 16) | step),
            ptr(table, ctypes.c_double), ptr(nstar, ctypes.c_int64), ptr(certified, ctypes.c_uint8),
-           ptr(evaluated, ctypes.c_int64))
+           ptr(evaluated, ctypes.c_int64), ctypes.c_int32(torch.get_num_threads()))
     return SearchResult(nstar, certified.astype(bool), int(evaluated[0]), compiled=True)
 
 
@@ -479,14 +487,14 @@ def _sample(plan: Plan, z: torch.Tensor, mu_p: torch.Tensor, sigma_q: float) -> 
 
 def encode_step(mu_q: torch.Tensor, mu_p: torch.Tensor, sigma_q: float, grid: Grid, key: tuple[int, int],
                 step: int, chunk_bits: int, margin: int, device: torch.device | str = "cpu",
-                codes: bytes | None = None) -> PfrStep:
+                codes: bytes | None = None, order: tuple[np.ndarray, np.ndarray] | None = None) -> PfrStep:
     """Send x ~ N(mu_q, sigma_q^2) ([C, H, W], float64) to a receiver knowing mu_p (``codes``:
     the kappa codes when already fitted, e.g. by :func:`estimate`)."""
     check_params(chunk_bits, margin)
     delta = ((mu_q - mu_p) / sigma_q).to(torch.float64).cpu().numpy()
     if codes is None:
         codes = fit_codes(delta**2, grid)
-    plan = make_plan(codes, grid, key, step, chunk_bits)
+    plan = make_plan(codes, grid, key, chunk_bits, order)
     hi = index_range(chunk_bits, margin)
     r = plan.ratio[plan.chunk]
     d = delta.ravel()[plan.order]
@@ -511,10 +519,11 @@ def encode_step(mu_q: torch.Tensor, mu_p: torch.Tensor, sigma_q: float, grid: Gr
 
 
 def decode_step(payload: "PfrPayload", mu_p: torch.Tensor, sigma_q: float, grid: Grid, key: tuple[int, int],
-                step: int, device: torch.device | str = "cpu") -> torch.Tensor:
+                step: int, device: torch.device | str = "cpu",
+                order: tuple[np.ndarray, np.ndarray] | None = None) -> torch.Tensor:
     """The receiver's x ([C, H, W], float64) from one step's PFR data."""
     p = payload
-    plan = make_plan(p.kappa_codes, grid, key, step, p.chunk_bits)
+    plan = make_plan(p.kappa_codes, grid, key, p.chunk_bits, order)
     nstar = decode_indices(p.stream, p.raw, plan, p.offset_code, p.std_code, index_range(p.chunk_bits, p.margin))
     return _sample(plan, regenerate(key, step, plan, nstar, device), mu_p.cpu(), sigma_q)
 
@@ -556,8 +565,9 @@ class PfrCoder:
         chain = ctx.chain
         mu_q, _, _ = chain.diffusion.q_posterior_mean_variance(target.x0, ctx.x, chain.t(ctx.j))
         sigma_q = math.sqrt(ctx.coefs[2])
+        order = chain.memo("pfr_order", lambda: group_order(chain.grid, chain.key))
         step = encode_step(mu_q[0], ctx.pred["mean"][0].double(), sigma_q, chain.grid, chain.key, ctx.index,
-                           target.pfr_chunk_bits, target.pfr_margin_bits, chain.device)
+                           target.pfr_chunk_bits, target.pfr_margin_bits, chain.device, order=order)
         payload = PfrPayload(target.pfr_chunk_bits, target.pfr_margin_bits, step.offset_code, step.std_code,
                              step.codes, step.stream, step.raw).to_bytes()
         return StepOutput(payload, ctx.intervals, x=step.x[None], coded_bits=step.stats["index_bits"],
@@ -569,6 +579,7 @@ class PfrCoder:
     def decode(self, ctx: StepContext, payload: bytes, kind: ChunkKind = ChunkKind.PFR) -> StepOutput:
         chain = ctx.chain
         p = PfrPayload.from_bytes(payload, chain.grid.size)
+        order = chain.memo("pfr_order", lambda: group_order(chain.grid, chain.key))
         x = decode_step(p, ctx.pred["mean"][0].double(), math.sqrt(ctx.coefs[2]), chain.grid, chain.key,
-                        ctx.index, chain.device)
+                        ctx.index, chain.device, order)
         return StepOutput(payload, ctx.intervals, x=x[None])

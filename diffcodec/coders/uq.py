@@ -70,9 +70,10 @@ def symbol_tables(q: Quantizer, k_lo: np.ndarray, alphabet: np.ndarray, lo: np.n
 
 def _fit_widths(grid: TileGrid, v, mean, lo, hi, nlo, nhi) -> bytes:
     """Per-tile belief widths minimising the real cost -log2 P(cell within [lo, hi]) ([C, H, W])."""
-    def cost(codes: np.ndarray) -> np.ndarray:
+    def cost(codes: np.ndarray, where: tuple) -> np.ndarray:
         std = SCALE.value(codes)
-        p = level_mass(nlo, nhi, mean, std) / np.maximum(level_mass(lo, hi, mean, std), 1e-300)
+        p = level_mass(nlo[where], nhi[where], mean[where], std) / np.maximum(
+            level_mass(lo[where], hi[where], mean[where], std), 1e-300)
         return -np.log2(np.clip(p, 1e-300, 1.0))
 
     rms = np.sqrt(grid.tile_means((v - mean) ** 2))
@@ -101,6 +102,9 @@ class UqCoder:
         return Intervals(len(k), np.maximum(q.first(k), ints.lo), np.minimum(q.first(k + 1) - 1, ints.hi))
 
     def encode(self, ctx: StepContext, target: EncodeTarget) -> StepOutput:
+        """Both layouts' widths (and predictors) are fitted, their sizes estimated from the real
+        -log2 p of the symbols (within a word of the range coder's), and only the smaller one
+        is range-coded."""
         delta, q, k_lo, alphabet = self._setup(ctx)
         v = target.flat_levels
         ints = ctx.intervals
@@ -109,45 +113,53 @@ class UqCoder:
         grid = ctx.chain.grid
         shape = (grid.c, grid.h, grid.w)
         lo, hi, nlo, nhi, m, vv = (a.reshape(shape) for a in (ints.lo, ints.hi, new.lo, new.hi, q.m, v))
-        symbols = k - k_lo
         n = grid.h * grid.w
 
-        def stream(mean: np.ndarray, std: np.ndarray, dims: slice) -> bytes:
-            tables = symbol_tables(q, k_lo, alphabet, ints.lo, ints.hi, mean, std, dims)
-            runs = table_chunks(alphabet[dims])
-            return encode_tables((symbols[dims][s:e], t) for (s, e, _), t in zip(runs, tables))
+        def bits(mean: np.ndarray, std: np.ndarray, c: slice) -> float:
+            p = level_mass(nlo[c], nhi[c], mean, std) / np.maximum(level_mass(lo[c], hi[c], mean, std), 1e-300)
+            return float(-np.log2(np.clip(p, 2.0**-24, 1.0)).sum())
 
         # plain: every channel under m, one stream
         codes = _fit_widths(grid, vv, m, lo, hi, nlo, nhi)
-        std = SCALE.value(grid.expand(np.frombuffer(codes, dtype=np.uint8))).reshape(-1)
-        plain = stream(q.m, std, slice(0, len(v)))
-        best = (ChunkKind.UQ, struct.pack("<I", len(codes)) + codes + plain, 8 * len(plain))
-        sizes = {"plain_bytes": len(best[1])}
+        std = SCALE.value(grid.expand(np.frombuffer(codes, dtype=np.uint8)))
+        plain_bits = bits(m, std, slice(None))
         # channel-predicted: channels in order, means shifted by the residuals estimated before them
         g1 = TileGrid(1, grid.h, grid.w, grid.tile)
         width_codes, resid, means, stds = [], np.zeros(shape), np.zeros(shape), np.zeros(shape)
         pred_codes = b""
         for c in range(3):
-            if c == 1:  # the coefficients need channel 0's estimated residual
+            if c == 1:  # a needs channel 0's estimated residual; (b, c) are refitted below
                 pred_codes = fit_coefficients(vv - m, resid, grid)
-            mean_c = m[0] if c == 0 else predicted_mean(m, resid, coefficients(pred_codes, grid), c)
-            wc = _fit_widths(g1, vv[c:c + 1], mean_c[None], lo[c:c + 1], hi[c:c + 1], nlo[c:c + 1], nhi[c:c + 1])
+            means[c] = m[0] if c == 0 else predicted_mean(m, resid, coefficients(pred_codes, grid), c)
+            wc = _fit_widths(g1, vv[c:c + 1], means[c:c + 1], lo[c:c + 1], hi[c:c + 1], nlo[c:c + 1], nhi[c:c + 1])
             width_codes.append(wc)
-            means[c], stds[c] = mean_c, SCALE.value(g1.expand(np.frombuffer(wc, dtype=np.uint8)))[0]
+            stds[c] = SCALE.value(g1.expand(np.frombuffer(wc, dtype=np.uint8)))[0]
             resid[c] = interval_residual(nlo[c], nhi[c], means[c], stds[c], m[c])
-            if c == 1:  # refit with channel 1's residual for channel 2's (b, c)
+            if c == 1:
                 pred_codes = fit_coefficients(vv - m, resid, grid)
-        all_codes = b"".join(width_codes)
-        streams = [stream(means[c].reshape(-1), stds[c].reshape(-1), slice(c * n, (c + 1) * n)) for c in range(3)]
-        payload = struct.pack("<I", len(all_codes)) + all_codes + struct.pack("<I", len(pred_codes)) + pred_codes \
-            + b"".join(struct.pack("<I", len(s)) + s for s in streams)
-        sizes["predicted_bytes"] = len(payload)
-        if len(payload) < len(best[1]):
-            best = (ChunkKind.UQ_PRED, payload, 8 * sum(len(s) for s in streams))
-        kind, payload, bits = best
-        stats = {"kind": kind, "mean_alphabet": float(alphabet.mean()), "mean_log2_width": new.mean_log2_width(),
-                 **sizes}
-        return StepOutput(payload, new, x=self._next_x(ctx, delta, q, k), coded_bits=bits, stats=stats)
+        pred_bits = bits(means, stds, slice(None))
+        # the predicted layout also sends the predictor codes, two more lengths and streams (a word each)
+        predicted = pred_bits + 8 * (len(pred_codes) + 12) + 64 < plain_bits
+        symbols = k - k_lo
+
+        def stream(mean: np.ndarray, std_: np.ndarray, dims: slice) -> bytes:
+            tables = symbol_tables(q, k_lo, alphabet, ints.lo, ints.hi, mean, std_, dims)
+            runs = table_chunks(alphabet[dims])
+            return encode_tables((symbols[dims][a:b], t) for (a, b, _), t in zip(runs, tables))
+
+        if predicted:
+            all_codes = b"".join(width_codes)
+            streams = [stream(means[c].reshape(-1), stds[c].reshape(-1), slice(c * n, (c + 1) * n)) for c in range(3)]
+            payload = struct.pack("<I", len(all_codes)) + all_codes + struct.pack("<I", len(pred_codes)) \
+                + pred_codes + b"".join(struct.pack("<I", len(s)) + s for s in streams)
+            kind, coded = ChunkKind.UQ_PRED, 8 * sum(len(s) for s in streams)
+        else:
+            plain = stream(q.m, std.reshape(-1), slice(0, len(v)))
+            payload = struct.pack("<I", len(codes)) + codes + plain
+            kind, coded = ChunkKind.UQ, 8 * len(plain)
+        stats = {"kind": kind, "plain_symbol_bits": plain_bits, "predicted_symbol_bits": pred_bits,
+                 "mean_alphabet": float(alphabet.mean()), "mean_log2_width": new.mean_log2_width()}
+        return StepOutput(payload, new, x=self._next_x(ctx, delta, q, k), coded_bits=coded, stats=stats)
 
     @staticmethod
     def split(payload: bytes, grid: TileGrid, kind: ChunkKind = ChunkKind.UQ) -> tuple[bytes, bytes, list[bytes]]:

@@ -6,6 +6,7 @@
  * chunk once ln T_n - fmax_c >= the best value (no later candidate can win: "certified").
  * Only the encoder runs this; the decoder regenerates the chosen candidates in torch. */
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 
 #define M0 0xD2511F53u
@@ -31,14 +32,24 @@ static inline double uniform53(uint32_t hi, uint32_t lo) {
     return (double)k * 0x1p-53;
 }
 
+typedef struct {
+    int64_t c0, c1;
+    const int64_t *start; const double *lin, *quad; const int64_t *cap; const double *fmax;
+    uint32_t key0, key1, word3_normal, word3_arrival;
+    const double *table;
+    int64_t *nstar; uint8_t *certified; int64_t evaluated;
+} job_t;
+
 /* dims of chunk c are positions start[c] .. start[c+1]-1 (chunk-major plan order);
  * the octet of position p is (p - start[c]) / 8, its lane (p - start[c]) % 8. */
-void pfr_search(int64_t num_chunks, const int64_t *start, const double *lin, const double *quad,
-                const int64_t *cap, const double *fmax, uint32_t key0, uint32_t key1,
-                uint32_t word3_normal, uint32_t word3_arrival, const double *table,
-                int64_t *nstar, uint8_t *certified, int64_t *evaluated) {
+static void search_range(job_t *j) {
+    const int64_t *start = j->start, *cap = j->cap;
+    const double *lin = j->lin, *quad = j->quad, *fmax = j->fmax, *table = j->table;
+    uint32_t key0 = j->key0, key1 = j->key1, word3_normal = j->word3_normal, word3_arrival = j->word3_arrival;
+    int64_t *nstar = j->nstar;
+    uint8_t *certified = j->certified;
     int64_t total = 0;
-    for (int64_t c = 0; c < num_chunks; c++) {
+    for (int64_t c = j->c0; c < j->c1; c++) {
         int64_t s = start[c], e = start[c + 1], dims = e - s;
         double best = INFINITY, arrivals = 0.0;
         int64_t pick = 0;
@@ -67,5 +78,38 @@ void pfr_search(int64_t num_chunks, const int64_t *start, const double *lin, con
         nstar[c] = pick;
         certified[c] = done;
     }
+    j->evaluated = total;
+}
+
+static void *run_job(void *arg) { search_range((job_t *)arg); return 0; }
+
+/* The chunks are independent: ``threads`` threads take contiguous ranges of them. */
+void pfr_search(int64_t num_chunks, const int64_t *start, const double *lin, const double *quad,
+                const int64_t *cap, const double *fmax, uint32_t key0, uint32_t key1,
+                uint32_t word3_normal, uint32_t word3_arrival, const double *table,
+                int64_t *nstar, uint8_t *certified, int64_t *evaluated, int32_t threads) {
+    enum { MAX_THREADS = 64 };
+    if (threads < 1) threads = 1;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads > num_chunks) threads = num_chunks > 0 ? (int32_t)num_chunks : 1;
+    job_t jobs[MAX_THREADS];
+    pthread_t ids[MAX_THREADS];
+    /* split by dimensions, not chunks, so that every thread gets about the same work */
+    int64_t dims = start[num_chunks] - start[0], c = 0;
+    for (int32_t t = 0; t < threads; t++) {
+        int64_t target = start[0] + dims * (t + 1) / threads, c1 = c;
+        while (c1 < num_chunks && (start[c1 + 1] <= target || t == threads - 1)) c1++;
+        job_t jb = {c, c1, start, lin, quad, cap, fmax, key0, key1, word3_normal, word3_arrival, table,
+                    nstar, certified, 0};
+        jobs[t] = jb;
+        c = c1;
+    }
+    int32_t started = 0;
+    for (int32_t t = 1; t < threads; t++)
+        if (pthread_create(&ids[t], 0, run_job, &jobs[t]) == 0) started = t; else { search_range(&jobs[t]); }
+    search_range(&jobs[0]);
+    for (int32_t t = 1; t <= started; t++) pthread_join(ids[t], 0);
+    int64_t total = 0;
+    for (int32_t t = 0; t < threads; t++) total += jobs[t].evaluated;
     *evaluated = total;
 }
