@@ -76,7 +76,8 @@ class StepStats:
     ideal_bits: float  # KL(q || p_theta) (latent) or -log2 p_theta(x_0 | x_t) (final), analytic variance
     coded_bits: float  # bits of the entropy-coded data alone
     preview_rmse: float = math.nan  # RMSE on [0, 255] of the mean preview after this step
-    seconds: float = 0.0
+    seconds: float = 0.0  # the step's wall time, its network call included
+    net_seconds: float = 0.0  # of which the network
     extra: dict = field(default_factory=dict)
 
 
@@ -137,7 +138,7 @@ def encode(image, prior: Prior, options: EncodeOptions | None = None,
         j = K - n
         if opt.stop_after is not None and n >= min(opt.stop_after, K):
             break
-        t0 = time.perf_counter()
+        t0, net0 = time.perf_counter(), chain.net_seconds
         out = chain.predict(x, j)
         if n == 0:
             result.prior_rmse = _rmse(chain.preview_mean(out, j), src.pixels)
@@ -153,7 +154,8 @@ def encode(image, prior: Prior, options: EncodeOptions | None = None,
         chunks.append(chunk)
         total += chunk.size
         result.steps.append(StepStats(kind, header.timesteps[j], chunk.size, chunk.ideal_bits, coded.coded_bits,
-                                      0.0 if j == 0 else math.nan, time.perf_counter() - t0, coded.stats))
+                                      0.0 if j == 0 else math.nan, time.perf_counter() - t0, chain.net_seconds - net0,
+                                      coded.stats))
         if j > 0:
             x, ints = coded.x, coded.intervals
             if grey:

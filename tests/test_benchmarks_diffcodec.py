@@ -395,3 +395,35 @@ def test_make_results(rd_run, baseline_dir, images_dir, tmp_path, tiny_model_pat
                                       "diffcodec_rate_distortion_vs_step.png"}
     for png in pngs:  # linked relative to the markdown file
         assert f"![{png.stem}]({Path(os.path.relpath(png.resolve(), md.parent.resolve())).as_posix()})" in text
+
+
+def test_speed_smoke(tmp_path, tiny_model_path):  # noqa: F811
+    """The speed benchmark times encode, decode and a preview in child processes and records
+    their peak memory; the decode is checked lossless inside."""
+    import json as _json
+
+    from benchmarks import speed
+
+    out = tmp_path / "speed.json"
+    assert speed.main(["--smoke", "--out", str(out), "--model", str(tiny_model_path), "--effort", "2",
+                       "--step", "1", "--threads", "1"]) == 0
+    doc = _json.loads(out.read_text())
+    (row,) = doc["images"]
+    enc, dec, prev = row["encode"], row["decode"], row["preview"]
+    assert enc["net_calls"] == len(enc["steps"]) and dec["net_calls"] == len(enc["steps"])  # one per coded step
+    assert prev["step"] == 1 and prev["net_calls"] == 2  # the step's call and its preview's
+    assert all(s["net_seconds"] <= s["seconds"] for s in enc["steps"])
+    assert dec["lossless"] and enc["bytes"] > 0 and row["bits_per_dim"] == 8 * enc["bytes"] / (24 * 32 * 3)
+    assert enc["peak_rss_mb"] is None or enc["peak_rss_mb"] > 50  # a Python with torch loaded
+
+
+def test_tiled_image_mirrors_the_photos():
+    import numpy as _np
+
+    from benchmarks.speed import tiled_image
+
+    a = _np.arange(2 * 3 * 3, dtype=_np.uint8).reshape(2, 3, 3)
+    big = tiled_image([a], 7, 5)
+    assert big.shape == (5, 7, 3)
+    _np.testing.assert_array_equal(big[:2, :3], a)
+    _np.testing.assert_array_equal(big[:2, 3:6], a[:, ::-1])
