@@ -96,7 +96,10 @@ class CodedChain:
         t0 = time.perf_counter()
         with torch.inference_mode():
             out = forward_tiled(self.prior.net, x.to(self.device, torch.float32), s.to(self.device),
-                                self.tile_pixels).double()
+                                self.tile_pixels)
+            if self.diffusion.analytic_variance is not None:  # the variance output is not used
+                out = out[:, :x.shape[1]]
+            out = out.double()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         self.net_seconds += time.perf_counter() - t0

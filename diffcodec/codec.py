@@ -101,14 +101,21 @@ def _rmse(pred_xstart: torch.Tensor, pixels: np.ndarray) -> float:
     return float(np.sqrt(np.mean((to_uint8(pred_xstart).astype(np.float64) - pixels) ** 2)))
 
 
-def _ideal_bits(chain: CodedChain, x0: torch.Tensor, x: torch.Tensor, j: int, out: dict, grey: bool) -> float:
+def _ideal_bits(chain: CodedChain, target: EncodeTarget, x: torch.Tensor, j: int, out: dict, grey: bool) -> float:
     """The step's cost under the model's Gaussian (analytic variance where the model has a table):
-    KL(q || p_theta) for a latent step, the discretized decoder's NLL for the final step."""
-    if j > 0:
-        mu_q, _, logvar_q = chain.diffusion.q_posterior_mean_variance(x0, x, chain.t(j))
-        return float(normal_kl(mu_q, logvar_q, out["mean"], out["log_variance"]).sum()) / math.log(2)
-    ll = discretized_gaussian_log_likelihood(x0, out["pred_xstart"], 0.5 * out["log_variance"])
-    return float(-(ll[:, :1] if grey else ll).sum()) / math.log(2)
+    KL(q || p_theta) for a latent step, the discretized decoder's NLL for the final step; one
+    channel at a time (its temporaries are a third of an image)."""
+    total = 0.0
+    for c in range(1 if grey and j == 0 else 3):
+        x0 = torch.from_numpy(target.levels[c].astype(np.float64) / 127.5 - 1.0)[None, None]
+        sl = (slice(None), slice(c, c + 1))
+        if j > 0:
+            mu_q, _, logvar_q = chain.diffusion.q_posterior_mean_variance(x0, x[sl], chain.t(j))
+            total += float(normal_kl(mu_q, logvar_q, out["mean"][sl], out["log_variance"][sl]).sum())
+        else:
+            total -= float(discretized_gaussian_log_likelihood(x0, out["pred_xstart"][sl],
+                                                               0.5 * out["log_variance"][sl]).sum())
+    return total / math.log(2)
 
 
 def encode(image, prior: Prior, options: EncodeOptions | None = None,
@@ -124,9 +131,8 @@ def encode(image, prior: Prior, options: EncodeOptions | None = None,
                         opt.tile, 0, src.checksum(), src.palette)
     t_start = time.perf_counter()
     chain = CodedChain(prior, header)
-    levels = src.pixels.transpose(2, 0, 1).astype(np.int64)
-    x0 = torch.from_numpy(levels.astype(np.float64) / 127.5 - 1.0)[None]
-    target = EncodeTarget(x0, levels, src.coded_channels, plan.chunk_bits, plan.margin_bits)
+    target = EncodeTarget(np.ascontiguousarray(src.pixels.transpose(2, 0, 1)), src.coded_channels, plan.chunk_bits,
+                          plan.margin_bits)
     grey = src.coded_channels == 1
     K = header.num_latent_steps
     budget = None if opt.max_bpp is None else opt.max_bpp * w * h / 8.0
@@ -148,7 +154,7 @@ def encode(image, prior: Prior, options: EncodeOptions | None = None,
         ctx = StepContext(chain, n, j, x, out, ints)
         coded = CODERS[kind].encode(ctx, target)
         kind = coded.stats.pop("kind", kind)
-        chunk = fmt.Chunk(kind, n, _ideal_bits(chain, x0, x, j, out, grey), coded.payload)
+        chunk = fmt.Chunk(kind, n, _ideal_bits(chain, target, x, j, out, grey), coded.payload)
         if budget is not None and total + chunk.size > budget:
             break
         chunks.append(chunk)

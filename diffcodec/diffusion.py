@@ -322,8 +322,7 @@ class GaussianDiffusion:
                 var = var.reshape(-1, *([1] * (like.dim() - 1)))
             else:  # [N, C] -> [N, C, 1, 1]
                 var = var.reshape(*var.shape, *([1] * (like.dim() - 2)))
-            var = var.expand_as(like)
-            return var, torch.log(var)
+            return var.expand_as(like), torch.log(var).expand_as(like)  # views: no image-sized copies
         if self.model_var_type == "learned_range":
             if model_v is None:
                 raise ValueError("learned_range needs the network's v output")

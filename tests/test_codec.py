@@ -408,7 +408,7 @@ def test_restricting_the_final_belief_to_the_intervals_saves_bits(tiny_prior, ti
     chain = CodedChain(tiny_prior, header)
     x, ints = chain.x_T(), Intervals(chain.n)
     levels = img.transpose(2, 0, 1).astype(np.int64)
-    target = EncodeTarget(torch_x0(levels), levels, 3)
+    target = EncodeTarget(levels, 3)
     for n in range(4):
         out = chain.predict(x, 4 - n)
         step = CODERS[ChunkKind.UQ].encode(StepContext(chain, n, 4 - n, x, out, ints), target)
@@ -421,12 +421,6 @@ def test_restricting_the_final_belief_to_the_intervals_saves_bits(tiny_prior, ti
     assert ints.mean_log2_width() < 8.0  # the UQ steps did narrow the intervals
     assert restricted.coded_bits < free.coded_bits
     assert restricted.payload == parse(res.data).chunks[-1].payload  # what the encoder wrote
-
-
-def torch_x0(levels):
-    import torch
-
-    return torch.from_numpy(levels.astype(np.float64) / 127.5 - 1.0)[None]
 
 
 # ----------------------------------------------------------------------------- options and robustness

@@ -30,7 +30,7 @@ def _ctx(mu: np.ndarray, tile: int, lo=None, hi=None, mode: str = "RGB") -> Step
 
 def _target(sym: np.ndarray, channels: int = 3) -> EncodeTarget:
     full = np.repeat(sym, 3, axis=0) if sym.shape[0] == 1 else sym
-    return EncodeTarget(None, full.astype(np.int64), channels)
+    return EncodeTarget(full.astype(np.int64), channels)
 
 
 def _round_trip(sym, mu, tile, channels=3, **kw):

@@ -250,7 +250,7 @@ def test_pfr_steps_leave_the_intervals_open_and_mix_with_uq(tiny_prior):
     res = encode(img, tiny_prior, _opts())
     chain = CodedChain(tiny_prior, res.header)
     levels = img.transpose(2, 0, 1).astype(np.int64)
-    target = EncodeTarget(torch.from_numpy(levels / 127.5 - 1.0)[None], levels, 3, 6, 4)
+    target = EncodeTarget(levels, 3, 6, 4)
     ints = Intervals(chain.n, np.full(chain.n, 3), np.full(chain.n, 250))
     x = chain.x_T()
     step = CODERS[ChunkKind.PFR].encode(StepContext(chain, 0, 3, x, chain.predict(x, 3), ints), target)

@@ -54,8 +54,7 @@ class StepContext:
 class EncodeTarget:
     """What only the encoder knows: the image, and how hard to try."""
 
-    x0: torch.Tensor  # [1, 3, H, W] float64 on [-1, 1]
-    levels: np.ndarray  # [3, H, W] int64 pixel levels
+    levels: np.ndarray  # [3, H, W] pixel levels (any integer dtype)
     coded_channels: int  # 1 for grey images (the final step codes one channel), else 3
     pfr_chunk_bits: int = 8
     pfr_margin_bits: int = 6
@@ -63,6 +62,11 @@ class EncodeTarget:
     @property
     def flat_levels(self) -> np.ndarray:
         return self.levels.reshape(-1)
+
+    @property
+    def x0(self) -> torch.Tensor:
+        """[1, 3, H, W] float64 on [-1, 1] (made when asked: it is 8 bytes a dimension)."""
+        return torch.from_numpy(self.levels.astype(np.float64) / 127.5 - 1.0)[None]
 
 
 @dataclass
