@@ -88,20 +88,29 @@ class Plan:
 
 @dataclass(frozen=True)
 class CostModel:
-    """Expected bits per dimension of a coded step.  The constants were fitted to 64 real files
-    (8 random 128 px crops of the training photos x 8 chains: efforts 2-7, UQ only, t_min forced
-    to 0 and 10; README, "Designing the chain"): an intermediate UQ step pays its whole overhead
-    (1.06x the model's), the final step gets the last UQ step's overhead back (the step's cells
-    narrow the final step's levels), PFR pays 1.26x the model's KL plus 2.5 bits per chunk."""
+    """Expected bits per dimension of a coded step.  The constants were fitted to 66 real files
+    (6 random 128 px crops of the training photos x 11 chains: efforts 2-8, UQ only, PFR only,
+    t_min forced to 0 and 10; README, "Designing the chain"): an intermediate UQ step pays
+    0.81x its KL (channel prediction) + 0.88x UQ's overhead, the final step gets the last UQ
+    step's overhead back (its cells narrow the final step's levels), PFR pays 1.18x the model's
+    KL plus 2.5 bits per chunk (1.14-1.27x over chunk sizes 4-8)."""
 
-    uq_recovered: float = 0.0  # share of an intermediate UQ step's overhead recovered later
+    uq_kl_factor: float = 0.81  # a UQ step's bits per bit of the model's KL
+    uq_recovered: float = 0.12  # share of an intermediate UQ step's overhead recovered later
     pfr_chunk_overhead: float = 2.5  # bits per PFR chunk beyond its KL
-    pfr_kl_factor: float = 1.26  # PFR's bits relative to the model's expected KL (per-tile priors, images)
-    final_offset: float = -0.11  # bits/dim added to the Gaussian-entropy estimate of the final step
+    pfr_kl_factor: float = 1.18  # PFR's bits relative to the model's expected KL (per-tile priors, images)
+    final_offset: float = -0.07  # bits/dim added to the Gaussian-entropy estimate of the final step
     final_recovered: float = 1.0  # share of the last UQ step's overhead the final step gets back
+    # Every coded step's fixed bits: chunk framing (15 bytes), the coder's fields, the flush of its
+    # range coder(s), and per 64 px tile its side information (widths; PFR: kappa codes; UQ's
+    # channel-predicted layout: predictor codes too).
+    uq_fixed_bits: float = 8 * (15 + 4 + 4)
+    uq_tile_bits: float = 8 * 3 * 1.5
+    pfr_fixed_bits: float = 8 * (15 + 8 + 4 + 4 + 1)
+    pfr_tile_bits: float = 8 * 3
 
     def uq(self, kl: np.ndarray) -> np.ndarray:
-        return kl + (1.0 - self.uq_recovered) * uq_overhead(kl)
+        return self.uq_kl_factor * kl + (1.0 - self.uq_recovered) * uq_overhead(kl)
 
     def pfr(self, kl: np.ndarray, chunk_bits: int) -> np.ndarray:
         kl = kl * self.pfr_kl_factor
@@ -209,7 +218,7 @@ def plan_chain(prior: Prior, pixels: int, opt: PlanOptions = PlanOptions(),
     if prior.xstart_mse is None:
         ts = even_timesteps(T, opt.steps or 8, 10 if opt.t_min is None else opt.t_min)
         return Plan(ts, tuple([fixed or ChunkKind.UQ] * (len(ts) - 1)), chunk_bits, margin)
-    return _optimise(prior, opt, level, chunk_bits, margin, fixed, model)
+    return _optimise(prior, pixels, opt, level, chunk_bits, margin, fixed, model)
 
 
 def _pfr_allowed(level: EffortLevel, chunk_bits: int, margin: int, fixed: ChunkKind | None) -> bool:
@@ -220,37 +229,49 @@ def _pfr_allowed(level: EffortLevel, chunk_bits: int, margin: int, fixed: ChunkK
     return level.pfr and 2.0 ** (chunk_bits + margin) <= level.pfr_work_per_dim
 
 
-def _step_costs(kl: np.ndarray, pfr_ok: bool, fixed: ChunkKind | None, chunk_bits: int,
-                model: CostModel) -> tuple[np.ndarray, np.ndarray]:
-    """(cost, use_pfr) of every (s, t) step."""
-    uq = model.uq(np.where(np.isfinite(kl), kl, 0.0))
-    if fixed == ChunkKind.UQ or not pfr_ok:
-        use_pfr = np.zeros(kl.shape, dtype=bool)
-    elif fixed == ChunkKind.PFR:
-        use_pfr = np.ones(kl.shape, dtype=bool)
-    else:
-        use_pfr = model.pfr(np.where(np.isfinite(kl), kl, 0.0), chunk_bits) < uq
-    cost = np.where(use_pfr, model.pfr(np.where(np.isfinite(kl), kl, 0.0), chunk_bits), uq)
-    return np.where(np.isfinite(kl), cost, np.inf), use_pfr
+@dataclass
+class _Costs:
+    """Expected bits/dim of every (s, t) step as an intermediate step and as the last latent
+    step (plus the final step from s), and whether PFR codes it in each role."""
+
+    step: np.ndarray  # [T, T]
+    step_pfr: np.ndarray  # [T, T] bool
+    last: np.ndarray  # [T, T]
+    last_pfr: np.ndarray  # [T, T] bool
 
 
-def _final_costs(kl: np.ndarray, step_cost: np.ndarray, use_pfr: np.ndarray, fin: np.ndarray,
-                 model: CostModel) -> np.ndarray:
-    """[T, T] cost of the last latent step t -> s plus the final step from s: a UQ last step
-    hands part of its overhead back to the final step."""
+def _costs(prior: Prior, kl: np.ndarray, pfr_ok: bool, fixed: ChunkKind | None, chunk_bits: int, pixels: int,
+           model: CostModel) -> _Costs:
+    """Every step's cost under each allowed coder, the cheaper taken per role; a last UQ step
+    hands its overhead back to the final step, so a step's coder may differ between roles.
+    Each coded step also pays its fixed bytes (framing and side information) over the image."""
     k = np.where(np.isfinite(kl), kl, 0.0)
-    back = np.where(use_pfr, 0.0, model.final_recovered * (1.0 - model.uq_recovered) * uq_overhead(k))
-    return step_cost + fin[:, None] - back
+    dims = 3.0 * max(pixels, 1)
+    tiles = max(1.0, pixels / 64.0**2)
+    uq = model.uq(k) + (model.uq_fixed_bits + model.uq_tile_bits * tiles) / dims
+    pfr = model.pfr(k, chunk_bits) + (model.pfr_fixed_bits + model.pfr_tile_bits * tiles) / dims
+    uq_last = uq - model.final_recovered * (1.0 - model.uq_recovered) * uq_overhead(k)
+    if fixed == ChunkKind.UQ or not pfr_ok:
+        step_pfr = last_pfr = np.zeros(kl.shape, dtype=bool)
+    elif fixed == ChunkKind.PFR:
+        step_pfr = last_pfr = np.ones(kl.shape, dtype=bool)
+    else:
+        step_pfr, last_pfr = pfr < uq, pfr < uq_last
+    fin = final_bits(prior.xstart_mse, model) + (model.uq_fixed_bits + model.uq_tile_bits * tiles) / dims
+    inf = ~np.isfinite(kl)
+    step = np.where(inf, np.inf, np.where(step_pfr, pfr, uq))
+    last = np.where(inf, np.inf, np.where(last_pfr, pfr, uq_last) + fin[:, None])
+    return _Costs(step, step_pfr, last, last_pfr)
 
 
-def _optimise(prior: Prior, opt: PlanOptions, level: EffortLevel, chunk_bits: int, margin: int,
+def _optimise(prior: Prior, pixels: int, opt: PlanOptions, level: EffortLevel, chunk_bits: int, margin: int,
               fixed: ChunkKind | None, model: CostModel) -> Plan:
     abar = alphas_cumprod(prior)
     T = len(abar)
     kl = step_kl_matrix(abar, prior.xstart_mse)
     pfr_ok = _pfr_allowed(level, chunk_bits, margin, fixed)
-    cost, use_pfr = _step_costs(kl, pfr_ok, fixed, chunk_bits, model)
-    last = _final_costs(kl, cost, use_pfr, final_bits(prior.xstart_mse, model), model)
+    costs = _costs(prior, kl, pfr_ok, fixed, chunk_bits, pixels, model)
+    cost, last = costs.step, costs.last
     K = opt.steps or level.max_steps
     K = min(K, T - 1)
     # best[k, s]: cheapest way from T - 1 down to s in k steps (not counting the final step)
@@ -276,22 +297,19 @@ def _optimise(prior: Prior, opt: PlanOptions, level: EffortLevel, chunk_bits: in
     for q in range(k - 1, 0, -1):
         path.append(int(arg[q][path[-1]]))
     ts = tuple(path)  # ascending: t_min, ..., T - 1
-    return _assign(prior, ts, fixed, level, chunk_bits, margin, 0, model, kl=kl, pfr_ok=pfr_ok)
+    return _assign(prior, ts, fixed, level, chunk_bits, margin, pixels, model, costs=costs)
 
 
 def _assign(prior: Prior, ts: tuple[int, ...], fixed: ChunkKind | None, level: EffortLevel, chunk_bits: int,
-            margin: int, pixels: int, model: CostModel, kl: np.ndarray | None = None,
-            pfr_ok: bool | None = None) -> Plan:
+            margin: int, pixels: int, model: CostModel, costs: _Costs | None = None) -> Plan:
     """The coder of each step of a given chain (and its expected cost when the model has a table)."""
     if prior.xstart_mse is None:
         return Plan(ts, tuple([fixed or ChunkKind.UQ] * (len(ts) - 1)), chunk_bits, margin)
-    if kl is None:
+    if costs is None:
         kl = step_kl_matrix(alphas_cumprod(prior), prior.xstart_mse)
-    if pfr_ok is None:
-        pfr_ok = _pfr_allowed(level, chunk_bits, margin, fixed)
-    cost, use_pfr = _step_costs(kl, pfr_ok, fixed, chunk_bits, model)
-    last = _final_costs(kl, cost, use_pfr, final_bits(prior.xstart_mse, model), model)
+        costs = _costs(prior, kl, _pfr_allowed(level, chunk_bits, margin, fixed), fixed, chunk_bits, pixels, model)
     pairs = [(ts[i - 1], ts[i]) for i in range(len(ts) - 1, 0, -1)]  # coding order: (s, t)
-    coders = tuple(ChunkKind.PFR if use_pfr[s, t] else ChunkKind.UQ for s, t in pairs)
-    costs = [float(cost[s, t]) for s, t in pairs[:-1]] + [float(last[pairs[-1]])]
-    return Plan(ts, coders, chunk_bits, margin, float(sum(costs)), tuple(costs))
+    roles = [(costs.step, costs.step_pfr)] * (len(pairs) - 1) + [(costs.last, costs.last_pfr)]
+    coders = tuple(ChunkKind.PFR if pfr[s, t] else ChunkKind.UQ for (s, t), (_, pfr) in zip(pairs, roles))
+    expected = [float(c[s, t]) for (s, t), (c, _) in zip(pairs, roles)]
+    return Plan(ts, coders, chunk_bits, margin, float(sum(expected)), tuple(expected))

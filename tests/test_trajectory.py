@@ -14,8 +14,8 @@ from diffcodec.checkpoint import Prior
 from diffcodec.diffusion import DiffusionConfig, analytic_variance, get_named_beta_schedule
 from diffcodec.errors import OptionError
 from diffcodec.kinds import ChunkKind, LatentMethod
-from diffcodec.trajectory import (DEFAULT_COSTS, EFFORTS, PlanOptions, _final_costs, _step_costs, even_timesteps,
-                                  final_bits, plan_chain, step_kl_matrix, uq_overhead)
+from diffcodec.trajectory import (DEFAULT_COSTS, EFFORTS, PlanOptions, _costs, even_timesteps, plan_chain,
+                                  step_kl_matrix, uq_overhead)
 
 
 def test_analytic_variance_minimises_the_expected_kl_of_a_gaussian_toy():
@@ -79,13 +79,13 @@ def _toy_prior(T: int, seed: int = 0) -> Prior:
     return Prior(None, None, DiffusionConfig("cosine", T, "learned_range"), "00" * 32, "toy", {}, table)
 
 
-def _brute_force(prior: Prior, K: int, method: LatentMethod, level) -> float:
+def _brute_force(prior: Prior, K: int, method: LatentMethod, level, pixels: int) -> float:
     abar = np.cumprod(1 - get_named_beta_schedule("cosine", prior.diffusion.num_timesteps))
     kl = step_kl_matrix(abar, prior.xstart_mse)
     pfr_ok = method == LatentMethod.PFR or (method == LatentMethod.AUTO and level.pfr)
     fixed = {LatentMethod.UQ: ChunkKind.UQ, LatentMethod.PFR: ChunkKind.PFR}.get(method)
-    cost, use = _step_costs(kl, pfr_ok, fixed, level.chunk_bits, DEFAULT_COSTS)
-    last = _final_costs(kl, cost, use, final_bits(prior.xstart_mse), DEFAULT_COSTS)
+    costs = _costs(prior, kl, pfr_ok, fixed, level.chunk_bits, pixels, DEFAULT_COSTS)
+    cost, last = costs.step, costs.last
     T = prior.diffusion.num_timesteps
     best = math.inf
     for inner in itertools.combinations(range(T - 1), K):  # t_min .. t_{K}, then T - 1
@@ -101,7 +101,7 @@ def test_dynamic_programme_equals_exhaustive_search(method, K):
     prior = _toy_prior(12, seed=K)
     plan = plan_chain(prior, 1000, PlanOptions(effort=6, method=method, steps=K))
     assert len(plan.timesteps) == K + 1 and plan.timesteps[-1] == 11
-    assert plan.expected_bits_per_dim == pytest.approx(_brute_force(prior, K, method, EFFORTS[6]), rel=1e-12)
+    assert plan.expected_bits_per_dim == pytest.approx(_brute_force(prior, K, method, EFFORTS[6], 1000), rel=1e-12)
     assert len(plan.coders) == K and len(plan.expected_steps) == K
     if method == LatentMethod.UQ:
         assert set(plan.coders) == {ChunkKind.UQ}
