@@ -121,7 +121,7 @@ def run_image(img: np.ndarray, prior: Prior, opts: EncodeOptions, bound_steps: i
             "coded_bits": s.coded_bits if s else 0.0, "encode_seconds": s.seconds if s else 0.0,
             "bytes": p.bytes, "bpp": 8 * p.bytes / (h * w), "bits_per_dim": 8 * p.bytes / dims,
             "ideal_bits_per_dim": ideal_cum / dims, "expected_bits_per_dim": expected_cum[p.step],
-            "rmse": rmse(p.image, img), "encoder_rmse": s.preview_rmse if s else enc.prior_rmse,
+            "rmse": rmse(p.image, img), "encoder_rmse": enc.preview_rmse[p.step],
             "psnr": psnr(p.image, img), "ms_ssim": ms_ssim(p.image, img), "lossless": p.lossless,
             "decode_network_calls": p.net_calls,
         })

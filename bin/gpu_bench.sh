@@ -3,9 +3,8 @@
 # model (or MODEL=path) on Kodak-24, full size, against the committed baseline JSONs.
 #   run(command="bash bin/gpu_bench.sh", carry=["data/kodak", ".wheels"])
 # Results (JSON, table, plots) land in $OUT; copy them to benchmarks/results/kodak/.
-# METHOD=uq|pfr|auto picks the latent coder (default: the codec's, auto); LIMIT=N the first N
-# images; SPEED=1 first measures the PFR search rate on the GPU ($OUT/pfr_speed.json), which
-# says how long auto's PFR steps take there (see --pfr-budget).
+# EFFORT=1..9 (default 5) and METHOD=uq|pfr|auto pick the chain; LIMIT=N the first N images;
+# SPEED=1 first measures the PFR search rate on the GPU ($OUT/pfr_speed.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-out}"
@@ -15,8 +14,8 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 model=()
 [ -n "${MODEL:-}" ] && model=(--model "$MODEL")
 if [ -n "${SPEED:-}" ]; then
-  python3 benchmarks/pfr_speed.py --size 256 --device cuda --out "$OUT/pfr_speed.json"
+  python3 -m benchmarks.pfr_speed --size 256 --device cuda --out "$OUT/pfr_speed.json"
 fi
-python3 benchmarks/rd_diffcodec.py --images data/kodak --out "$OUT" --device cuda "${model[@]}" \
+python3 -m benchmarks.rd_diffcodec --images data/kodak --out "$OUT" --device cuda "${model[@]}" \
   --baselines benchmarks/results/kodak --bound-steps "${BOUND_STEPS:-250}" ${LIMIT:+--limit "$LIMIT"} \
-  ${METHOD:+--method "$METHOD"}
+  --effort "${EFFORT:-5}" ${METHOD:+--method "$METHOD"}

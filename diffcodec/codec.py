@@ -25,7 +25,7 @@ import math
 import secrets
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
 
 import numpy as np
@@ -75,7 +75,6 @@ class StepStats:
     bytes: int  # chunk bytes
     ideal_bits: float  # KL(q || p_theta) (latent) or -log2 p_theta(x_0 | x_t) (final), analytic variance
     coded_bits: float  # bits of the entropy-coded data alone
-    preview_rmse: float = math.nan  # RMSE on [0, 255] of the mean preview after this step
     seconds: float = 0.0  # the step's wall time, its network call included
     net_seconds: float = 0.0  # of which the network
     extra: dict = field(default_factory=dict)
@@ -87,7 +86,9 @@ class EncodeResult:
     header: fmt.Header
     plan: Plan
     steps: list[StepStats] = field(default_factory=list)
-    prior_rmse: float = 0.0  # preview from x_T alone (mid-grey: x_T carries no signal)
+    # RMSE on [0, 255] of the mean preview after n coded steps, n = 0 (x_T alone: mid-grey) ..
+    # len(steps) (0 when the file is lossless)
+    preview_rmse: list[float] = field(default_factory=list)
     seconds: float = 0.0
     net_seconds: float = 0.0
     net_calls: int = 0
@@ -95,6 +96,11 @@ class EncodeResult:
     @property
     def lossless(self) -> bool:
         return bool(self.steps) and self.steps[-1].kind.is_final
+
+    @property
+    def prior_rmse(self) -> float:
+        """The preview's RMSE from x_T alone."""
+        return self.preview_rmse[0]
 
 
 def _rmse(pred_xstart: torch.Tensor, pixels: np.ndarray) -> float:
@@ -126,30 +132,29 @@ def encode(image, prior: Prior, options: EncodeOptions | None = None,
     h, w = src.pixels.shape[:2]
     plan = plan_chain(prior, h * w, opt.plan_options())
     cfg = prior.diffusion
-    header = fmt.Header(w, h, src.mode, bytes.fromhex(prior.fingerprint), cfg.schedule, cfg.num_timesteps,
-                        plan.timesteps, secrets.randbits(64) if opt.seed is None else opt.seed & (2**64 - 1),
-                        opt.tile, 0, src.checksum(), src.palette)
+    # the chain's parameters; the header written is this with the number of chunks coded
+    spec = fmt.Header(w, h, src.mode, bytes.fromhex(prior.fingerprint), cfg.schedule, cfg.num_timesteps,
+                      plan.timesteps, secrets.randbits(64) if opt.seed is None else opt.seed & (2**64 - 1),
+                      opt.tile, 0, src.checksum(), src.palette)
     t_start = time.perf_counter()
-    chain = CodedChain(prior, header)
+    chain = CodedChain(prior, spec)
     target = EncodeTarget(np.ascontiguousarray(src.pixels.transpose(2, 0, 1)), src.coded_channels, plan.chunk_bits,
                           plan.margin_bits)
     grey = src.coded_channels == 1
-    K = header.num_latent_steps
+    K = spec.num_latent_steps
     budget = None if opt.max_bpp is None else opt.max_bpp * w * h / 8.0
-    total = len(header.to_bytes())  # the header's size does not depend on num_chunks
+    total = len(spec.to_bytes())  # the header's size does not depend on num_chunks
     chunks: list[fmt.Chunk] = []
-    result = EncodeResult(b"", header, plan)
+    steps: list[StepStats] = []
+    rmse: list[float] = []
     x, ints = chain.x_T(), Intervals(chain.n)
     for n in range(K + 1):  # step n goes from chain index j = K - n to j - 1 (j = 0: the final step)
         j = K - n
-        if opt.stop_after is not None and n >= min(opt.stop_after, K):
-            break
         t0, net0 = time.perf_counter(), chain.net_seconds
         out = chain.predict(x, j)
-        if n == 0:
-            result.prior_rmse = _rmse(chain.preview_mean(out, j), src.pixels)
-        else:
-            result.steps[-1].preview_rmse = _rmse(chain.preview_mean(out, j), src.pixels)
+        rmse.append(_rmse(chain.preview_mean(out, j), src.pixels))  # the preview after n coded steps
+        if opt.stop_after is not None and n >= opt.stop_after:
+            break
         kind = plan.coders[n] if j > 0 else ChunkKind.FINAL
         ctx = StepContext(chain, n, j, x, out, ints)
         coded = CODERS[kind].encode(ctx, target)
@@ -159,20 +164,19 @@ def encode(image, prior: Prior, options: EncodeOptions | None = None,
             break
         chunks.append(chunk)
         total += chunk.size
-        result.steps.append(StepStats(kind, header.timesteps[j], chunk.size, chunk.ideal_bits, coded.coded_bits,
-                                      0.0 if j == 0 else math.nan, time.perf_counter() - t0, chain.net_seconds - net0,
-                                      coded.stats))
-        if j > 0:
+        steps.append(StepStats(kind, spec.timesteps[j], chunk.size, chunk.ideal_bits, coded.coded_bits,
+                               time.perf_counter() - t0, chain.net_seconds - net0, coded.stats))
+        if j == 0:
+            rmse.append(0.0)
+        else:
             x, ints = coded.x, coded.intervals
             if grey:
                 ints = _intersect_channels(ints)
         if progress:
             progress(n + 1, K + 1)
-    header.num_chunks = len(chunks)
-    result.data = header.to_bytes() + b"".join(c.to_bytes() for c in chunks)
-    result.seconds = time.perf_counter() - t_start
-    result.net_seconds, result.net_calls = chain.net_seconds, chain.net_calls
-    return result
+    header = replace(spec, num_chunks=len(chunks))
+    return EncodeResult(header.to_bytes() + b"".join(c.to_bytes() for c in chunks), header, plan, steps, rmse,
+                        time.perf_counter() - t_start, chain.net_seconds, chain.net_calls)
 
 
 def _intersect_channels(ints: Intervals) -> Intervals:

@@ -80,7 +80,7 @@ def test_numpy_input_round_trip(tiny_prior, tiny_images):
     np.testing.assert_array_equal(np.asarray(out.image), grey)
 
 
-def test_encode_result_accounting(rgb_file):
+def test_encode_result_accounting(rgb_file, tiny_prior):
     res, img = rgb_file
     parsed = parse(res.data)
     assert [s.kind for s in res.steps][:4] == [ChunkKind.UQ] * 4 and res.steps[-1].kind.is_final
@@ -95,8 +95,11 @@ def test_encode_result_accounting(rgb_file):
         assert math.isfinite(s.coded_bits) and s.coded_bits > 0 and s.coded_bits % 32 == 0
         assert math.isfinite(s.ideal_bits) and s.ideal_bits > 0
         assert s.coded_bits < 8 * s.bytes
-    assert res.steps[-1].preview_rmse == 0.0
-    assert all(math.isfinite(s.preview_rmse) for s in res.steps)
+    assert len(res.preview_rmse) == len(res.steps) + 1 and res.preview_rmse[-1] == 0.0
+    assert all(math.isfinite(r) and r >= 0 for r in res.preview_rmse)
+    previews = list(iter_previews(res.data, tiny_prior))  # the decoder's previews are the encoder's
+    np.testing.assert_allclose([np.sqrt(np.mean((p.image.astype(float) - img) ** 2)) for p in previews],
+                               res.preview_rmse, rtol=1e-12)
 
 
 # ----------------------------------------------------------------------------- progressive decoding
@@ -272,6 +275,7 @@ def test_palette_with_unused_duplicate_is_fine(tiny_prior):
 def test_stop_after(tiny_prior, tiny_images):
     img = tiny_images[1]
     res = encode(img, tiny_prior, _opts(stop_after=2))
+    assert len(res.preview_rmse) == 3 and res.net_calls == 3  # the last preview's quality is known too
     parsed = parse(res.data)
     assert len(parsed.chunks) == 2 == parsed.header.num_chunks and not parsed.truncated
     assert not res.lossless and [s.kind for s in res.steps] == [ChunkKind.UQ, ChunkKind.UQ]
@@ -337,7 +341,7 @@ def test_oracle_prior_latents_cost_nothing(tiny_prior, tiny_images):
     assert all(s.coded_bits <= 32 for s in latent), stream_bits  # at most the range coder's one closing word
     # fixed overhead only: chunk framing (11), the ideal bits (4), the codes' count (4) and 3 codes (one tile)
     assert side_bits == 4 * 8 * (11 + 4 + 4 + 3)
-    assert latent[0].preview_rmse < 1.0  # the oracle's x_0 estimate is exact after one step
+    assert res.preview_rmse[1] < 1.0  # the oracle's x_0 estimate is exact after one step
     grey = np.sqrt(np.mean((img.astype(np.float64) - 128.0) ** 2))  # x_T: the flat mid-grey preview
     assert res.prior_rmse == pytest.approx(grey)
     out = decode(res.data, prior)

@@ -616,8 +616,18 @@ def test_p_sample_loop_progressive(nets):
 
 
 def test_untrained_net_sampling_full_chain_short_T():
+    """An untrained network predicts eps = 0 (its output layer starts at zero), so every step's
+    x_0 estimate is x_t / sqrt(abar_t), clipped, and its mean the posterior mean at that
+    estimate: Algorithm 2 must follow exactly that recursion."""
     d = DiffusionConfig("linear", 30, "fixed_small").build()
     net = UNet(named_config("tiny", learn_sigma=False)).eval()
+    assert not net(torch.randn(1, 3, 5, 7), torch.tensor([3.0])).any()
     outs = list(d.p_sample_loop_progressive(net, (1, 3, 5, 7), generator=torch.Generator().manual_seed(0)))
-    assert len(outs) == 30
-    assert all(torch.isfinite(o["sample"]).all() for o in outs)
+    assert len(outs) == 30 and [o["t"] for o in outs] == list(range(29, -1, -1))
+    for prev, o in zip(outs, outs[1:]):
+        t = o["t"]
+        x0 = (prev["sample"] / math.sqrt(d.alphas_cumprod[t])).clamp(-1, 1)
+        torch.testing.assert_close(o["pred_xstart"], x0)
+        mean = d.posterior_mean_coef1[t] * x0 + d.posterior_mean_coef2[t] * prev["sample"]
+        torch.testing.assert_close(o["mean"], mean.float())
+    assert torch.equal(outs[-1]["sample"], outs[-1]["mean"])  # no noise at t = 0
