@@ -20,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import ndtr as _ndtr  # erfc-based: accurate deep into the lower tail
 
+from .sideinfo import SCALE, TileGrid, fit_tile_codes
+
 NUM_LEVELS = 256
 MAX_LEVEL = NUM_LEVELS - 1
 
@@ -96,3 +98,26 @@ class Quantizer:
             k = np.where(self.first(k, idx) > v, k - 1, k)
             k = np.where(self.first(k + 1, idx) <= v, k + 1, k)
         return k
+
+
+def restricted_cost(cell_lo: np.ndarray, cell_hi: np.ndarray, lo: np.ndarray, hi: np.ndarray, mean: np.ndarray,
+                    std: np.ndarray, floor: float = 1e-300) -> np.ndarray:
+    """-log2 of the probability that the belief N(mean, std^2), restricted to the feasible levels
+    [lo, hi], gives the cell [cell_lo, cell_hi] (a UQ step's symbol, or a single level)."""
+    p = level_mass(cell_lo, cell_hi, mean, std) / np.maximum(level_mass(lo, hi, mean, std), 1e-300)
+    return -np.log2(np.clip(p, floor, 1.0))
+
+
+MIN_START_STD = 0.3  # levels: where a tile's belief width search starts at the least
+
+
+def fit_belief_widths(grid: TileGrid, v: np.ndarray, mean: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                      cell_lo: np.ndarray, cell_hi: np.ndarray) -> bytes:
+    """Per-tile, per-channel width codes (:data:`diffcodec.sideinfo.SCALE`) minimising the real
+    cost of the cells (:func:`restricted_cost`); all arrays [C, H, W] on ``grid``, ``v`` the
+    true levels (their spread around ``mean`` is where the search starts)."""
+    def cost(codes: np.ndarray, where: tuple) -> np.ndarray:
+        return restricted_cost(cell_lo[where], cell_hi[where], lo[where], hi[where], mean[where], SCALE.value(codes))
+
+    rms = np.sqrt(grid.tile_means((v - mean) ** 2))
+    return fit_tile_codes(grid, SCALE.code(np.maximum(rms, MIN_START_STD)), cost)

@@ -124,3 +124,28 @@ class GaussianPriorNet(nn.Module):
 
 def analytic_prior() -> Prior:
     return Prior(GaussianPriorNet(), named_config("tiny"), DIFFUSION, "9a" * 32, "analytic")
+
+
+def with_chunk(data: bytes, index: int, kind, payload: bytes) -> bytes:
+    """``data`` with chunk ``index`` replaced by a CRC-valid chunk of ``kind`` holding ``payload``."""
+    from diffcodec.container import Chunk, parse
+
+    parsed = parse(data)
+    chunks = list(parsed.chunks)
+    chunks[index] = Chunk(kind, index, 0.0, payload)
+    return data[:parsed.header_size] + b"".join(ch.to_bytes() for ch in chunks)
+
+
+def decode_outcome(data: bytes, prior, original: np.ndarray) -> str:
+    """'error' for a FormatError, else 'ok' — after checking that a lossless result is the
+    original image (damage must never decode to a wrong image)."""
+    from diffcodec.codec import decode
+    from diffcodec.errors import FormatError
+
+    try:
+        out = decode(data, prior)
+    except FormatError:
+        return "error"
+    if out.lossless:
+        np.testing.assert_array_equal(np.asarray(out.image), original)
+    return "ok"

@@ -5,18 +5,27 @@ per-tile linear function of the residuals of the channels decoded before it:
     mean_0 = m_0,   mean_1 = m_1 + a r_0,   mean_2 = m_2 + b r_0 + c r_1
 
 (a, b, c) are fitted by least squares per tile and sent as one byte each
-(:data:`diffcodec.sideinfo.COEF`).  In the final step r_c is the decoded residual v_c - m_c; in a
+(:data:`diffcodec.sideinfo.COEF`).  The UQ and final steps' payloads share their layouts
+(:func:`join_payload`, :func:`split_payload`)::
+
+    plain:      u32 S, S x u8 widths | one range-coded stream (multiple of 4 bytes)
+    predicted:  u32 S, S x u8 widths | u32 P, P x u8 predictor codes (a, b, c per tile)
+                | 3 x (u32 W, W bytes: one channel's stream)  In the final step r_c is the decoded residual v_c - m_c; in a
 UQ step it is the residual the receiver can estimate once channel c's cell is known: the mean
 of channel c's belief restricted to its new interval, minus m_c (:func:`interval_residual`).
 """
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 from scipy.special import ndtr
 from scipy.stats import norm
 
+from ..errors import FormatError
 from ..sideinfo import COEF, TileGrid
+from .base import take_field
 
 
 def fit_coefficients(targets: np.ndarray, regressors: np.ndarray, grid: TileGrid) -> bytes:
@@ -65,3 +74,32 @@ def interval_residual(lo: np.ndarray, hi: np.ndarray, mean: np.ndarray, std: np.
     inside = mean + std * (norm.pdf(a) - norm.pdf(b)) / np.maximum(z, 1e-300)
     est = np.where(z > 1e-12, np.clip(inside, lo - 0.5, hi + 0.5), 0.5 * (lo + hi))
     return est - m
+
+
+def join_payload(widths: bytes, streams: list[bytes], predictors: bytes | None = None) -> bytes:
+    """A step's payload in the plain layout (one stream, no predictors) or the predicted one."""
+    head = struct.pack("<I", len(widths)) + widths
+    if predictors is None:
+        return head + streams[0]
+    return head + struct.pack("<I", len(predictors)) + predictors + b"".join(struct.pack("<I", len(s)) + s
+                                                                             for s in streams)
+
+
+def split_payload(payload: bytes, codes: int, predicted: bool, step: str) -> tuple[bytes, bytes, list[bytes]]:
+    """(widths, predictor codes, streams) of a payload whose side information holds ``codes``
+    bytes each; any other shape is a FormatError naming ``step``."""
+    pos, widths = take_field(payload, 0, codes, "widths")
+    if not predicted:
+        streams = [payload[pos:]]
+        predictors = b""
+    else:
+        pos, predictors = take_field(payload, pos, codes, "predictor codes")
+        streams = []
+        for _ in range(3):
+            pos, s = take_field(payload, pos, None, "stream")
+            streams.append(s)
+        if pos != len(payload):
+            raise FormatError(f"{step} payload has data after its last stream")
+    if any(len(s) % 4 for s in streams):
+        raise FormatError(f"{step} stream is not a whole number of words")
+    return widths, predictors, streams

@@ -24,18 +24,16 @@ Payloads::
 
 from __future__ import annotations
 
-import struct
 
 import numpy as np
 
 from ..entropy import decode_tables, encode_tables, table_chunks
 from ..errors import FormatError
-from ..intervals import Intervals, level_mass
+from ..intervals import fit_belief_widths, level_mass, restricted_cost
 from ..kinds import ChunkKind
-from ..sideinfo import SCALE, TileGrid, fit_tile_codes
-from .base import EncodeTarget, StepContext, StepOutput, take_field
-from .chanpred import coefficients, fit_coefficients, predicted_mean
-from .uq import MIN_START_STD
+from ..sideinfo import SCALE, TileGrid
+from .base import EncodeTarget, StepContext, StepOutput
+from .chanpred import coefficients, fit_coefficients, join_payload, predicted_mean, split_payload
 
 
 def level_tables(lo: np.ndarray, hi: np.ndarray, mean: np.ndarray, std: np.ndarray):
@@ -66,19 +64,11 @@ def _decode(stream, lo, hi, mean, std) -> np.ndarray:
 def _bits(v: np.ndarray, mean: np.ndarray, std: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> float:
     """-log2 of the levels' probabilities under the restricted beliefs (what the stream will take
     to within a word), at the range coder's 24-bit probability floor."""
-    p = level_mass(v, v, mean, std) / np.maximum(level_mass(lo, hi, mean, std), 1e-300)
-    return float(-np.log2(np.clip(p, 2.0**-24, 1.0)).sum())
+    return float(restricted_cost(v, v, lo, hi, mean, std, 2.0**-24).sum())
 
 
 def _fit_scales(grid: TileGrid, v: np.ndarray, mean: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> bytes:
-    def cost(codes: np.ndarray, where: tuple) -> np.ndarray:
-        std = SCALE.value(codes)
-        p = level_mass(v[where], v[where], mean[where], std) / np.maximum(
-            level_mass(lo[where], hi[where], mean[where], std), 1e-300)
-        return -np.log2(np.clip(p, 1e-300, 1.0))
-
-    rms = np.sqrt(grid.tile_means((v - mean) ** 2))
-    return fit_tile_codes(grid, SCALE.code(np.maximum(rms, MIN_START_STD)), cost)
+    return fit_belief_widths(grid, v, mean, lo, hi, v, v)  # a level's cell is the level
 
 
 class FinalCoder:
@@ -120,36 +110,20 @@ class FinalCoder:
                 kind = ChunkKind.FINAL_PRED
         if kind == ChunkKind.FINAL:
             stream = _code((v - lo).ravel(), lo.ravel(), hi.ravel(), mean.ravel(), std.ravel())
-            payload, bits = struct.pack("<I", len(codes)) + codes + stream, 8 * len(stream)
+            payload, bits = join_payload(codes, [stream]), 8 * len(stream)
         else:
             streams = [_code((v[c] - lo[c]).ravel(), lo[c].ravel(), hi[c].ravel(), means[c].ravel(),
                              pred_std[c].ravel()) for c in range(3)]
-            payload = struct.pack("<I", len(scale_codes)) + scale_codes + struct.pack("<I", len(pred_codes)) \
-                + pred_codes + b"".join(struct.pack("<I", len(s)) + s for s in streams)
-            bits = 8 * sum(len(s) for s in streams)
+            payload, bits = join_payload(scale_codes, streams, pred_codes), 8 * sum(len(s) for s in streams)
         return StepOutput(payload, ctx.intervals, pixels=v.astype(np.uint8), coded_bits=bits,
                           stats={"kind": kind, "channel_prediction": kind == ChunkKind.FINAL_PRED, **sizes})
 
     @staticmethod
     def split(payload: bytes, kind: ChunkKind, grid: TileGrid) -> tuple[bytes, bytes, list[bytes]]:
         """(width codes, predictor codes, streams) of a payload, checked against the tile grid."""
-        pos, codes = take_field(payload, 0, grid.size, "widths")
-        if kind == ChunkKind.FINAL:
-            if (len(payload) - pos) % 4:
-                raise FormatError("final step stream is not a whole number of words")
-            return codes, b"", [payload[pos:]]
-        if grid.c != 3:
+        if kind == ChunkKind.FINAL_PRED and grid.c != 3:
             raise FormatError("a channel-predicted final step needs an RGB image")
-        pos, pred_codes = take_field(payload, pos, grid.size, "predictor codes")
-        streams = []
-        for _ in range(3):
-            pos, stream = take_field(payload, pos, None, "stream")
-            if len(stream) % 4:
-                raise FormatError("final step stream is not a whole number of words")
-            streams.append(stream)
-        if pos != len(payload):
-            raise FormatError("final step payload has data after its last stream")
-        return codes, pred_codes, streams
+        return split_payload(payload, grid.size, kind == ChunkKind.FINAL_PRED, "final step")
 
     def check(self, payload: bytes, header, kind: ChunkKind) -> None:
         channels = 1 if header.mode in ("L", "1") else 3

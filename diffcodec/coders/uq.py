@@ -34,21 +34,17 @@ Payloads::
 from __future__ import annotations
 
 import math
-import struct
 
 import numpy as np
 import torch
 
 from ..entropy import decode_tables, encode_tables, table_chunks
 from ..errors import FormatError
-from ..intervals import Intervals, Quantizer, level_mass
+from ..intervals import Intervals, Quantizer, fit_belief_widths, level_mass, restricted_cost
 from ..kinds import ChunkKind
-from ..sideinfo import SCALE, TileGrid, fit_tile_codes
-from .base import EncodeTarget, StepContext, StepOutput, take_field
-from .chanpred import coefficients, fit_coefficients, interval_residual, predicted_mean
-
-MIN_START_STD = 0.3  # levels: where a tile's belief width search starts at the least
-
+from ..sideinfo import SCALE, TileGrid
+from .base import EncodeTarget, StepContext, StepOutput
+from .chanpred import coefficients, fit_coefficients, interval_residual, join_payload, predicted_mean, split_payload
 
 def symbol_tables(q: Quantizer, k_lo: np.ndarray, alphabet: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                   mean: np.ndarray, std: np.ndarray, dims: slice):
@@ -66,18 +62,6 @@ def symbol_tables(q: Quantizer, k_lo: np.ndarray, alphabet: np.ndarray, lo: np.n
         valid = (np.arange(width)[None] < alphabet[idx, None]) & (a <= b)
         mass = level_mass(np.where(valid, a, 0), np.where(valid, b, 0), mean[start:end, None], std[start:end, None])
         yield np.where(valid, mass, 0.0)
-
-
-def _fit_widths(grid: TileGrid, v, mean, lo, hi, nlo, nhi) -> bytes:
-    """Per-tile belief widths minimising the real cost -log2 P(cell within [lo, hi]) ([C, H, W])."""
-    def cost(codes: np.ndarray, where: tuple) -> np.ndarray:
-        std = SCALE.value(codes)
-        p = level_mass(nlo[where], nhi[where], mean[where], std) / np.maximum(
-            level_mass(lo[where], hi[where], mean[where], std), 1e-300)
-        return -np.log2(np.clip(p, 1e-300, 1.0))
-
-    rms = np.sqrt(grid.tile_means((v - mean) ** 2))
-    return fit_tile_codes(grid, SCALE.code(np.maximum(rms, MIN_START_STD)), cost)
 
 
 class UqCoder:
@@ -115,12 +99,11 @@ class UqCoder:
         lo, hi, nlo, nhi, m, vv = (a.reshape(shape) for a in (ints.lo, ints.hi, new.lo, new.hi, q.m, v))
         n = grid.h * grid.w
 
-        def bits(mean: np.ndarray, std: np.ndarray, c: slice) -> float:
-            p = level_mass(nlo[c], nhi[c], mean, std) / np.maximum(level_mass(lo[c], hi[c], mean, std), 1e-300)
-            return float(-np.log2(np.clip(p, 2.0**-24, 1.0)).sum())
+        def bits(mean: np.ndarray, std: np.ndarray, c: slice) -> float:  # at the coder's 24-bit floor
+            return float(restricted_cost(nlo[c], nhi[c], lo[c], hi[c], mean, std, 2.0**-24).sum())
 
         # plain: every channel under m, one stream
-        codes = _fit_widths(grid, vv, m, lo, hi, nlo, nhi)
+        codes = fit_belief_widths(grid, vv, m, lo, hi, nlo, nhi)
         std = SCALE.value(grid.expand(np.frombuffer(codes, dtype=np.uint8)))
         plain_bits = bits(m, std, slice(None))
         # channel-predicted: channels in order, means shifted by the residuals estimated before them
@@ -131,7 +114,8 @@ class UqCoder:
             if c == 1:  # a needs channel 0's estimated residual; (b, c) are refitted below
                 pred_codes = fit_coefficients(vv - m, resid, grid)
             means[c] = m[0] if c == 0 else predicted_mean(m, resid, coefficients(pred_codes, grid), c)
-            wc = _fit_widths(g1, vv[c:c + 1], means[c:c + 1], lo[c:c + 1], hi[c:c + 1], nlo[c:c + 1], nhi[c:c + 1])
+            wc = fit_belief_widths(g1, vv[c:c + 1], means[c:c + 1], lo[c:c + 1], hi[c:c + 1], nlo[c:c + 1],
+                                   nhi[c:c + 1])
             width_codes.append(wc)
             stds[c] = SCALE.value(g1.expand(np.frombuffer(wc, dtype=np.uint8)))[0]
             resid[c] = interval_residual(nlo[c], nhi[c], means[c], stds[c], m[c])
@@ -148,14 +132,12 @@ class UqCoder:
             return encode_tables((symbols[dims][a:b], t) for (a, b, _), t in zip(runs, tables))
 
         if predicted:
-            all_codes = b"".join(width_codes)
             streams = [stream(means[c].reshape(-1), stds[c].reshape(-1), slice(c * n, (c + 1) * n)) for c in range(3)]
-            payload = struct.pack("<I", len(all_codes)) + all_codes + struct.pack("<I", len(pred_codes)) \
-                + pred_codes + b"".join(struct.pack("<I", len(s)) + s for s in streams)
+            payload = join_payload(b"".join(width_codes), streams, pred_codes)
             kind, coded = ChunkKind.UQ_PRED, 8 * sum(len(s) for s in streams)
         else:
             plain = stream(q.m, std.reshape(-1), slice(0, len(v)))
-            payload = struct.pack("<I", len(codes)) + codes + plain
+            payload = join_payload(codes, [plain])
             kind, coded = ChunkKind.UQ, 8 * len(plain)
         stats = {"kind": kind, "plain_symbol_bits": plain_bits, "predicted_symbol_bits": pred_bits,
                  "mean_alphabet": float(alphabet.mean()), "mean_log2_width": new.mean_log2_width()}
@@ -164,21 +146,7 @@ class UqCoder:
     @staticmethod
     def split(payload: bytes, grid: TileGrid, kind: ChunkKind = ChunkKind.UQ) -> tuple[bytes, bytes, list[bytes]]:
         """(width codes, predictor codes, streams) of a payload, checked against the tile grid."""
-        pos, codes = take_field(payload, 0, grid.size, "widths")
-        if kind == ChunkKind.UQ:
-            if (len(payload) - pos) % 4:
-                raise FormatError("UQ step stream is not a whole number of words")
-            return codes, b"", [payload[pos:]]
-        pos, pred = take_field(payload, pos, grid.size, "predictor codes")
-        streams = []
-        for _ in range(3):
-            pos, s = take_field(payload, pos, None, "stream")
-            if len(s) % 4:
-                raise FormatError("UQ step stream is not a whole number of words")
-            streams.append(s)
-        if pos != len(payload):
-            raise FormatError("UQ step payload has data after its last stream")
-        return codes, pred, streams
+        return split_payload(payload, grid.size, kind == ChunkKind.UQ_PRED, "UQ step")
 
     def check(self, payload: bytes, header, kind: ChunkKind = ChunkKind.UQ) -> None:
         self.split(payload, TileGrid(3, header.height, header.width, header.tile), kind)
