@@ -166,19 +166,35 @@ def test_likelihood_with_analytic_variance(tiny_prior_with_table):
 
 @pytest.fixture(scope="module")
 def tiny_prior_with_table(tmp_path_factory, tiny_images):
+    """The tiny random network carrying the shipped model's x_0 error table: its plans are the
+    shipped model's (PFR at high noise, UQ at low), its coding as fast as the tiny network's."""
     from codec_fixtures import make_tiny_checkpoint
     from diffcodec.checkpoint import attach_xstart_mse, load_prior
-    from diffcodec.errtable import isotonic_increasing, measure_xstart_mse
 
     path = make_tiny_checkpoint(tmp_path_factory.mktemp("tab") / "m.pt")
-    crops = torch.from_numpy(tiny_images[0][None].transpose(0, 3, 1, 2) / 127.5 - 1.0).float()
-    raw = measure_xstart_mse(load_prior(path), crops, timesteps=range(0, 1000, 50))
-    rows = np.arange(0, 1000, 50)
-    table = np.stack([np.interp(np.arange(1000), rows, raw[rows, c]) for c in range(3)], axis=1)
-    table = np.stack([isotonic_increasing(table[:, c]) for c in range(3)], axis=1)
     out = tmp_path_factory.mktemp("tab2") / "m_table.pt"
-    attach_xstart_mse(path, out, table)
+    attach_xstart_mse(path, out, load_prior().xstart_mse)
     return load_prior(out), tiny_images[0]
+
+
+def test_measured_table_is_monotone_per_channel(tiny_images):
+    """The error table measured for a network is isotonic in t and has one column per channel."""
+    from codec_fixtures import make_tiny_checkpoint
+    from diffcodec.checkpoint import load_prior
+    from diffcodec.errtable import isotonic_increasing, measure_xstart_mse
+
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prior = load_prior(make_tiny_checkpoint(Path(tmp) / "m.pt"))
+    crops = torch.from_numpy(tiny_images[0][None].transpose(0, 3, 1, 2) / 127.5 - 1.0).float()
+    raw = measure_xstart_mse(prior, crops, timesteps=range(0, 1000, 100))
+    rows = np.arange(0, 1000, 100)
+    assert np.isnan(raw[1]).all() and np.isfinite(raw[rows]).all() and raw.shape == (1000, 3)
+    assert (raw[rows] <= 4.0).all() and (raw[rows] >= 0).all()  # clipped estimates: |error| <= 2
+    iso = isotonic_increasing(raw[rows, 0])
+    assert (np.diff(iso) >= 0).all()
 
 
 def test_isotonic_regression():
@@ -189,3 +205,27 @@ def test_isotonic_regression():
     z = np.random.default_rng(0).normal(size=200).cumsum()
     out = isotonic_increasing(z)
     assert (np.diff(out) >= 0).all() and out.sum() == pytest.approx(z.sum())
+
+
+@pytest.mark.parametrize("effort", [1, 3, 5])
+def test_planned_chains_round_trip_and_every_prefix_decodes(effort, tiny_prior_with_table, tiny_images):
+    """The codec codes the chains the planner emits (mixed PFR / UQ, down to low t): lossless,
+    and every prefix of the file decodes to the encoder's preview of that step."""
+    from diffcodec.codec import EncodeOptions, decode, encode, iter_previews
+    from diffcodec.container import parse
+
+    prior, _ = tiny_prior_with_table
+    img = tiny_images[1]
+    res = encode(img, prior, EncodeOptions(effort=effort, seed=3))
+    assert res.header.timesteps == res.plan.timesteps and res.lossless
+    if effort >= 3:  # PFR is planned for the high-noise steps, UQ for the last
+        assert res.plan.coders[0] == ChunkKind.PFR and res.plan.coders[-1] == ChunkKind.UQ
+    assert [s.kind.label.split("+")[0] for s in res.steps[:-1]] == [c.name.lower() for c in res.plan.coders]
+    previews = list(iter_previews(res.data, prior))
+    parsed = parse(res.data)
+    ends = np.cumsum([parsed.header_size] + [c.size for c in parsed.chunks])
+    for n, end in enumerate(ends):
+        out = decode(res.data[:int(end)], prior)
+        assert out.step == n
+        np.testing.assert_array_equal(np.asarray(out.image.convert("RGB")), previews[n].image)
+    np.testing.assert_array_equal(previews[-1].image, img)
