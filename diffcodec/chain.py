@@ -110,8 +110,11 @@ class CodedChain:
         return torch.tensor([j])
 
     def predict(self, x: torch.Tensor, j: int) -> dict:
-        """p_theta(x at chain index j - 1 | x): mean, variance, pred_xstart (clipped)."""
-        return self.diffusion.p_mean_variance(self.model, x, self.t(j), clip_denoised=True)
+        """p_theta(x at chain index j - 1 | x): mean, variance, log_variance, pred_xstart (clipped);
+        the eps estimate is dropped (an image-sized array no coder needs)."""
+        out = self.diffusion.p_mean_variance(self.model, x, self.t(j), clip_denoised=True)
+        del out["eps"]
+        return out
 
     # -- shared randomness -------------------------------------------------------------------
     def x_T(self) -> torch.Tensor:

@@ -24,6 +24,7 @@ from .sideinfo import SCALE, TileGrid, fit_tile_codes
 
 NUM_LEVELS = 256
 MAX_LEVEL = NUM_LEVELS - 1
+BLOCK = 1 << 20  # dimensions per block of the quantizer's element-wise work
 
 
 def level_value(v: np.ndarray) -> np.ndarray:
@@ -90,14 +91,31 @@ class Quantizer:
         f = np.ceil(m + (k + u - 0.5) / self.a)
         return np.clip(f, -1e9, 1e9).astype(np.int64)
 
-    def symbol(self, v: np.ndarray, idx: np.ndarray | slice = slice(None)) -> np.ndarray:
-        """k with first(k) <= v < first(k + 1)."""
-        v = np.asarray(v, dtype=np.int64)
-        k = np.floor(self.a * (v - self.m[idx]) - self.u[idx] + 0.5).astype(np.int64)
-        for _ in range(2):  # the float guess is off by at most one near a boundary
-            k = np.where(self.first(k, idx) > v, k - 1, k)
-            k = np.where(self.first(k + 1, idx) <= v, k + 1, k)
-        return k
+    def symbol(self, v: np.ndarray, idx: slice = slice(None)) -> np.ndarray:
+        """k (int32) with first(k) <= v < first(k + 1), for the dimensions ``idx`` (a slice),
+        computed in blocks so that the temporaries stay small whatever the image."""
+        v = np.asarray(v)
+        start, stop, _ = idx.indices(len(self.m))
+        out = np.empty(stop - start, dtype=np.int32)
+        for a in range(0, stop - start, BLOCK):
+            b = min(a + BLOCK, stop - start)
+            sl = slice(start + a, start + b)
+            vb = v[a:b].astype(np.int64)
+            k = np.floor(self.a * (vb - self.m[sl]) - self.u[sl] + 0.5).astype(np.int64)
+            for _ in range(2):  # the float guess is off by at most one near a boundary
+                k = np.where(self.first(k, sl) > vb, k - 1, k)
+                k = np.where(self.first(k + 1, sl) <= vb, k + 1, k)
+            out[a:b] = k
+        return out
+
+    def cells(self, k: np.ndarray, ints: "Intervals") -> "Intervals":
+        """The feasible intervals after symbols ``k``: each cell within the old interval."""
+        lo, hi = np.empty_like(ints.lo), np.empty_like(ints.hi)
+        for a in range(0, len(k), BLOCK):
+            sl = slice(a, min(a + BLOCK, len(k)))
+            lo[sl] = np.maximum(self.first(k[sl], sl), ints.lo[sl])
+            hi[sl] = np.minimum(self.first(k[sl].astype(np.int64) + 1, sl) - 1, ints.hi[sl])
+        return Intervals(len(k), lo, hi)
 
 
 def restricted_cost(cell_lo: np.ndarray, cell_hi: np.ndarray, lo: np.ndarray, hi: np.ndarray, mean: np.ndarray,

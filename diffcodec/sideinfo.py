@@ -81,8 +81,10 @@ class TileGrid:
 
 
 #: Images of more pixels fit their side information on every other row and column (a quarter of
-#: the pixels: the encoder's search, never the decoder's probabilities); smaller ones on all.
+#: the pixels: the encoder's search, never the decoder's probabilities); smaller ones on all;
+#: above a megapixel on every fourth (1/16 of the pixels, still 256 a 64 px tile).
 SUBSAMPLE_ABOVE = 1 << 16
+SUBSAMPLE_MORE_ABOVE = 1 << 20
 
 
 def fit_tile_codes(grid: TileGrid, start: np.ndarray, cost: Callable[[np.ndarray, tuple], np.ndarray],
@@ -90,9 +92,10 @@ def fit_tile_codes(grid: TileGrid, start: np.ndarray, cost: Callable[[np.ndarray
     """Per (channel, tile), the code with the lowest total ``cost`` among ``start`` + coarse
     offsets, then the best of those + fine offsets.  ``cost(codes, where)`` takes int codes for
     the pixels ``arr[where]`` of a [C, H, W] array (constant on each tile) and returns their cost
-    under them; ``where`` samples every other row and column of large images
+    under them; ``where`` samples every other (or every fourth) row and column of large images
     (:data:`SUBSAMPLE_ABOVE`).  A tile with no sampled pixel keeps its start code."""
-    stride = 2 if grid.h * grid.w > SUBSAMPLE_ABOVE else 1
+    pixels = grid.h * grid.w
+    stride = 4 if pixels > SUBSAMPLE_MORE_ABOVE and grid.tile >= 64 else 2 if pixels > SUBSAMPLE_ABOVE else 1
     where = (slice(None), slice(None, None, stride), slice(None, None, stride))
     ids = grid.group_ids()[where]
     flat_ids = ids.ravel()

@@ -44,14 +44,31 @@ def test_quantizer_cells_partition_the_levels(a):
     q = Quantizer(a, rng.uniform(-20, 275, n), rng.uniform(-0.5, 0.5, n))
     v = np.arange(256)
     for i in range(n):
-        idx = np.full(256, i)
-        k = q.symbol(v, idx)
-        assert np.all(np.diff(k) >= 0)
-        assert np.all(q.first(k, idx) <= v) and np.all(q.first(k + 1, idx) > v)
+        qi = Quantizer(a, np.full(256, q.m[i]), np.full(256, q.u[i]))  # dim i, every level
+        k = qi.symbol(v)
+        assert k.dtype == np.int32 and np.all(np.diff(k) >= 0)
+        assert np.all(qi.first(k) <= v) and np.all(qi.first(k.astype(np.int64) + 1) > v)
         # agrees with the real-valued definition away from boundaries
         real = a * (v - q.m[i]) - q.u[i] + 0.5
         safe = np.abs(real - np.round(real)) > 1e-9
         np.testing.assert_array_equal(k[safe], np.floor(real[safe]).astype(int))
+
+
+def test_quantizer_blocks_do_not_change_the_result(monkeypatch):
+    import diffcodec.intervals as iv
+
+    rng = np.random.default_rng(7)
+    n = 1000
+    q = Quantizer(0.37, rng.uniform(0, 255, n), rng.uniform(-0.5, 0.5, n))
+    v = rng.integers(0, 256, n)
+    whole = q.symbol(v)
+    ints = Intervals(n, rng.integers(0, 100, n), rng.integers(150, 256, n))
+    cells = q.cells(whole, ints)
+    monkeypatch.setattr(iv, "BLOCK", 7)
+    np.testing.assert_array_equal(q.symbol(v), whole)
+    again = q.cells(whole, ints)
+    np.testing.assert_array_equal(again.lo, cells.lo) and np.testing.assert_array_equal(again.hi, cells.hi)
+    assert ((cells.lo <= np.maximum(v, ints.lo)) | (v < ints.lo)).all()
 
 
 def test_quantizer_refuses_non_positive_slope():

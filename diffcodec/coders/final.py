@@ -39,7 +39,7 @@ from .chanpred import coefficients, fit_coefficients, join_payload, predicted_me
 def level_tables(lo: np.ndarray, hi: np.ndarray, mean: np.ndarray, std: np.ndarray):
     """Yield the table of each run of dimensions: row i, column c = the belief mass of level
     lo + c (zero past hi)."""
-    width = hi.astype(np.int64) - lo + 1
+    width = hi.astype(np.int32) - lo + 1
     for start, end, w in table_chunks(width):
         idx = slice(start, end)
         v = lo[idx, None].astype(np.int64) + np.arange(w)[None]
@@ -49,7 +49,7 @@ def level_tables(lo: np.ndarray, hi: np.ndarray, mean: np.ndarray, std: np.ndarr
 
 
 def _code(symbols, lo, hi, mean, std) -> bytes:
-    width = hi.astype(np.int64) - lo + 1
+    width = hi.astype(np.int32) - lo + 1
     chunks = ((symbols[s:e], t) for (s, e, _), t in zip(table_chunks(width), level_tables(lo, hi, mean, std)))
     return encode_tables(chunks)
 
@@ -82,8 +82,8 @@ class FinalCoder:
         chain = ctx.chain
         h, w = chain.height, chain.width
         mean = ctx.xstart_levels.reshape(3, h, w)
-        lo = ctx.intervals.lo.reshape(3, h, w).astype(np.int64)
-        hi = ctx.intervals.hi.reshape(3, h, w).astype(np.int64)
+        lo = ctx.intervals.lo.reshape(3, h, w).astype(np.int32)
+        hi = ctx.intervals.hi.reshape(3, h, w).astype(np.int32)
         if channels == 1:
             mean, lo, hi = mean.mean(axis=0, keepdims=True), lo.max(axis=0, keepdims=True), hi.min(axis=0, keepdims=True)
         return TileGrid(channels, h, w, chain.header.tile), mean, lo, hi
@@ -91,7 +91,7 @@ class FinalCoder:
     def encode(self, ctx: StepContext, target: EncodeTarget) -> StepOutput:
         ch = target.coded_channels
         grid, mean, lo, hi = self.setup(ctx, ch)
-        v = target.levels[:ch].astype(np.int64)
+        v = target.levels[:ch].astype(np.int32)
         if ((v < lo) | (v > hi)).any():
             raise AssertionError("a pixel lies outside its feasible interval: the chain is inconsistent")
         codes = _fit_scales(grid, v, mean, lo, hi)

@@ -124,10 +124,11 @@ def index_range(chunk_bits: int, margin: int) -> int:
 
 
 def _finish(order: np.ndarray, chunk: np.ndarray, kappa: np.ndarray, ratio: np.ndarray) -> Plan:
+    """The plan's per-position arrays are int32 (an image's dims are far below 2**31)."""
     sizes = np.bincount(chunk, minlength=len(kappa))
     starts = np.concatenate([[0], np.cumsum(sizes)])
-    pos = np.arange(len(order)) - starts[chunk]
-    return Plan(order, chunk, pos, starts, kappa, ratio, sizes * kappa)
+    pos = (np.arange(len(order), dtype=np.int64) - starts[chunk]).astype(np.int32)
+    return Plan(order.astype(np.int32), chunk.astype(np.int32), pos, starts, kappa, ratio, sizes * kappa)
 
 
 def group_order(grid: Grid, key: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -137,8 +138,9 @@ def group_order(grid: Grid, key: tuple[int, int]) -> tuple[np.ndarray, np.ndarra
     gid = grid.group_ids().ravel()
     keys = philox.sort_keys(key, torch.arange(gid.size), 0, 0, TAG_ORDER << 16, device="cpu").numpy()
     first = np.argsort(keys, kind="stable")
-    order = first[np.argsort(gid[first], kind="stable")]
-    return order, gid[order]
+    del keys
+    order = first[np.argsort(gid[first], kind="stable")].astype(np.int32)
+    return order, gid[order].astype(np.int32)
 
 
 def make_plan(codes: bytes, grid: Grid, key: tuple[int, int], chunk_bits: int,

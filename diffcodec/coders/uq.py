@@ -73,17 +73,16 @@ class UqCoder:
         delta = math.sqrt(12.0 * lam2)
         q = Quantizer(c1 / (127.5 * delta), ctx.xstart_levels, ctx.chain.dither(ctx.index))
         ints = ctx.intervals
-        k_lo, k_hi = q.symbol(ints.lo), q.symbol(ints.hi)
-        return delta, q, k_lo, k_hi - k_lo + 1
+        k_lo = q.symbol(ints.lo)
+        alphabet = q.symbol(ints.hi)
+        alphabet -= k_lo - 1  # k(hi) - k(lo) + 1, in place
+        return delta, q, k_lo, alphabet
 
     @staticmethod
     def _next_x(ctx: StepContext, delta: float, q: Quantizer, k: np.ndarray) -> torch.Tensor:
         shift = torch.from_numpy((k.astype(np.float64) + q.u).reshape(ctx.x.shape))
         return ctx.pred["mean"].double() + delta * shift
 
-    @staticmethod
-    def _cells(q: Quantizer, k: np.ndarray, ints: Intervals) -> Intervals:
-        return Intervals(len(k), np.maximum(q.first(k), ints.lo), np.minimum(q.first(k + 1) - 1, ints.hi))
 
     def encode(self, ctx: StepContext, target: EncodeTarget) -> StepOutput:
         """Both layouts' widths (and predictors) are fitted, their sizes estimated from the real
@@ -93,7 +92,7 @@ class UqCoder:
         v = target.flat_levels
         ints = ctx.intervals
         k = q.symbol(v)
-        new = self._cells(q, k, ints)
+        new = q.cells(k, ints)
         grid = ctx.chain.grid
         shape = (grid.c, grid.h, grid.w)
         lo, hi, nlo, nhi, m, vv = (a.reshape(shape) for a in (ints.lo, ints.hi, new.lo, new.hi, q.m, v))
@@ -108,7 +107,8 @@ class UqCoder:
         plain_bits = bits(m, std, slice(None))
         # channel-predicted: channels in order, means shifted by the residuals estimated before them
         g1 = TileGrid(1, grid.h, grid.w, grid.tile)
-        width_codes, resid, means, stds = [], np.zeros(shape), np.zeros(shape), np.zeros(shape)
+        # the residual estimates are float32 on both sides (the decoder's means must be the same bits)
+        width_codes, resid, means, stds = [], np.zeros(shape, dtype=np.float32), np.zeros(shape), np.zeros(shape)
         pred_codes = b""
         for c in range(3):
             if c == 1:  # a needs channel 0's estimated residual; (b, c) are refitted below
@@ -165,7 +165,7 @@ class UqCoder:
             n = grid.h * grid.w
             m = q.m.reshape(shape)
             coef = coefficients(pred_codes, grid)
-            resid = np.zeros(shape)
+            resid = np.zeros(shape, dtype=np.float32)
             parts = []
             for c in range(3):
                 dims = slice(c * n, (c + 1) * n)
@@ -177,13 +177,13 @@ class UqCoder:
                 parts.append(sym)
                 kc = k_lo[dims] + sym
                 clo = np.maximum(q.first(kc, dims), ints.lo[dims])
-                chi = np.minimum(q.first(kc + 1, dims) - 1, ints.hi[dims])
+                chi = np.minimum(q.first(kc.astype(np.int64) + 1, dims) - 1, ints.hi[dims])
                 resid[c] = interval_residual(clo, chi, mean_c, std_c, q.m[dims]).reshape(grid.h, grid.w)
             symbols = np.concatenate(parts)
         if len(symbols) != len(k_lo) or (symbols >= alphabet).any():
             raise FormatError("UQ step decodes to symbols outside their cells: the stream is corrupt")
         k = k_lo + symbols
-        new = self._cells(q, k, ints)
+        new = q.cells(k, ints)
         if (new.lo > new.hi).any():
             raise FormatError("UQ step leaves a pixel with no feasible level: the stream is corrupt")
         return StepOutput(payload, new, x=self._next_x(ctx, delta, q, k), coded_bits=8 * sum(len(s) for s in streams))
