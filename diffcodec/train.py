@@ -23,7 +23,7 @@ from tqdm import tqdm
 from .checkpoint import read_checkpoint, save_checkpoint
 from .data import ImageCrops
 from .diffusion import DiffusionConfig, GaussianDiffusion
-from .errors import DiffcodecError
+from .errors import DiffcodecError, OptionError
 from .unet import UNet, UNetConfig, named_config
 
 
@@ -153,8 +153,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     else:
         rank, world = 0, 1
 
-    diffusion_cfg = DiffusionConfig(cfg.schedule, cfg.num_timesteps, cfg.model_var_type)
-    unet_cfg = named_config(cfg.model, learn_sigma=diffusion_cfg.learn_sigma)
+    try:  # the options name a schedule, variance and network: a bad name is the user's to fix
+        diffusion_cfg = DiffusionConfig(cfg.schedule, cfg.num_timesteps, cfg.model_var_type)
+        unet_cfg = named_config(cfg.model, learn_sigma=diffusion_cfg.learn_sigma)
+    except ValueError as e:
+        raise OptionError(str(e)) from None
     if cfg.dropout is not None:
         unet_cfg = type(unet_cfg)(**{**unet_cfg.to_dict(), "dropout": cfg.dropout})
     diffusion = diffusion_cfg.build()

@@ -297,3 +297,10 @@ def test_error_corrupt_chunk(work, encoded, tiny_model_path):
     bad.write_bytes(bytes(data))
     r = run("decode", bad, "-o", work / "x.png", "--model", tiny_model_path, "-q", ok=False)
     assert_clean_error(r, "corrupt")
+
+
+def test_train_refuses_unknown_names_in_one_line(work, image_folder):
+    for opt, value in (("--model", "huge"), ("--schedule", "quadratic")):
+        r = run("train", "--data", image_folder, "--out", work / "never.pt", opt, value, "--steps", 1, ok=False)
+        assert_clean_error(r, value)
+    assert not (work / "never.pt").exists()
