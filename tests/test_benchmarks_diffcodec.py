@@ -427,3 +427,21 @@ def test_tiled_image_mirrors_the_photos():
     assert big.shape == (5, 7, 3)
     _np.testing.assert_array_equal(big[:2, :3], a)
     _np.testing.assert_array_equal(big[:2, 3:6], a[:, ::-1])
+
+
+def test_network_cost_smoke(tmp_path):
+    """The network benchmark counts parameters and FLOPs, times calls and measures a tiled call's
+    memory in a child process."""
+    import json as _json
+
+    from benchmarks import network
+
+    out = tmp_path / "net.json"
+    assert network.main(["--configs", "tiny,local16", "--size", "64x48", "--tiled", "96x80", "--threads", "1",
+                         "--out", str(out)]) == 0
+    rows = {r["config"]: r for r in _json.loads(out.read_text())["rows"]}
+    assert rows["local16"]["tile_exact"] and rows["local16"]["receptive_radius"] == 145
+    assert not rows["tiny"]["tile_exact"]
+    assert 200e3 < rows["local16"]["flops_per_pixel"] < 250e3  # the issue's target: <= 250 kFLOP/px
+    assert rows["local16"]["tiled_96x80"]["peak_rss_mb"] >= rows["local16"]["tiled_96x80"]["rss_before_mb"] > 50
+    assert all(r["seconds_64x48_1_threads"] > 0 for r in rows.values())
