@@ -408,3 +408,29 @@ def plot_lossless_bars(
     ax.grid(True, axis="y", alpha=0.4)
     ax.set_axisbelow(True)
     return save_figure(fig, out_png)
+
+
+def training_history(checkpoint: str | os.PathLike[str]) -> list[dict[str, float]]:
+    """The held-out bound over training of a checkpoint: its training state's history, else the
+    history its meta carries (a shipped model's), as [{"step", "heldout_bpd", ...}]."""
+    from diffcodec.checkpoint import read_checkpoint
+
+    blob = read_checkpoint(checkpoint)
+    history = (blob.get("train") or {}).get("history") or (blob.get("meta") or {}).get("heldout_history") or []
+    return [dict(h) for h in history]
+
+
+def plot_training(curves: Mapping[str, list[dict[str, float]]], out_png: str | os.PathLike[str],
+                  title: str | None = None) -> Path:
+    """Held-out bits/dim against training step, one line per labelled history."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for label, history in curves.items():
+        ax.plot([h["step"] for h in history], [h["heldout_bpd"] for h in history], marker="o", ms=3, label=label)
+    ax.set_xlabel("training step (batch 16)")
+    ax.set_ylabel("held-out bound (bits/dim)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    return save_figure(fig, out_png)

@@ -5,6 +5,8 @@
 * ``lossless`` -- bits/dim per lossless codec from ``lossless.json``, plus optional extra bars
   (e.g. a model's likelihood bound and its realized file size)
   (:func:`benchmarks.common.plot_lossless_bars`).
+* ``training`` -- held-out bits/dim against training step of checkpoints
+  (:func:`benchmarks.common.plot_training`).
 
 The plotting functions live in :mod:`benchmarks.common` (``rd_diffcodec`` draws them too); they
 are re-exported here.
@@ -13,6 +15,7 @@ Usage (from the repository root)::
 
     python -m benchmarks.plots rd OUT.png A.json B.json ... [--metric psnr-rgb] [--xmax 2]
     python -m benchmarks.plots lossless OUT.png lossless.json [--extra "ours (bound)=2.5" ...]
+    python -m benchmarks.plots training OUT.png LABEL=model.pt [LABEL=run.pt ...]
 """
 
 from __future__ import annotations
@@ -20,9 +23,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from benchmarks.common import METRIC_LABELS, plot_lossless_bars, plot_rd
+from benchmarks.common import METRIC_LABELS, plot_lossless_bars, plot_rd, plot_training, training_history
 
-__all__ = ["METRIC_LABELS", "main", "parse_extra", "plot_lossless_bars", "plot_rd"]
+__all__ = ["METRIC_LABELS", "main", "parse_extra", "plot_lossless_bars", "plot_rd", "plot_training"]
 
 
 def parse_extra(items: Sequence[str]) -> dict[str, float]:
@@ -51,9 +54,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ll.add_argument("lossless_json")
     ll.add_argument("--extra", nargs="*", default=[], help='extra bars, "LABEL=VALUE"')
     ll.add_argument("--title", default=None)
+    tr = sub.add_parser("training", help="held-out bound against training step")
+    tr.add_argument("out_png")
+    tr.add_argument("checkpoints", nargs="+", help="LABEL=checkpoint.pt")
+    tr.add_argument("--title", default=None)
     args = ap.parse_args(argv)
     if args.cmd == "rd":
         out = plot_rd(args.jsons, args.out_png, args.metric, (0.0, args.xmax), args.title)
+    elif args.cmd == "training":
+        curves = {label: training_history(path) for label, _, path in (c.partition("=") for c in args.checkpoints)}
+        out = plot_training(curves, args.out_png, args.title)
     else:
         out = plot_lossless_bars(args.lossless_json, parse_extra(args.extra), args.out_png, args.title)
     print(out)

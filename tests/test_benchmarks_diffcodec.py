@@ -445,3 +445,18 @@ def test_network_cost_smoke(tmp_path):
     assert 200e3 < rows["local16"]["flops_per_pixel"] < 250e3  # the issue's target: <= 250 kFLOP/px
     assert rows["local16"]["tiled_96x80"]["peak_rss_mb"] >= rows["local16"]["tiled_96x80"]["rss_before_mb"] > 50
     assert all(r["seconds_64x48_1_threads"] > 0 for r in rows.values())
+
+
+def test_training_curve_plot(tmp_path):
+    """The training plot reads the held-out history a shipped model carries in its meta."""
+    from PIL import Image as _Image
+
+    from benchmarks import plots
+    from benchmarks.common import training_history
+    from diffcodec.checkpoint import default_model_path
+
+    history = training_history(default_model_path())
+    assert len(history) >= 10 and history[-1]["step"] == 8500 and abs(history[-1]["heldout_bpd"] - 3.647) < 1e-3
+    out = tmp_path / "train.png"
+    assert plots.main(["training", str(out), f"shipped={default_model_path()}"]) == 0
+    assert _Image.open(out).size == (640, 400)
