@@ -341,6 +341,7 @@ def _mutations(data: bytes, parsed: Parsed, rng: np.random.Generator, count: int
             chunk = parsed.chunks[c]
             payload = bytearray(chunk.payload)
             (ns,) = struct.unpack_from("<I", payload)
+            ns = min(ns, len(payload) - 4)  # a PFR payload does not start with the widths' count
             how = int(rng.integers(0, 5))
             if how == 0:  # random bytes of the payload (count, widths, streams)
                 for pos in rng.integers(0, len(payload), int(rng.integers(1, 4))):
