@@ -104,7 +104,40 @@ class _GroupNorm(nn.GroupNorm):
     value is well defined (the output is the bias), and the result is otherwise identical."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        threads = torch.get_num_threads()
+        if x.device.type == "cpu" and threads > 1 and not x.is_contiguous():
+            # torch's channels_last CPU kernel splits each group's sums over threads, so its
+            # output depends on the thread count (~1e-4 apart) and a file coded with 2 threads
+            # would not decode with 4. One thread here makes the network's output the same for
+            # any thread count; it costs ~0.1 s of a 768 x 512 call (a copy to NCHW costs 1.3 s).
+            torch.set_num_threads(1)
+            try:
+                return self._group_norm(x)
+            finally:
+                torch.set_num_threads(threads)
+        return self._group_norm(x)
+
+    def _group_norm(self, x: torch.Tensor) -> torch.Tensor:
         return torch.group_norm(x, self.num_groups, self.weight, self.bias, self.eps, torch.backends.cudnn.enabled)
+
+
+class _Conv1x1(nn.Conv2d):
+    """A 1 x 1 convolution whose CPU inference output does not depend on the thread count.
+
+    torch sends 1 x 1 convolutions to a GEMM whose blocking changes with the threads (a third of
+    the shapes tried differ by ~1e-6 between 1 and 2 threads: a file coded on one machine would
+    not decode on another with more cores); oneDNN's convolution, which every 3 x 3 layer
+    already uses, gives the same words for any thread count and is faster. Training (gradients
+    wanted) keeps the ordinary path; the weights are the same either way."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+                and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
+            return torch.mkldnn_convolution(x, self.weight, self.bias, [0, 0], [1, 1], [1, 1], 1)
+        return super().forward(x)
 
 
 class _PixelNorm(nn.Module):
@@ -147,7 +180,7 @@ class ResBlock(nn.Module):
         self.out_layers = nn.Sequential(
             nn.SiLU(), nn.Dropout(dropout), _zero(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         )
-        self.skip = nn.Identity() if channels == out_channels else nn.Conv2d(channels, out_channels, 1)
+        self.skip = nn.Identity() if channels == out_channels else _Conv1x1(channels, out_channels)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.in_layers(x)
@@ -170,8 +203,8 @@ class AttentionBlock(nn.Module):
             raise ValueError(f"{channels} channels do not split into {num_heads} heads")
         self.num_heads, self.window = num_heads, window
         self.norm = _norm(channels)
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.proj = _zero(nn.Conv2d(channels, channels, 1))
+        self.qkv = _Conv1x1(channels, 3 * channels)
+        self.proj = _zero(_Conv1x1(channels, channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
@@ -199,7 +232,9 @@ class AttentionBlock(nn.Module):
         b, c3, ha, wb = qkv.shape
         c = c3 // 3
         qkv = qkv.reshape(b, 3, self.num_heads, c // self.num_heads, ha * wb)
-        q, k, v = (qkv[:, i].transpose(-1, -2) for i in range(3))  # [B, heads, tokens, d]
+        # [B, heads, tokens, d], contiguous: on CPU, strided inputs send scaled_dot_product_attention
+        # to its unfused math path (5x slower, materialising every B x heads x tokens^2 score)
+        q, k, v = (qkv[:, i].transpose(-1, -2).contiguous() for i in range(3))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return out.transpose(-1, -2).reshape(b, c, ha * wb)
 

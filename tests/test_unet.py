@@ -144,3 +144,26 @@ def test_timestep_embedding():
             assert torch.equal(emb[:, -1], torch.zeros(3))
     # fractional timesteps (respaced chains) give distinct embeddings
     assert not torch.allclose(timestep_embedding(torch.tensor([4.25]), 16), timestep_embedding(torch.tensor([4.0]), 16))
+
+
+@pytest.mark.parametrize("name,size", [("small", (96, 144)), ("local16", (64, 96))])
+def test_output_words_do_not_depend_on_thread_count(name, size):
+    """Encoder and decoder may run with different thread counts (another machine): the network's
+    CPU inference output must be the same floats for any, or files stop decoding. torch's
+    channels_last GroupNorm and its GEMM-based 1 x 1 convolutions were not (1e-6..1e-4 apart)."""
+    torch.manual_seed(1)
+    net = randomize_(UNet(named_config(name)).eval(), 2).to(memory_format=torch.channels_last)
+    net.requires_grad_(False)
+    x = torch.randn(1, 3, *size).contiguous(memory_format=torch.channels_last)
+    before = torch.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            with torch.inference_mode():
+                outs.append(net(x, torch.tensor([400])))
+    finally:
+        torch.set_num_threads(before)
+    assert outs[0].abs().max() > 1e-3
+    for other in outs[1:]:
+        assert torch.equal(other, outs[0])
