@@ -167,3 +167,21 @@ def test_output_words_do_not_depend_on_thread_count(name, size):
     assert outs[0].abs().max() > 1e-3
     for other in outs[1:]:
         assert torch.equal(other, outs[0])
+
+
+def test_pixel_norm_channels_last_path_matches_its_formula():
+    """The fused layer_norm taken for channels_last input is the same per-pixel LayerNorm."""
+    from diffcodec.unet import _PixelNorm
+    torch.manual_seed(0)
+    norm = _PixelNorm(24)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+        x = 3 * torch.randn(2, 24, 9, 13) + 1
+        fused = norm(x.contiguous(memory_format=torch.channels_last))
+        plain = norm(x)
+    assert fused.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+    mean, var = x.mean(1, keepdim=True), x.var(1, keepdim=True, unbiased=False)
+    torch.testing.assert_close(plain, (x - mean) / torch.sqrt(var + 1e-5) * norm.weight[:, None, None]
+                               + norm.bias[:, None, None], rtol=1e-5, atol=1e-5)
