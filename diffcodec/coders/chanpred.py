@@ -21,11 +21,17 @@ import struct
 
 import numpy as np
 from scipy.special import ndtr
-from scipy.stats import norm
 
 from ..errors import FormatError
 from ..sideinfo import COEF, TileGrid
 from .base import take_field
+
+_SQRT_2PI = np.sqrt(2 * np.pi)
+
+
+def _pdf(x: np.ndarray) -> np.ndarray:
+    """The standard normal density (scipy.stats.norm.pdf's formula, without importing scipy.stats)."""
+    return np.exp(-x**2 / 2.0) / _SQRT_2PI
 
 
 def fit_coefficients(targets: np.ndarray, regressors: np.ndarray, grid: TileGrid) -> bytes:
@@ -71,7 +77,7 @@ def interval_residual(lo: np.ndarray, hi: np.ndarray, mean: np.ndarray, std: np.
     b = (np.asarray(hi, dtype=np.float64) + 0.5 - mean) / std
     upper = a > 0
     z = np.where(upper, ndtr(-a) - ndtr(-b), ndtr(b) - ndtr(a))
-    inside = mean + std * (norm.pdf(a) - norm.pdf(b)) / np.maximum(z, 1e-300)
+    inside = mean + std * (_pdf(a) - _pdf(b)) / np.maximum(z, 1e-300)
     est = np.where(z > 1e-12, np.clip(inside, lo - 0.5, hi + 0.5), 0.5 * (lo + hi))
     return est - m
 
