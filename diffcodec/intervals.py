@@ -37,13 +37,42 @@ def value_level(x: np.ndarray) -> np.ndarray:
     return (np.asarray(x, dtype=np.float64) + 1.0) * 127.5
 
 
+MASS_BLOCK = 1 << 16  # elements per block of level_mass: its temporaries stay in cache (~3x faster)
+
+
 def level_mass(a: np.ndarray, b: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """Belief mass of the levels a .. b (inclusive, a <= b) under N(mean, std^2) in level
-    units, the bins [v - 1/2, v + 1/2] with the edges of level 0 and level 255 open."""
-    lo = (np.asarray(a, dtype=np.float64) - 0.5 - mean) / std
-    hi = (np.asarray(b, dtype=np.float64) + 0.5 - mean) / std
-    lo = np.where(np.asarray(a) <= 0, -np.inf, lo)
-    hi = np.where(np.asarray(b) >= MAX_LEVEL, np.inf, hi)
+    units, the bins [v - 1/2, v + 1/2] with the edges of level 0 and level 255 open.
+
+    The arguments broadcast; large inputs are evaluated in blocks of rows (element-wise, so
+    the result does not depend on the blocking)."""
+    a, b = np.asarray(a), np.asarray(b)
+    mean, std = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
+    shape = np.broadcast_shapes(a.shape, b.shape, mean.shape, std.shape)
+    size = int(np.prod(shape))
+    if not shape or size <= MASS_BLOCK:
+        return _level_mass(a, b, mean, std)
+    args = (a, b, mean, std)
+    split = [x.ndim == len(shape) and x.shape[0] == shape[0] for x in args]
+    out = np.empty(shape)
+    row = size // shape[0]
+    if row > MASS_BLOCK:  # a row is itself large ([C, H, W]): one row at a time, blocked within
+        for r in range(shape[0]):
+            out[r] = level_mass(*(x[r] if cut else x[0] if x.ndim == len(shape) else x
+                                  for x, cut in zip(args, split)))
+        return out
+    rows = MASS_BLOCK // row
+    for r in range(0, shape[0], rows):
+        sl = slice(r, r + rows)
+        out[sl] = _level_mass(*(x[sl] if cut else x for x, cut in zip(args, split)))
+    return out
+
+
+def _level_mass(a: np.ndarray, b: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    lo = (a.astype(np.float64) - 0.5 - mean) / std
+    hi = (b.astype(np.float64) + 0.5 - mean) / std
+    lo = np.where(a <= 0, -np.inf, lo)
+    hi = np.where(b >= MAX_LEVEL, np.inf, hi)
     upper = lo > 0  # both in the upper tail: Phi(-lo) - Phi(-hi) loses nothing there
     # the same differences as np.where(upper, ndtr(-lo) - ndtr(-hi), ndtr(hi) - ndtr(lo)), with
     # the arguments chosen first: two ndtr evaluations per element, not four

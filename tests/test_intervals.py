@@ -29,6 +29,25 @@ def test_level_masses_sum_to_one_and_match_scipy(mean, std):
     assert level_mass(10, 20, mean, std) == pytest.approx(m[10:21].sum(), rel=1e-9, abs=1e-300)
 
 
+@pytest.mark.parametrize("shape,mshape", [((300_001,), (300_001,)), ((70_001, 3), (70_001, 1)),
+                                          ((3, 300, 257), (3, 300, 257)), ((3, 300, 257), (257,))])
+def test_level_mass_in_blocks_is_the_elementwise_formula(shape, mshape):
+    """Large inputs are evaluated in cache-sized blocks (rows, or rows of rows); every element
+    is still the same float as evaluated alone."""
+    from diffcodec import intervals
+    rng = np.random.default_rng(1)
+    a = rng.integers(-2, 258, shape)
+    b = np.minimum(a + rng.integers(0, 9, shape), 257)
+    mean, std = rng.uniform(-10, 265, mshape), np.exp(rng.uniform(-2, 4, mshape))
+    blocked = level_mass(a, b, mean, std)
+    assert blocked.shape == shape and np.prod(shape) > intervals.MASS_BLOCK
+    whole = intervals._level_mass(a, b, mean, std)
+    assert np.array_equal(blocked, whole)
+    i = tuple(d - 2 for d in shape)
+    one = intervals._level_mass(a[i], b[i], np.broadcast_to(mean, shape)[i], np.broadcast_to(std, shape)[i])
+    assert blocked[i] == one
+
+
 def test_level_mass_far_tail_keeps_precision():
     # both bin edges deep in the upper tail: computed from the upper tail, not as 1 - 1
     m = level_mass(200, 200, 100.0, 5.0)
