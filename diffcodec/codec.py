@@ -172,6 +172,9 @@ def encode(image, prior: Prior, options: EncodeOptions | None = None,
             x, ints = coded.x, coded.intervals
             if grey:
                 ints = _intersect_channels(ints)
+        # this step's image-sized arrays (the prediction: 2 x 8 bytes a dimension) go before
+        # the next network call, not after it
+        del out, ctx, coded
         if progress:
             progress(n + 1, K + 1)
     header = replace(spec, num_chunks=len(chunks))
@@ -253,8 +256,10 @@ def iter_previews(data: bytes, prior: Prior, reconstruct: Reconstruction = Recon
         chunk = parsed.chunks[n]
         consumed += chunk.size
         step = CODERS[chunk.kind].decode(StepContext(chain, n, j, x, out, ints), chunk.payload, chunk.kind)
+        out = None  # freed before the next network call
         if j > 0:
             x, ints = step.x, (_intersect_channels(step.intervals) if grey else step.intervals)
+            step = None
             continue
         sym = step.pixels
         rgb = np.ascontiguousarray((np.repeat(sym, 3, axis=0) if sym.shape[0] == 1 else sym).transpose(1, 2, 0))
