@@ -46,25 +46,30 @@ def level_mass(a: np.ndarray, b: np.ndarray, mean: np.ndarray, std: np.ndarray) 
 
     The arguments broadcast; large inputs are evaluated in blocks of rows (element-wise, so
     the result does not depend on the blocking)."""
-    a, b = np.asarray(a), np.asarray(b)
-    mean, std = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
-    shape = np.broadcast_shapes(a.shape, b.shape, mean.shape, std.shape)
+    return elementwise_in_blocks(_level_mass, np.asarray(a), np.asarray(b), np.asarray(mean, dtype=np.float64),
+                                 np.asarray(std, dtype=np.float64))
+
+
+def elementwise_in_blocks(fn, *args: np.ndarray) -> np.ndarray:
+    """``fn(*args)`` for an element-wise float64 ``fn`` of broadcasting arrays, evaluated in
+    blocks of about :data:`MASS_BLOCK` elements (rows, or rows of rows for [C, H, W] inputs):
+    the same floats, with temporaries that stay in cache and never image-sized."""
+    shape = np.broadcast_shapes(*(x.shape for x in args))
     size = int(np.prod(shape))
     if not shape or size <= MASS_BLOCK:
-        return _level_mass(a, b, mean, std)
-    args = (a, b, mean, std)
+        return fn(*args)
     split = [x.ndim == len(shape) and x.shape[0] == shape[0] for x in args]
     out = np.empty(shape)
     row = size // shape[0]
     if row > MASS_BLOCK:  # a row is itself large ([C, H, W]): one row at a time, blocked within
         for r in range(shape[0]):
-            out[r] = level_mass(*(x[r] if cut else x[0] if x.ndim == len(shape) else x
-                                  for x, cut in zip(args, split)))
+            out[r] = elementwise_in_blocks(fn, *(x[r] if cut else x[0] if x.ndim == len(shape) else x
+                                                 for x, cut in zip(args, split)))
         return out
     rows = MASS_BLOCK // row
     for r in range(0, shape[0], rows):
         sl = slice(r, r + rows)
-        out[sl] = _level_mass(*(x[sl] if cut else x for x, cut in zip(args, split)))
+        out[sl] = fn(*(x[sl] if cut else x for x, cut in zip(args, split)))
     return out
 
 
@@ -153,8 +158,12 @@ def restricted_cost(cell_lo: np.ndarray, cell_hi: np.ndarray, lo: np.ndarray, hi
                     std: np.ndarray, floor: float = 1e-300) -> np.ndarray:
     """-log2 of the probability that the belief N(mean, std^2), restricted to the feasible levels
     [lo, hi], gives the cell [cell_lo, cell_hi] (a UQ step's symbol, or a single level)."""
-    p = level_mass(cell_lo, cell_hi, mean, std) / np.maximum(level_mass(lo, hi, mean, std), 1e-300)
-    return -np.log2(np.clip(p, floor, 1.0))
+    def cost(cell_lo, cell_hi, lo, hi, mean, std):
+        p = _level_mass(cell_lo, cell_hi, mean, std) / np.maximum(_level_mass(lo, hi, mean, std), 1e-300)
+        return -np.log2(np.clip(p, floor, 1.0))
+
+    return elementwise_in_blocks(cost, *(np.asarray(x) for x in (cell_lo, cell_hi, lo, hi)),
+                                 np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64))
 
 
 MIN_START_STD = 0.3  # levels: where a tile's belief width search starts at the least
