@@ -20,9 +20,9 @@ from __future__ import annotations
 import struct
 
 import numpy as np
-from scipy.special import ndtr
 
 from ..errors import FormatError
+from ..intervals import normal_mass
 from ..sideinfo import COEF, TileGrid
 from .base import take_field
 
@@ -75,8 +75,7 @@ def interval_residual(lo: np.ndarray, hi: np.ndarray, mean: np.ndarray, std: np.
     [lo - 1/2, hi + 1/2]); the interval's midpoint where the belief has no mass there."""
     a = (np.asarray(lo, dtype=np.float64) - 0.5 - mean) / std
     b = (np.asarray(hi, dtype=np.float64) + 0.5 - mean) / std
-    upper = a > 0
-    z = np.where(upper, ndtr(-a) - ndtr(-b), ndtr(b) - ndtr(a))
+    z = normal_mass(a, b)
     inside = mean + std * (_pdf(a) - _pdf(b)) / np.maximum(z, 1e-300)
     est = np.where(z > 1e-12, np.clip(inside, lo - 0.5, hi + 0.5), 0.5 * (lo + hi))
     return est - m
