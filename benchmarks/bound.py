@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from benchmarks.common import (
-    VARIANCES, bound, check_bound_variance, command_line, load_images, machine_description, now_iso, write_results_json,
+    VARIANCES, bound, check_bound_variance, load_images, provenance, write_results_json,
 )
 from diffcodec.checkpoint import load_prior
 from diffcodec.errors import OptionError
@@ -63,8 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         + (f"centre crops {args.crop}px" if args.crop else "full images"),
         {"bits_per_dim": [mean["total"]]}, mean=mean, per_image=per_image, steps=steps, variance=args.variance,
         crop=args.crop, model=Path(prior.source).name, model_fingerprint=prior.fingerprint,
-        seconds=time.perf_counter() - t0, machine=machine_description(),
-        command=command_line("benchmarks.bound", argv), date=now_iso(),
+        seconds=time.perf_counter() - t0, **provenance("benchmarks.bound", argv),
     )
     print(f"mean over {len(per_image)} images: {mean['total']:.4f} bits/dim "
           f"(L_T {mean['prior']:.4f} + latents {mean['latent']:.4f} + L_0 {mean['decoder']:.4f})")

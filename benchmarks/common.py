@@ -199,6 +199,11 @@ def command_line(module: str, argv: Sequence[str] | None = None) -> str:
     return " ".join(["python", "-m", module, *(str(a) for a in args)])
 
 
+def provenance(module: str, argv: Sequence[str] | None = None) -> dict[str, str]:
+    """The fields every results JSON carries: the machine, the date and the command."""
+    return {"machine": machine_description(), "date": now_iso(), "command": command_line(module, argv)}
+
+
 def json_safe(value: Any) -> Any:
     """Recursively convert numpy scalars/arrays and non-finite floats (to ``None``) for JSON."""
     if isinstance(value, dict):

@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any, Sequence
 
-from benchmarks.common import command_line, machine_description, now_iso, write_json
+from benchmarks.common import provenance, write_json
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -115,8 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{r['config']:10s} {r['parameters'] / 1e6:5.2f} M params  {r['flops_per_pixel'] / 1e3:6.0f} kFLOP/px  "
               f"{times}{mem}")
     if args.out:
-        write_json(args.out, {"machine": machine_description(), "date": now_iso(),
-                              "command": command_line("benchmarks.network", argv), "rows": rows})
+        write_json(args.out, {**provenance("benchmarks.network", argv), "rows": rows})
     return 0
 
 

@@ -25,7 +25,7 @@ from typing import Sequence
 
 import torch
 
-from benchmarks.common import command_line, machine_description, now_iso, write_json
+from benchmarks.common import provenance, write_json
 from diffcodec.codec import EncodeOptions
 from diffcodec.coders import pfr
 from diffcodec.philox import seed_key
@@ -88,8 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{r['coded_over_kl']:.3f}, {r['pairs_per_second'] / 1e6:.1f} M pairs/s, encode {r['encode_seconds']:.2f} s "
               f"({r['encode_seconds_per_megadim']:.1f} s per M dims), decode {r['decode_seconds_cpu']:.3f} s (CPU)")
     if args.out:
-        write_json(args.out, {"machine": machine_description(), "date": now_iso(),
-                              "command": command_line("benchmarks.pfr_speed", argv), "rows": rows})
+        write_json(args.out, {**provenance("benchmarks.pfr_speed", argv), "rows": rows})
     return 0
 
 

@@ -33,8 +33,8 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.common import (
-    BASELINES, LOSSLESS, VARIANCES, check_bound_variance, command_line, load_images, machine_description, ms_ssim,
-    now_iso, plot_lossless_bars, plot_rd, psnr, pyplot, rmse, save_figure, table4_markdown, write_results_json,
+    BASELINES, LOSSLESS, VARIANCES, check_bound_variance, load_images, ms_ssim, plot_lossless_bars, plot_rd,
+    provenance, psnr, pyplot, rmse, save_figure, table4_markdown, write_results_json,
 )
 from benchmarks.common import bound as model_bound
 from diffcodec.checkpoint import Prior, load_prior
@@ -286,8 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                  "t_min": opts.t_min, "tile": opts.tile, "seed": opts.seed, "pfr_chunk_bits": opts.pfr_chunk_bits,
                  "pfr_margin_bits": opts.pfr_margin_bits, "crop": args.crop, "bound_steps": args.bound_steps,
                  "bound_variance": bound_variance if args.bound_steps is not None else None},
-        model=Path(prior.source).name, model_fingerprint=prior.fingerprint, machine=machine_description(),
-        command=command_line("benchmarks.rd_diffcodec", argv), date=now_iso(), device=args.device,
+        model=Path(prior.source).name, model_fingerprint=prior.fingerprint, device=args.device,
+        **provenance("benchmarks.rd_diffcodec", argv),
     )
     (args.out / "diffcodec_table4.md").write_text(table4_markdown(ps) + "\n")
     plot_rate_distortion_vs_step(ps, args.out / "diffcodec_rate_distortion_vs_step.png",

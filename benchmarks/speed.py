@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from benchmarks.common import command_line, load_images, machine_description, now_iso, write_json
+from benchmarks.common import load_images, provenance, write_json
 
 
 def tiled_image(images: list[np.ndarray], width: int, height: int) -> np.ndarray:
@@ -144,8 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"s, {e['net_calls']} calls, {e['peak_rss_mb']:6.0f} MB)  decode {d['seconds']:6.1f} s (net "
                   f"{d['net_seconds']:5.1f} s, {d['peak_rss_mb']:6.0f} MB)  preview@{p['step']} {p['seconds']:5.1f} s "
                   f"({p['net_calls']} calls)  {row['bits_per_dim']:.3f} bits/dim", flush=True)
-    doc = {"machine": machine_description(), "date": now_iso(), "command": command_line("benchmarks.speed", argv),
-           "threads": args.threads, "effort": args.effort, "images": rows}
+    doc = {**provenance("benchmarks.speed", argv), "threads": args.threads, "effort": args.effort, "images": rows}
     if args.out:
         write_json(args.out, doc)
     return 0

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from benchmarks.common import command_line, load_images, machine_description, now_iso, write_json
+from benchmarks.common import load_images, provenance, write_json
 from diffcodec.checkpoint import Prior, load_prior
 from diffcodec.codec import EncodeOptions, encode
 from diffcodec.errors import OptionError
@@ -115,8 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out:
         write_json(args.out, {"rows": rows, "model": Path(prior.source).name, "model_fingerprint": prior.fingerprint,
                               "method": args.method, "images": list(images), "crop": args.crop,
-                              "machine": machine_description(), "date": now_iso(),
-                              "command": command_line("benchmarks.sweep_steps", argv)})
+                              **provenance("benchmarks.sweep_steps", argv)})
     best = min(rows, key=lambda r: r["file_bits_per_dim"]) if rows else None
     if best:
         print("best:", {k: v for k, v in best.items() if k != "per_image"})
