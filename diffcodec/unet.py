@@ -109,7 +109,8 @@ class _GroupNorm(nn.GroupNorm):
             # torch's channels_last CPU kernel splits each group's sums over threads, so its
             # output depends on the thread count (~1e-4 apart) and a file coded with 2 threads
             # would not decode with 4. One thread here makes the network's output the same for
-            # any thread count; it costs ~0.1 s of a 768 x 512 call (a copy to NCHW costs 1.3 s).
+            # any thread count; all GroupNorms of a 768 x 512 call take ~0.25 s on one thread
+            # (a copy to NCHW and back, the other deterministic route, took 1.3 s).
             torch.set_num_threads(1)
             try:
                 return self._group_norm(x)
