@@ -122,7 +122,9 @@ class CodedChain:
 
     def dither(self, step: int) -> np.ndarray:
         """The UQ dither of coded step ``step``: n doubles in (-1/2, 1/2)."""
-        return shared_uniforms(self.key, TAG_DITHER, step, self.n) - 0.5
+        u = shared_uniforms(self.key, TAG_DITHER, step, self.n)
+        u -= 0.5  # in place: one image-sized array, not two
+        return u
 
     # -- previews ----------------------------------------------------------------------------
     def has_signal(self, j: int) -> bool:

@@ -35,7 +35,7 @@ from PIL import Image
 from . import container as fmt
 from .chain import CodedChain, to_uint8
 from .checkpoint import Prior
-from .coders import CODERS, EncodeTarget, StepContext
+from .coders import CODERS, EncodeTarget, StepContext, take_xstart_levels
 from .diffusion import discretized_gaussian_log_likelihood, normal_kl
 from .errors import FormatError, OptionError
 from .image import SourceImage, native_array, prepare_image, restore_image
@@ -107,20 +107,24 @@ def _rmse(pred_xstart: torch.Tensor, pixels: np.ndarray) -> float:
     return float(np.sqrt(np.mean((to_uint8(pred_xstart).astype(np.float64) - pixels) ** 2)))
 
 
+IDEAL_BAND_ROWS = 256  # rows per band of the ideal-cost diagnostics (bounds their temporaries)
+
+
 def _ideal_bits(chain: CodedChain, target: EncodeTarget, x: torch.Tensor, j: int, out: dict, grey: bool) -> float:
     """The step's cost under the model's Gaussian (analytic variance where the model has a table):
     KL(q || p_theta) for a latent step, the discretized decoder's NLL for the final step; one
-    channel at a time (its temporaries are a third of an image)."""
+    channel and one band of rows at a time (the temporaries stay a fraction of an image)."""
     total = 0.0
     for c in range(1 if grey and j == 0 else 3):
-        x0 = torch.from_numpy(target.levels[c].astype(np.float64) / 127.5 - 1.0)[None, None]
-        sl = (slice(None), slice(c, c + 1))
-        if j > 0:
-            mu_q, _, logvar_q = chain.diffusion.q_posterior_mean_variance(x0, x[sl], chain.t(j))
-            total += float(normal_kl(mu_q, logvar_q, out["mean"][sl], out["log_variance"][sl]).sum())
-        else:
-            total -= float(discretized_gaussian_log_likelihood(x0, out["pred_xstart"][sl],
-                                                               0.5 * out["log_variance"][sl]).sum())
+        for r in range(0, chain.height, IDEAL_BAND_ROWS):
+            sl = (slice(None), slice(c, c + 1), slice(r, r + IDEAL_BAND_ROWS))
+            x0 = torch.from_numpy(target.levels[c, r:r + IDEAL_BAND_ROWS].astype(np.float64) / 127.5 - 1.0)[None, None]
+            if j > 0:
+                mu_q, _, logvar_q = chain.diffusion.q_posterior_mean_variance(x0, x[sl], chain.t(j))
+                total += float(normal_kl(mu_q, logvar_q, out["mean"][sl], out["log_variance"][sl]).sum())
+            else:
+                total -= float(discretized_gaussian_log_likelihood(x0, out["pred_xstart"][sl],
+                                                                   0.5 * out["log_variance"][sl]).sum())
     return total / math.log(2)
 
 
@@ -156,10 +160,14 @@ def encode(image, prior: Prior, options: EncodeOptions | None = None,
         if opt.stop_after is not None and n >= opt.stop_after:
             break
         kind = plan.coders[n] if j > 0 else ChunkKind.FINAL
-        ctx = StepContext(chain, n, j, x, out, ints)
+        ideal = _ideal_bits(chain, target, x, j, out, grey)  # before the coder, which consumes pred_xstart
+        levels = None
+        if kind != ChunkKind.PFR:  # UQ and final steps need neither x_t nor pred_xstart any more
+            levels, x = take_xstart_levels(out), None
+        ctx = StepContext(chain, n, j, x, out, ints, levels)
         coded = CODERS[kind].encode(ctx, target)
         kind = coded.stats.pop("kind", kind)
-        chunk = fmt.Chunk(kind, n, _ideal_bits(chain, target, x, j, out, grey), coded.payload)
+        chunk = fmt.Chunk(kind, n, ideal, coded.payload)
         if budget is not None and total + chunk.size > budget:
             break
         chunks.append(chunk)
@@ -255,7 +263,10 @@ def iter_previews(data: bytes, prior: Prior, reconstruct: Reconstruction = Recon
             return
         chunk = parsed.chunks[n]
         consumed += chunk.size
-        step = CODERS[chunk.kind].decode(StepContext(chain, n, j, x, out, ints), chunk.payload, chunk.kind)
+        levels = None
+        if chunk.kind != ChunkKind.PFR:  # the preview is made: x_t and pred_xstart are not needed
+            levels, x = take_xstart_levels(out), None
+        step = CODERS[chunk.kind].decode(StepContext(chain, n, j, x, out, ints, levels), chunk.payload, chunk.kind)
         out = None  # freed before the next network call
         if j > 0:
             x, ints = step.x, (_intersect_channels(step.intervals) if grey else step.intervals)

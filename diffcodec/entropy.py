@@ -95,7 +95,7 @@ def _check_exact(check, data: bytes) -> None:
 def table_chunks(alphabet: np.ndarray) -> list[tuple[int, int, int]]:
     """(start, end, width) of consecutive runs of symbols whose probability tables fit
     :data:`TABLE_ELEMENTS`, width = the largest alphabet in the run (at least 1)."""
-    alphabet = np.maximum(np.asarray(alphabet, dtype=np.int64), 1)
+    alphabet = np.maximum(np.asarray(alphabet), 1)  # its own integer dtype: no int64 copy of an image
     out, start, n = [], 0, len(alphabet)
     while start < n:
         # grow the run while (run length) x (largest alphabet) stays within the limit

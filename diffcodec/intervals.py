@@ -180,5 +180,7 @@ def fit_belief_widths(grid: TileGrid, v: np.ndarray, mean: np.ndarray, lo: np.nd
     def cost(codes: np.ndarray, where: tuple) -> np.ndarray:
         return restricted_cost(cell_lo[where], cell_hi[where], lo[where], hi[where], mean[where], SCALE.value(codes))
 
-    rms = np.sqrt(grid.tile_means((v - mean) ** 2))
+    sq = v - mean  # a new float array: squared in place (the same floats as ** 2)
+    sq *= sq
+    rms = np.sqrt(grid.tile_means(sq))
     return fit_tile_codes(grid, SCALE.code(np.maximum(rms, MIN_START_STD)), cost)

@@ -71,13 +71,51 @@ class TileGrid:
         grid = np.asarray(per_tile).reshape(self.c, self.gh, self.gw)
         return grid[:, self.rows][:, :, self.cols]
 
+    def expand_channel(self, per_tile: np.ndarray, channel: int) -> np.ndarray:
+        """``expand(per_tile)[channel]`` without expanding the other channels ([H, W])."""
+        grid = np.asarray(per_tile).reshape(self.c, self.gh, self.gw)[channel]
+        return grid[self.rows][:, self.cols]
+
+    def flat_values(self, codes: bytes, quantizer: "ByteQuantizer") -> "FlatTileValues":
+        """``quantizer.value(expand(codes)).reshape(-1)``, computed slice by slice when indexed."""
+        return FlatTileValues(self, np.frombuffer(codes, dtype=np.uint8), quantizer)
+
     def tile_sums(self, values: np.ndarray) -> np.ndarray:
         """[C, gh, gw] sums of a [C, H, W] array over each tile."""
         rows = np.add.reduceat(values, np.flatnonzero(np.diff(self.rows, prepend=-1)), axis=1)
         return np.add.reduceat(rows, np.flatnonzero(np.diff(self.cols, prepend=-1)), axis=2)
 
+    def tile_counts(self) -> np.ndarray:
+        """[1, gh, gw] pixels per tile (exact float64 integers)."""
+        rows = np.bincount(self.rows, minlength=self.gh).astype(np.float64)
+        cols = np.bincount(self.cols, minlength=self.gw).astype(np.float64)
+        return (rows[:, None] * cols[None, :])[None]
+
     def tile_means(self, values: np.ndarray) -> np.ndarray:
-        return self.tile_sums(values) / self.tile_sums(np.ones_like(values, dtype=np.float64))
+        """[C, gh, gw] means of a [C, H, W] array over each tile."""
+        return self.tile_sums(values) / self.tile_counts()
+
+
+class FlatTileValues:
+    """A per-tile parameter as a flat [C * H * W] map that is never made whole: ``values[a:b]``
+    holds the same floats as ``quantizer.value(grid.expand(codes)).reshape(-1)[a:b]``."""
+
+    def __init__(self, grid: TileGrid, codes: np.ndarray, quantizer: ByteQuantizer) -> None:
+        if codes.size != grid.size:
+            raise ValueError("one code per tile and channel")
+        self.grid, self.codes, self.quantizer = grid, codes, quantizer
+
+    def __len__(self) -> int:
+        return self.grid.c * self.grid.h * self.grid.w
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        if not isinstance(key, slice):
+            raise TypeError("FlatTileValues takes slices")
+        g = self.grid
+        idx = np.arange(*key.indices(len(self)), dtype=np.int64)
+        c, rest = np.divmod(idx, g.h * g.w)
+        y, x = np.divmod(rest, g.w)
+        return self.quantizer.value(self.codes[(c * g.gh + g.rows[y]) * g.gw + g.cols[x]])
 
 
 #: Images of more pixels fit their side information on every other row and column (a quarter of

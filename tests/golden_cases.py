@@ -10,10 +10,10 @@ from diffcodec.codec import EncodeOptions, encode
 from diffcodec.kinds import LatentMethod
 
 
-def _source(mode: str) -> Image.Image:
+def _source(mode: str, photo: str = "chelsea", size: tuple[int, int] = (14, 10)) -> Image.Image:
     from skimage import data
 
-    rgb = Image.fromarray(data.chelsea()).resize((14, 10), Image.Resampling.LANCZOS)
+    rgb = Image.fromarray(getattr(data, photo)()).resize(size, Image.Resampling.LANCZOS)
     if mode == "RGB":
         return rgb
     if mode == "P":
@@ -29,12 +29,14 @@ CASES = {
     "bilevel_uq": ("1", _UQ),
     "palette_uq": ("P", _UQ),
     "rgb_lossy": ("RGB", dict(_UQ, stop_after=2)),
+    # channel-predicted UQ steps (UQ_PRED) win on this photo: their layout is pinned too
+    "rgb_chanpred": ("RGB", dict(_UQ, tile=16), "astronaut", (48, 32)),
 }
 
 
 def encode_case(name: str) -> tuple[bytes, Image.Image]:
-    mode, options = CASES[name]
-    src = _source(mode)
+    mode, options, *photo = CASES[name]
+    src = _source(mode, *photo)
     return encode(src, analytic_prior(), EncodeOptions(**options)).data, src
 
 

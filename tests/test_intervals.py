@@ -102,3 +102,26 @@ def test_intervals_defaults_and_widths():
     narrowed = Intervals(2, [3, 7], [3, 10])
     np.testing.assert_array_equal(narrowed.widths, [1, 4])
     assert narrowed.mean_log2_width() == pytest.approx((0 + 2) / 2)
+
+
+@pytest.mark.parametrize("c,h,w,tile", [(3, 37, 53, 16), (1, 20, 9, 8), (3, 12, 12, 0)])
+def test_per_channel_and_sliced_tile_maps_equal_the_whole_expansion(c, h, w, tile):
+    """The coders expand side information one channel, or one slice of the flat C x H x W
+    order, at a time; the floats must be those of the whole-image expansion."""
+    from diffcodec.coders.chanpred import coefficients
+    from diffcodec.sideinfo import COEF, SCALE, TileGrid
+
+    grid = TileGrid(c, h, w, tile)
+    codes = np.random.default_rng(h * w).integers(0, 256, grid.size).astype(np.uint8)
+    whole = SCALE.value(grid.expand(codes))
+    for ch in range(c):
+        np.testing.assert_array_equal(SCALE.value(grid.expand_channel(codes, ch)), whole[ch])
+    flat = grid.flat_values(codes.tobytes(), SCALE)
+    assert len(flat) == whole.size
+    for a, b in [(0, whole.size), (5, 6), (h * w - 3, h * w + 40), (whole.size - 7, whole.size + 10)]:
+        np.testing.assert_array_equal(flat[a:b], whole.reshape(-1)[a:b])
+    if c == 3:
+        coef = coefficients(codes.tobytes(), grid)
+        full = COEF.value(grid.expand(codes))
+        for i in range(3):
+            np.testing.assert_array_equal(coef[i], full[i])

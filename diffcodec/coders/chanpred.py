@@ -55,13 +55,27 @@ def fit_coefficients(targets: np.ndarray, regressors: np.ndarray, grid: TileGrid
     return COEF.code(np.stack([a, b, c])).astype(np.uint8).tobytes()
 
 
-def coefficients(codes: bytes, grid: TileGrid) -> np.ndarray:
-    """[3, H, W] per-pixel (a, b, c) from the per-tile codes."""
-    return COEF.value(TileGrid(3, grid.h, grid.w, grid.tile).expand(np.frombuffer(codes, dtype=np.uint8)))
+class Coefficients:
+    """Per-pixel (a, b, c) from the per-tile codes: ``coef[i]`` is the [H, W] map of coefficient
+    i, expanded when asked (an image's three maps would take 8 bytes a dimension)."""
+
+    def __init__(self, codes: bytes, grid: TileGrid) -> None:
+        self.codes = np.frombuffer(codes, dtype=np.uint8)
+        self.grid = TileGrid(3, grid.h, grid.w, grid.tile)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return COEF.value(self.grid.expand_channel(self.codes, i))
 
 
-def predicted_mean(mu: np.ndarray, resid: np.ndarray, coef: np.ndarray, channel: int) -> np.ndarray:
-    """Belief mean of ``channel`` given the residuals of the channels before it ([C, H, W])."""
+def coefficients(codes: bytes, grid: TileGrid) -> Coefficients:
+    """The per-pixel (a, b, c) of per-tile codes (see :class:`Coefficients`)."""
+    return Coefficients(codes, grid)
+
+
+def predicted_mean(mu: np.ndarray, resid, coef, channel: int) -> np.ndarray:
+    """Belief mean of ``channel`` given the residuals of the channels before it: ``mu`` is
+    [C, H, W], ``resid[c]`` and ``coef[i]`` are [H, W] maps (arrays, lists or
+    :class:`Coefficients`); only the residuals of channels before ``channel`` are read."""
     if channel == 0:
         return mu[0]
     if channel == 1:

@@ -44,7 +44,7 @@ def level_tables(lo: np.ndarray, hi: np.ndarray, mean: np.ndarray, std: np.ndarr
         idx = slice(start, end)
         v = lo[idx, None].astype(np.int64) + np.arange(w)[None]
         valid = v <= hi[idx, None]
-        mass = level_mass(np.where(valid, v, 0), np.where(valid, v, 0), mean[idx, None], std[idx, None])
+        mass = level_mass(np.where(valid, v, 0), np.where(valid, v, 0), mean[idx][:, None], std[idx][:, None])
         yield np.where(valid, mass, 0.0)
 
 
@@ -56,9 +56,9 @@ def _code(symbols, lo, hi, mean, std) -> bytes:
 
 def _decode(stream, lo, hi, mean, std) -> np.ndarray:
     sym = decode_tables(stream, level_tables(lo, hi, mean, std))
-    if len(sym) != len(lo) or (sym > hi.astype(np.int64) - lo).any():
+    if len(sym) != len(lo) or (sym > hi - lo).any():  # int32: levels and widths fit
         raise FormatError("final step decodes to levels outside their intervals: the stream is corrupt")
-    return lo.astype(np.int64) + sym
+    return lo + sym
 
 
 def _bits(v: np.ndarray, mean: np.ndarray, std: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> float:
@@ -69,6 +69,11 @@ def _bits(v: np.ndarray, mean: np.ndarray, std: np.ndarray, lo: np.ndarray, hi: 
 
 def _fit_scales(grid: TileGrid, v: np.ndarray, mean: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> bytes:
     return fit_belief_widths(grid, v, mean, lo, hi, v, v)  # a level's cell is the level
+
+
+def _width_map(codes: bytes, grid: TileGrid, c: int) -> np.ndarray:
+    """Channel c's per-pixel belief widths, [H, W]."""
+    return SCALE.value(grid.expand_channel(np.frombuffer(codes, dtype=np.uint8), c))
 
 
 class FinalCoder:
@@ -94,26 +99,30 @@ class FinalCoder:
         v = target.levels[:ch].astype(np.int32)
         if ((v < lo) | (v > hi)).any():
             raise AssertionError("a pixel lies outside its feasible interval: the chain is inconsistent")
+        # Memory: per-pixel float maps are made one channel at a time (the same floats as the
+        # whole-image formulas), so the step never holds more than a few image-sized arrays.
         codes = _fit_scales(grid, v, mean, lo, hi)
-        std = SCALE.value(grid.expand(np.frombuffer(codes, dtype=np.uint8)))
-        sizes = {"plain_symbol_bits": _bits(v, mean, std, lo, hi)}
+        sizes = {"plain_symbol_bits": sum(_bits(v[c], mean[c], _width_map(codes, grid, c), lo[c], hi[c])
+                                          for c in range(ch))}
         kind = ChunkKind.FINAL
         if ch == 3:
-            pred_codes = fit_coefficients(v - mean, v - mean, grid)
+            resid = [v[c] - mean[c] for c in range(3)]
+            pred_codes = fit_coefficients(resid, resid, grid)
             coef = coefficients(pred_codes, grid)
-            means = np.stack([predicted_mean(mean, v - mean, coef, c) for c in range(3)])
+            means = np.stack([predicted_mean(mean, resid, coef, c) for c in range(3)])
+            del resid
             scale_codes = _fit_scales(grid, v, means, lo, hi)
-            pred_std = SCALE.value(grid.expand(np.frombuffer(scale_codes, dtype=np.uint8)))
-            sizes["predicted_symbol_bits"] = _bits(v, means, pred_std, lo, hi)
+            sizes["predicted_symbol_bits"] = sum(_bits(v[c], means[c], _width_map(scale_codes, grid, c), lo[c], hi[c])
+                                                 for c in range(3))
             # the predicted layout also sends the predictor codes, three lengths and two more streams' flush
             if sizes["predicted_symbol_bits"] + 8 * (len(pred_codes) + 12) + 64 < sizes["plain_symbol_bits"]:
                 kind = ChunkKind.FINAL_PRED
         if kind == ChunkKind.FINAL:
-            stream = _code((v - lo).ravel(), lo.ravel(), hi.ravel(), mean.ravel(), std.ravel())
+            stream = _code((v - lo).ravel(), lo.ravel(), hi.ravel(), mean.ravel(), grid.flat_values(codes, SCALE))
             payload, bits = join_payload(codes, [stream]), 8 * len(stream)
         else:
             streams = [_code((v[c] - lo[c]).ravel(), lo[c].ravel(), hi[c].ravel(), means[c].ravel(),
-                             pred_std[c].ravel()) for c in range(3)]
+                             _width_map(scale_codes, grid, c).ravel()) for c in range(3)]
             payload, bits = join_payload(scale_codes, streams, pred_codes), 8 * sum(len(s) for s in streams)
         return StepOutput(payload, ctx.intervals, pixels=v.astype(np.uint8), coded_bits=bits,
                           stats={"kind": kind, "channel_prediction": kind == ChunkKind.FINAL_PRED, **sizes})
@@ -133,13 +142,17 @@ class FinalCoder:
         channels = 1 if ctx.chain.header.mode in ("L", "1") else 3
         grid, mean, lo, hi = self.setup(ctx, channels)
         codes, pred_codes, streams = self.split(payload, kind, grid)
-        std = SCALE.value(grid.expand(np.frombuffer(codes, dtype=np.uint8)))
         if kind == ChunkKind.FINAL:
-            v = _decode(streams[0], lo.ravel(), hi.ravel(), mean.ravel(), std.ravel()).reshape(mean.shape)
+            v = _decode(streams[0], lo.ravel(), hi.ravel(), mean.ravel(), grid.flat_values(codes, SCALE))
+            v = v.reshape(mean.shape)
         else:
             coef = coefficients(pred_codes, grid)
-            v = np.zeros(mean.shape, dtype=np.int64)
+            v = np.zeros(mean.shape, dtype=np.uint8)
+            resid = []  # v_c - m_c of the channels decoded so far
             for c in range(3):
-                m = predicted_mean(mean, v - mean, coef, c)
-                v[c] = _decode(streams[c], lo[c].ravel(), hi[c].ravel(), m.ravel(), std[c].ravel()).reshape(m.shape)
+                m = predicted_mean(mean, resid, coef, c)
+                vc = _decode(streams[c], lo[c].ravel(), hi[c].ravel(), m.ravel(), _width_map(codes, grid, c).ravel())
+                v[c] = vc.reshape(m.shape)
+                if c < 2:
+                    resid.append(vc.reshape(m.shape) - mean[c])
         return StepOutput(payload, ctx.intervals, pixels=v.astype(np.uint8))

@@ -60,7 +60,7 @@ def symbol_tables(q: Quantizer, k_lo: np.ndarray, alphabet: np.ndarray, lo: np.n
         a = np.maximum(first[:, :-1], lo_i)
         b = np.minimum(first[:, 1:] - 1, hi_i)
         valid = (np.arange(width)[None] < alphabet[idx, None]) & (a <= b)
-        mass = level_mass(np.where(valid, a, 0), np.where(valid, b, 0), mean[start:end, None], std[start:end, None])
+        mass = level_mass(np.where(valid, a, 0), np.where(valid, b, 0), mean[start:end][:, None], std[start:end][:, None])
         yield np.where(valid, mass, 0.0)
 
 
@@ -80,8 +80,13 @@ class UqCoder:
 
     @staticmethod
     def _next_x(ctx: StepContext, delta: float, q: Quantizer, k: np.ndarray) -> torch.Tensor:
-        shift = torch.from_numpy((k.astype(np.float64) + q.u).reshape(ctx.x.shape))
-        return ctx.pred["mean"].double() + delta * shift
+        # mean + delta (k + u), made in one image-sized buffer (the same floats)
+        shift = k.astype(np.float64)
+        shift += q.u
+        shift *= delta
+        out = torch.from_numpy(shift.reshape(ctx.chain.shape))
+        out += ctx.pred["mean"].double()
+        return out
 
 
     def encode(self, ctx: StepContext, target: EncodeTarget) -> StepOutput:
@@ -98,49 +103,64 @@ class UqCoder:
         lo, hi, nlo, nhi, m, vv = (a.reshape(shape) for a in (ints.lo, ints.hi, new.lo, new.hi, q.m, v))
         n = grid.h * grid.w
 
-        def bits(mean: np.ndarray, std: np.ndarray, c: slice) -> float:  # at the coder's 24-bit floor
+        def bits(mean: np.ndarray, std: np.ndarray, c: int) -> float:  # at the coder's 24-bit floor
             return float(restricted_cost(nlo[c], nhi[c], lo[c], hi[c], mean, std, 2.0**-24).sum())
+
+        # Memory: every per-pixel float map below is made for one channel at a time (an image's
+        # would take 8 bytes a dimension each); the floats are those of the whole-image formulas.
+        def width_map(codes_: bytes, grid_: TileGrid, c: int) -> np.ndarray:
+            return SCALE.value(grid_.expand_channel(np.frombuffer(codes_, dtype=np.uint8), c))
 
         # plain: every channel under m, one stream
         codes = fit_belief_widths(grid, vv, m, lo, hi, nlo, nhi)
-        std = SCALE.value(grid.expand(np.frombuffer(codes, dtype=np.uint8)))
-        plain_bits = bits(m, std, slice(None))
+        plain_bits = sum(bits(m[c], width_map(codes, grid, c), c) for c in range(3))
         # channel-predicted: channels in order, means shifted by the residuals estimated before them
         g1 = TileGrid(1, grid.h, grid.w, grid.tile)
         # the residual estimates are float32 on both sides (the decoder's means must be the same bits)
-        width_codes, resid, means, stds = [], np.zeros(shape, dtype=np.float32), np.zeros(shape), np.zeros(shape)
-        pred_codes = b""
+        width_codes, resid = [], np.zeros(shape, dtype=np.float32)
+        pred_codes, pred_bits = b"", 0.0
+        targets = [None, vv[1] - m[1], vv[2] - m[2]]  # what channels 1 and 2 are predicted from
+
+        def channel_mean(c: int) -> np.ndarray:
+            return m[0] if c == 0 else predicted_mean(m, resid, coefficients(pred_codes, grid), c)
+
         for c in range(3):
             if c == 1:  # a needs channel 0's estimated residual; (b, c) are refitted below
-                pred_codes = fit_coefficients(vv - m, resid, grid)
-            means[c] = m[0] if c == 0 else predicted_mean(m, resid, coefficients(pred_codes, grid), c)
-            wc = fit_belief_widths(g1, vv[c:c + 1], means[c:c + 1], lo[c:c + 1], hi[c:c + 1], nlo[c:c + 1],
+                pred_codes = fit_coefficients(targets, resid, grid)
+            mean_c = channel_mean(c)
+            wc = fit_belief_widths(g1, vv[c:c + 1], mean_c[None], lo[c:c + 1], hi[c:c + 1], nlo[c:c + 1],
                                    nhi[c:c + 1])
             width_codes.append(wc)
-            stds[c] = SCALE.value(g1.expand(np.frombuffer(wc, dtype=np.uint8)))[0]
-            resid[c] = interval_residual(nlo[c], nhi[c], means[c], stds[c], m[c])
+            std_c = width_map(wc, g1, 0)
+            pred_bits += bits(mean_c, std_c, c)
+            resid[c] = interval_residual(nlo[c], nhi[c], mean_c, std_c, m[c])
             if c == 1:
-                pred_codes = fit_coefficients(vv - m, resid, grid)
-        pred_bits = bits(means, stds, slice(None))
+                pred_codes = fit_coefficients(targets, resid, grid)
+        del targets
         # the predicted layout also sends the predictor codes, two more lengths and streams (a word each)
         predicted = pred_bits + 8 * (len(pred_codes) + 12) + 64 < plain_bits
-        symbols = k - k_lo
 
         def stream(mean: np.ndarray, std_: np.ndarray, dims: slice) -> bytes:
             tables = symbol_tables(q, k_lo, alphabet, ints.lo, ints.hi, mean, std_, dims)
             runs = table_chunks(alphabet[dims])
-            return encode_tables((symbols[dims][a:b], t) for (a, b, _), t in zip(runs, tables))
+            first = dims.start  # symbols k - k(lo), run by run
+            return encode_tables((k[first + a:first + b] - k_lo[first + a:first + b], t)
+                                 for (a, b, _), t in zip(runs, tables))
 
         if predicted:
-            streams = [stream(means[c].reshape(-1), stds[c].reshape(-1), slice(c * n, (c + 1) * n)) for c in range(3)]
+            # the refit left a unchanged (it reads only channel 0's residual), so channel 1's mean
+            # under the final codes is the one its residual was estimated with
+            streams = [stream(channel_mean(c).reshape(-1), width_map(width_codes[c], g1, 0).reshape(-1),
+                              slice(c * n, (c + 1) * n)) for c in range(3)]
             payload = join_payload(b"".join(width_codes), streams, pred_codes)
             kind, coded = ChunkKind.UQ_PRED, 8 * sum(len(s) for s in streams)
         else:
-            plain = stream(q.m, std.reshape(-1), slice(0, len(v)))
+            plain = stream(q.m, grid.flat_values(codes, SCALE), slice(0, len(v)))
             payload = join_payload(codes, [plain])
             kind, coded = ChunkKind.UQ, 8 * len(plain)
         stats = {"kind": kind, "plain_symbol_bits": plain_bits, "predicted_symbol_bits": pred_bits,
                  "mean_alphabet": float(alphabet.mean()), "mean_log2_width": new.mean_log2_width()}
+        del k_lo, alphabet, resid  # image-sized: gone before the next latent is made
         return StepOutput(payload, new, x=self._next_x(ctx, delta, q, k), coded_bits=coded, stats=stats)
 
     @staticmethod
@@ -156,33 +176,34 @@ class UqCoder:
         codes, pred_codes, streams = self.split(payload, grid, kind)
         delta, q, k_lo, alphabet = self._setup(ctx)
         ints = ctx.intervals
-        std = SCALE.value(grid.expand(np.frombuffer(codes, dtype=np.uint8))).reshape(-1)
         if kind == ChunkKind.UQ:
-            symbols = decode_tables(streams[0], symbol_tables(q, k_lo, alphabet, ints.lo, ints.hi, q.m, std,
-                                                              slice(0, len(k_lo))))
+            symbols = decode_tables(streams[0], symbol_tables(q, k_lo, alphabet, ints.lo, ints.hi, q.m,
+                                                              grid.flat_values(codes, SCALE), slice(0, len(k_lo))))
         else:
-            shape = (grid.c, grid.h, grid.w)
             n = grid.h * grid.w
-            m = q.m.reshape(shape)
+            m = q.m.reshape(grid.c, grid.h, grid.w)
             coef = coefficients(pred_codes, grid)
-            resid = np.zeros(shape, dtype=np.float32)
-            parts = []
+            resid = np.zeros((grid.c, grid.h, grid.w), dtype=np.float32)
+            symbols = np.empty(len(k_lo), dtype=np.int32)
+            widths = np.frombuffer(codes, dtype=np.uint8)
             for c in range(3):
                 dims = slice(c * n, (c + 1) * n)
                 mean_c = predicted_mean(m, resid, coef, c).reshape(-1)
-                std_c = std[dims]
+                std_c = SCALE.value(grid.expand_channel(widths, c)).reshape(-1)
                 sym = decode_tables(streams[c], symbol_tables(q, k_lo, alphabet, ints.lo, ints.hi, mean_c, std_c, dims))
                 if len(sym) != n or (sym >= alphabet[dims]).any():
                     raise FormatError("UQ step decodes to symbols outside their cells: the stream is corrupt")
-                parts.append(sym)
+                symbols[dims] = sym
+                if c == 2:
+                    break  # no channel is predicted from channel 2
                 kc = k_lo[dims] + sym
                 clo = np.maximum(q.first(kc, dims), ints.lo[dims])
                 chi = np.minimum(q.first(kc.astype(np.int64) + 1, dims) - 1, ints.hi[dims])
                 resid[c] = interval_residual(clo, chi, mean_c, std_c, q.m[dims]).reshape(grid.h, grid.w)
-            symbols = np.concatenate(parts)
         if len(symbols) != len(k_lo) or (symbols >= alphabet).any():
             raise FormatError("UQ step decodes to symbols outside their cells: the stream is corrupt")
         k = k_lo + symbols
+        del symbols, k_lo, alphabet  # image-sized: gone before the next latent is made
         new = q.cells(k, ints)
         if (new.lo > new.hi).any():
             raise FormatError("UQ step leaves a pixel with no feasible level: the stream is corrupt")
