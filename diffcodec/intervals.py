@@ -183,4 +183,5 @@ def fit_belief_widths(grid: TileGrid, v: np.ndarray, mean: np.ndarray, lo: np.nd
     sq = v - mean  # a new float array: squared in place (the same floats as ** 2)
     sq *= sq
     rms = np.sqrt(grid.tile_means(sq))
+    del sq  # image-sized: gone before the search
     return fit_tile_codes(grid, SCALE.code(np.maximum(rms, MIN_START_STD)), cost)

@@ -61,10 +61,12 @@ class TileGrid:
         """Number of codes one parameter takes: tiles x channels."""
         return self.c * self.gh * self.gw
 
-    def group_ids(self) -> np.ndarray:
-        """[C, H, W] index of each pixel's (channel, tile) group, 0 .. size - 1."""
-        return (np.arange(self.c)[:, None, None] * (self.gh * self.gw) + self.rows[None, :, None] * self.gw
-                + self.cols[None, None, :])
+    def group_ids(self, stride: int = 1) -> np.ndarray:
+        """[C, H, W] index of each pixel's (channel, tile) group, 0 .. size - 1; with ``stride``,
+        of every stride-th row and column only (made at that size)."""
+        rows, cols = self.rows[::stride], self.cols[::stride]
+        return (np.arange(self.c)[:, None, None] * (self.gh * self.gw) + rows[None, :, None] * self.gw
+                + cols[None, None, :])
 
     def expand(self, per_tile: np.ndarray) -> np.ndarray:
         """[C, H, W] from per-(channel, tile) values (any shape of ``size`` elements)."""
@@ -135,7 +137,7 @@ def fit_tile_codes(grid: TileGrid, start: np.ndarray, cost: Callable[[np.ndarray
     pixels = grid.h * grid.w
     stride = 4 if pixels > SUBSAMPLE_MORE_ABOVE and grid.tile >= 64 else 2 if pixels > SUBSAMPLE_ABOVE else 1
     where = (slice(None), slice(None, None, stride), slice(None, None, stride))
-    ids = grid.group_ids()[where]
+    ids = grid.group_ids(stride)  # = group_ids()[where]
     flat_ids = ids.ravel()
     start = np.clip(np.asarray(start, dtype=np.int64).reshape(-1), 0, 255)
     seen = np.bincount(flat_ids, minlength=grid.size) > 0
