@@ -581,3 +581,52 @@ def test_damaged_channel_predicted_payloads_are_format_errors(chan_file):
             bad = bytes(bad)
         outcomes[decode_outcome(with_chunk(res.data, c, ChunkKind.UQ_PRED, bad), prior, img)] += 1
     assert outcomes["error"] >= len(cuts)  # every cut is refused
+
+
+def test_coders_hold_few_image_sized_arrays(monkeypatch):
+    """Memory per step, in units of one float64 image (8 bytes a dimension), is what bounds a
+    12-megapixel round trip: the numpy memory a UQ or final step allocates beyond what the loop
+    holds stays under a few units (the coders made per-pixel maps one channel or one slice at a
+    time; the previous coders took up to 12 units a UQ step and 11 a final step on this image).
+    Probability tables are shrunk so that only image-sized arrays count."""
+    import tracemalloc
+
+    from codec_fixtures import analytic_prior
+    from diffcodec.coders import final, uq
+    from skimage import data
+
+    monkeypatch.setattr(entropy, "TABLE_ELEMENTS", 1 << 12)
+    img = np.asarray(Image.fromarray(data.astronaut()).resize((256, 192)))
+    unit = img.size * 8
+    growth: dict = {}
+
+    def watch(cls, name):
+        method = getattr(cls, name)
+
+        def wrapped(*args, **kwargs):
+            tracemalloc.reset_peak()
+            start = tracemalloc.get_traced_memory()[0]
+            out = method(*args, **kwargs)
+            key = (cls.__name__, name)
+            growth[key] = max(growth.get(key, 0.0), (tracemalloc.get_traced_memory()[1] - start) / unit)
+            return out
+        monkeypatch.setattr(cls, name, wrapped)
+
+    for cls in (uq.UqCoder, final.FinalCoder):
+        for name in ("encode", "decode"):
+            watch(cls, name)
+    prior = analytic_prior()
+    opts = EncodeOptions(steps=2, t_min=4, seed=1, method=LatentMethod.UQ, tile=64)
+    tracemalloc.start()
+    try:
+        res = encode(img, prior, opts)
+        out = decode(res.data, prior)
+    finally:
+        tracemalloc.stop()
+    assert out.lossless and [s.kind for s in res.steps][-1] == ChunkKind.FINAL
+    assert ChunkKind.UQ_PRED in [s.kind for s in res.steps]  # the channel-predicted layout ran
+    # measured here: UQ decode 8.3, final encode 9.2 / decode 2.2 (previous coders 11.7, 11.2, 5.5);
+    # the UQ encode (9.7, was 10.2) is not pinned: at this size its fixed temporaries dominate
+    limits = {("UqCoder", "decode"): 10.0, ("FinalCoder", "encode"): 10.5, ("FinalCoder", "decode"): 4.0}
+    for key, limit in limits.items():
+        assert growth[key] < limit, (key, growth[key])
