@@ -35,7 +35,7 @@ from PIL import Image
 from . import container as fmt
 from .chain import CodedChain, to_uint8
 from .checkpoint import Prior
-from .coders import CODERS, EncodeTarget, StepContext, take_xstart_levels
+from .coders import CODERS, EncodeTarget, step_context
 from .diffusion import discretized_gaussian_log_likelihood, normal_kl
 from .errors import FormatError, OptionError
 from .image import SourceImage, native_array, prepare_image, restore_image
@@ -160,11 +160,9 @@ def encode(image, prior: Prior, options: EncodeOptions | None = None,
         if opt.stop_after is not None and n >= opt.stop_after:
             break
         kind = plan.coders[n] if j > 0 else ChunkKind.FINAL
-        ideal = _ideal_bits(chain, target, x, j, out, grey)  # before the coder, which consumes pred_xstart
-        levels = None
-        if kind != ChunkKind.PFR:  # UQ and final steps need neither x_t nor pred_xstart any more
-            levels, x = take_xstart_levels(out), None
-        ctx = StepContext(chain, n, j, x, out, ints, levels)
+        ideal = _ideal_bits(chain, target, x, j, out, grey)  # before the coder, the prediction's last user
+        ctx = step_context(CODERS[kind], chain=chain, index=n, j=j, x=x, pred=out, intervals=ints)
+        x = ctx.x  # None where the coder needs no x_t: it is freed
         coded = CODERS[kind].encode(ctx, target)
         kind = coded.stats.pop("kind", kind)
         chunk = fmt.Chunk(kind, n, ideal, coded.payload)
@@ -263,11 +261,11 @@ def iter_previews(data: bytes, prior: Prior, reconstruct: Reconstruction = Recon
             return
         chunk = parsed.chunks[n]
         consumed += chunk.size
-        levels = None
-        if chunk.kind != ChunkKind.PFR:  # the preview is made: x_t and pred_xstart are not needed
-            levels, x = take_xstart_levels(out), None
-        step = CODERS[chunk.kind].decode(StepContext(chain, n, j, x, out, ints, levels), chunk.payload, chunk.kind)
-        out = None  # freed before the next network call
+        # the preview is made: the step is the prediction's last user
+        ctx = step_context(CODERS[chunk.kind], chain=chain, index=n, j=j, x=x, pred=out, intervals=ints)
+        x = ctx.x  # None where the coder needs no x_t: it is freed
+        step = CODERS[chunk.kind].decode(ctx, chunk.payload, chunk.kind)
+        out = ctx = None  # the prediction is freed before the next network call
         if j > 0:
             x, ints = step.x, (_intersect_channels(step.intervals) if grey else step.intervals)
             step = None

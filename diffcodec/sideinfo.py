@@ -78,6 +78,10 @@ class TileGrid:
         grid = np.asarray(per_tile).reshape(self.c, self.gh, self.gw)[channel]
         return grid[self.rows][:, self.cols]
 
+    def channel_values(self, codes: bytes, quantizer: "ByteQuantizer", channel: int) -> np.ndarray:
+        """``quantizer.value(expand(codes))[channel]``, made for that channel alone ([H, W])."""
+        return quantizer.value(self.expand_channel(np.frombuffer(codes, dtype=np.uint8), channel))
+
     def flat_values(self, codes: bytes, quantizer: "ByteQuantizer") -> "FlatTileValues":
         """``quantizer.value(expand(codes)).reshape(-1)``, computed slice by slice when indexed."""
         return FlatTileValues(self, np.frombuffer(codes, dtype=np.uint8), quantizer)
@@ -88,10 +92,10 @@ class TileGrid:
         return np.add.reduceat(rows, np.flatnonzero(np.diff(self.cols, prepend=-1)), axis=2)
 
     def tile_counts(self) -> np.ndarray:
-        """[1, gh, gw] pixels per tile (exact float64 integers)."""
+        """[C, gh, gw] pixels per (channel, tile) (exact float64 integers; no image of ones)."""
         rows = np.bincount(self.rows, minlength=self.gh).astype(np.float64)
         cols = np.bincount(self.cols, minlength=self.gw).astype(np.float64)
-        return (rows[:, None] * cols[None, :])[None]
+        return np.broadcast_to(rows[:, None] * cols[None, :], (self.c, self.gh, self.gw))
 
     def tile_means(self, values: np.ndarray) -> np.ndarray:
         """[C, gh, gw] means of a [C, H, W] array over each tile."""

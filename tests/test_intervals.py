@@ -125,3 +125,16 @@ def test_per_channel_and_sliced_tile_maps_equal_the_whole_expansion(c, h, w, til
         full = COEF.value(grid.expand(codes))
         for i in range(3):
             np.testing.assert_array_equal(coef[i], full[i])
+
+
+def test_channel_values_and_tile_counts():
+    """One channel's values of a per-tile parameter equal that channel of the whole expansion;
+    the per-tile pixel counts equal sums of an image of ones."""
+    from diffcodec.sideinfo import SCALE, TileGrid
+
+    grid = TileGrid(3, 37, 53, 16)
+    codes = np.random.default_rng(5).integers(0, 256, grid.size).astype(np.uint8)
+    whole = SCALE.value(grid.expand(codes))
+    for c in range(3):
+        np.testing.assert_array_equal(grid.channel_values(codes.tobytes(), SCALE, c), whole[c])
+    np.testing.assert_array_equal(grid.tile_counts(), grid.tile_sums(np.ones((3, 37, 53))))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from ..kinds import ChunkKind
-from .base import Coder, EncodeTarget, StepContext, StepOutput, take_xstart_levels
+from .base import Coder, EncodeTarget, StepContext, StepOutput, step_context
 from .final import FinalCoder
 from .pfr import PfrCoder
 from .uq import UqCoder
@@ -20,4 +20,4 @@ _UQ, _FINAL = UqCoder(), FinalCoder()
 CODERS = MappingProxyType({ChunkKind.UQ: _UQ, ChunkKind.UQ_PRED: _UQ, ChunkKind.PFR: PfrCoder(),
                            ChunkKind.FINAL: _FINAL, ChunkKind.FINAL_PRED: _FINAL})
 
-__all__ = ["CODERS", "Coder", "EncodeTarget", "StepContext", "StepOutput", "take_xstart_levels"]
+__all__ = ["CODERS", "Coder", "EncodeTarget", "StepContext", "StepOutput", "step_context"]

@@ -57,10 +57,21 @@ class StepContext:
 
 def take_xstart_levels(pred: dict) -> np.ndarray:
     """``StepContext.xstart_levels`` made in place from ``pred["pred_xstart"]``, which leaves
-    ``pred`` (the same floats; no second image-sized array).  For the codec's loops, whose step
-    is the estimate's last user: the preview and the ideal cost are taken before it."""
+    ``pred`` (the same floats; no second image-sized array)."""
     levels = pred.pop("pred_xstart")[0].double()
     return levels.add_(1.0).mul_(127.5).reshape(-1).numpy()
+
+
+def step_context(coder: "Coder", *, chain: "CodedChain", index: int, j: int, x: torch.Tensor, pred: dict,
+                 intervals: Intervals) -> StepContext:
+    """The context the codec's loops hand ``coder``, whose step is the last user of ``pred``
+    (the preview and the ideal cost are taken before it).  A coder that reads neither x_t nor
+    ``pred["pred_xstart"]`` (``needs_latent`` False) gets no x_t and the x_0 estimate in levels,
+    made in place, so that neither stays alive for its sake: a caller that rebinds its x_t to
+    the context's ``x`` frees it."""
+    if coder.needs_latent:
+        return StepContext(chain, index, j, x, pred, intervals)
+    return StepContext(chain, index, j, None, pred, intervals, take_xstart_levels(pred))
 
 
 @dataclass
@@ -98,6 +109,7 @@ class Coder(Protocol):
     the header before anything image-sized is allocated."""
 
     kind: ChunkKind
+    needs_latent: bool  # reads ctx.x and ctx.pred["pred_xstart"] (else see step_context)
 
     def encode(self, ctx: StepContext, target: EncodeTarget) -> StepOutput: ...
 

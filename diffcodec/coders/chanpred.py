@@ -60,11 +60,11 @@ class Coefficients:
     i, expanded when asked (an image's three maps would take 8 bytes a dimension)."""
 
     def __init__(self, codes: bytes, grid: TileGrid) -> None:
-        self.codes = np.frombuffer(codes, dtype=np.uint8)
+        self.codes = codes
         self.grid = TileGrid(3, grid.h, grid.w, grid.tile)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        return COEF.value(self.grid.expand_channel(self.codes, i))
+        return self.grid.channel_values(self.codes, COEF, i)
 
 
 def coefficients(codes: bytes, grid: TileGrid) -> Coefficients:

@@ -71,15 +71,11 @@ def _fit_scales(grid: TileGrid, v: np.ndarray, mean: np.ndarray, lo: np.ndarray,
     return fit_belief_widths(grid, v, mean, lo, hi, v, v)  # a level's cell is the level
 
 
-def _width_map(codes: bytes, grid: TileGrid, c: int) -> np.ndarray:
-    """Channel c's per-pixel belief widths, [H, W]."""
-    return SCALE.value(grid.expand_channel(np.frombuffer(codes, dtype=np.uint8), c))
-
-
 class FinalCoder:
     """Both layouts; ``kind`` is decided per file by the encoder (the shorter)."""
 
     kind = ChunkKind.FINAL
+    needs_latent = False
 
     @staticmethod
     def setup(ctx: StepContext, channels: int) -> tuple[TileGrid, np.ndarray, np.ndarray, np.ndarray]:
@@ -102,7 +98,7 @@ class FinalCoder:
         # Memory: per-pixel float maps are made one channel at a time (the same floats as the
         # whole-image formulas), so the step never holds more than a few image-sized arrays.
         codes = _fit_scales(grid, v, mean, lo, hi)
-        sizes = {"plain_symbol_bits": sum(_bits(v[c], mean[c], _width_map(codes, grid, c), lo[c], hi[c])
+        sizes = {"plain_symbol_bits": sum(_bits(v[c], mean[c], grid.channel_values(codes, SCALE, c), lo[c], hi[c])
                                           for c in range(ch))}
         kind = ChunkKind.FINAL
         if ch == 3:
@@ -112,8 +108,8 @@ class FinalCoder:
             means = np.stack([predicted_mean(mean, resid, coef, c) for c in range(3)])
             del resid
             scale_codes = _fit_scales(grid, v, means, lo, hi)
-            sizes["predicted_symbol_bits"] = sum(_bits(v[c], means[c], _width_map(scale_codes, grid, c), lo[c], hi[c])
-                                                 for c in range(3))
+            sizes["predicted_symbol_bits"] = sum(
+                _bits(v[c], means[c], grid.channel_values(scale_codes, SCALE, c), lo[c], hi[c]) for c in range(3))
             # the predicted layout also sends the predictor codes, three lengths and two more streams' flush
             if sizes["predicted_symbol_bits"] + 8 * (len(pred_codes) + 12) + 64 < sizes["plain_symbol_bits"]:
                 kind = ChunkKind.FINAL_PRED
@@ -122,7 +118,7 @@ class FinalCoder:
             payload, bits = join_payload(codes, [stream]), 8 * len(stream)
         else:
             streams = [_code((v[c] - lo[c]).ravel(), lo[c].ravel(), hi[c].ravel(), means[c].ravel(),
-                             _width_map(scale_codes, grid, c).ravel()) for c in range(3)]
+                             grid.channel_values(scale_codes, SCALE, c).ravel()) for c in range(3)]
             payload, bits = join_payload(scale_codes, streams, pred_codes), 8 * sum(len(s) for s in streams)
         return StepOutput(payload, ctx.intervals, pixels=v.astype(np.uint8), coded_bits=bits,
                           stats={"kind": kind, "channel_prediction": kind == ChunkKind.FINAL_PRED, **sizes})
@@ -151,8 +147,9 @@ class FinalCoder:
             resid = []  # v_c - m_c of the channels decoded so far
             for c in range(3):
                 m = predicted_mean(mean, resid, coef, c)
-                vc = _decode(streams[c], lo[c].ravel(), hi[c].ravel(), m.ravel(), _width_map(codes, grid, c).ravel())
+                std = grid.channel_values(codes, SCALE, c)
+                vc = _decode(streams[c], lo[c].ravel(), hi[c].ravel(), m.ravel(), std.ravel())
                 v[c] = vc.reshape(m.shape)
                 if c < 2:
                     resid.append(vc.reshape(m.shape) - mean[c])
-        return StepOutput(payload, ctx.intervals, pixels=v.astype(np.uint8))
+        return StepOutput(payload, ctx.intervals, pixels=v.astype(np.uint8, copy=False))

@@ -399,7 +399,7 @@ def fit_codes(delta2: np.ndarray, grid: Grid) -> bytes:
     the code nearest (in KL(q || p')) to the KL-optimal r^2 = 1 + mean(delta^2), searched -2 .. +2
     around the rounded log2(kappa).  An unbiased kappa keeps each chunk's expected KL e (which
     the index model and the chunk sizes use) honest; chunk_bits alone sets the chunk size."""
-    return _fit_tile_codes(np.broadcast_to(grid.tile_counts(), (grid.c, grid.gh, grid.gw)).ravel(), grid.tile_sums(delta2).ravel())
+    return _fit_tile_codes(grid.tile_counts().ravel(), grid.tile_sums(delta2).ravel())
 
 
 def _fit_tile_codes(n: np.ndarray, s: np.ndarray) -> bytes:
@@ -562,6 +562,7 @@ class PfrPayload:
 
 class PfrCoder:
     kind = ChunkKind.PFR
+    needs_latent = True  # q's mean is made from x_t
 
     def encode(self, ctx: StepContext, target: EncodeTarget) -> StepOutput:
         chain = ctx.chain

@@ -66,6 +66,7 @@ def symbol_tables(q: Quantizer, k_lo: np.ndarray, alphabet: np.ndarray, lo: np.n
 
 class UqCoder:
     kind = ChunkKind.UQ
+    needs_latent = False
 
     @staticmethod
     def _setup(ctx: StepContext):
@@ -106,14 +107,12 @@ class UqCoder:
         def bits(mean: np.ndarray, std: np.ndarray, c: int) -> float:  # at the coder's 24-bit floor
             return float(restricted_cost(nlo[c], nhi[c], lo[c], hi[c], mean, std, 2.0**-24).sum())
 
-        # Memory: every per-pixel float map below is made for one channel at a time (an image's
-        # would take 8 bytes a dimension each); the floats are those of the whole-image formulas.
-        def width_map(codes_: bytes, grid_: TileGrid, c: int) -> np.ndarray:
-            return SCALE.value(grid_.expand_channel(np.frombuffer(codes_, dtype=np.uint8), c))
-
+        # Memory: every per-pixel float map below is made for one channel at a time, and remade
+        # rather than kept (an image's would take 8 bytes a dimension each); the floats are
+        # those of the whole-image formulas.
         # plain: every channel under m, one stream
         codes = fit_belief_widths(grid, vv, m, lo, hi, nlo, nhi)
-        plain_bits = sum(bits(m[c], width_map(codes, grid, c), c) for c in range(3))
+        plain_bits = sum(bits(m[c], grid.channel_values(codes, SCALE, c), c) for c in range(3))
         # channel-predicted: channels in order, means shifted by the residuals estimated before them
         g1 = TileGrid(1, grid.h, grid.w, grid.tile)
         # the residual estimates are float32 on both sides (the decoder's means must be the same bits)
@@ -131,7 +130,7 @@ class UqCoder:
             wc = fit_belief_widths(g1, vv[c:c + 1], mean_c[None], lo[c:c + 1], hi[c:c + 1], nlo[c:c + 1],
                                    nhi[c:c + 1])
             width_codes.append(wc)
-            std_c = width_map(wc, g1, 0)
+            std_c = g1.channel_values(wc, SCALE, 0)
             pred_bits += bits(mean_c, std_c, c)
             resid[c] = interval_residual(nlo[c], nhi[c], mean_c, std_c, m[c])
             if c == 1:
@@ -150,7 +149,7 @@ class UqCoder:
         if predicted:
             # the refit left a unchanged (it reads only channel 0's residual), so channel 1's mean
             # under the final codes is the one its residual was estimated with
-            streams = [stream(channel_mean(c).reshape(-1), width_map(width_codes[c], g1, 0).reshape(-1),
+            streams = [stream(channel_mean(c).reshape(-1), g1.channel_values(width_codes[c], SCALE, 0).reshape(-1),
                               slice(c * n, (c + 1) * n)) for c in range(3)]
             payload = join_payload(b"".join(width_codes), streams, pred_codes)
             kind, coded = ChunkKind.UQ_PRED, 8 * sum(len(s) for s in streams)
@@ -185,11 +184,10 @@ class UqCoder:
             coef = coefficients(pred_codes, grid)
             resid = np.zeros((grid.c, grid.h, grid.w), dtype=np.float32)
             symbols = np.empty(len(k_lo), dtype=np.int32)
-            widths = np.frombuffer(codes, dtype=np.uint8)
             for c in range(3):
                 dims = slice(c * n, (c + 1) * n)
                 mean_c = predicted_mean(m, resid, coef, c).reshape(-1)
-                std_c = SCALE.value(grid.expand_channel(widths, c)).reshape(-1)
+                std_c = grid.channel_values(codes, SCALE, c).reshape(-1)
                 sym = decode_tables(streams[c], symbol_tables(q, k_lo, alphabet, ints.lo, ints.hi, mean_c, std_c, dims))
                 if len(sym) != n or (sym >= alphabet[dims]).any():
                     raise FormatError("UQ step decodes to symbols outside their cells: the stream is corrupt")
