@@ -143,8 +143,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     """Run (or resume) training as ``cfg`` says; returns a summary dict."""
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+    owns_group = distributed and not dist.is_initialized()
     if distributed:
-        if not dist.is_initialized():
+        if owns_group:
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         rank, world = dist.get_rank(), dist.get_world_size()
         if device.type == "cuda":
@@ -287,6 +288,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         dist.all_gather(allc, check)
         if any(float(c) != float(check) for c in allc):
             raise DiffcodecError("data-parallel replicas diverged")
+        if owns_group:  # no rank tears its connections down while another still talks
+            dist.barrier()
+            dist.destroy_process_group()
     return {"steps": step, "seconds": elapsed,
             "images_per_second": (step - start_step) * cfg.batch_size * world / max(elapsed, 1e-9),
             "history": history, "out": str(out_path), "rank": rank, "world": world,
