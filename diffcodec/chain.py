@@ -13,6 +13,7 @@ candidates, each under its own counter tag.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -83,6 +84,8 @@ class CodedChain:
         self.tile_pixels = tile_pixels
         self.net_seconds = 0.0
         self.net_calls = 0
+        #: called with (tiles done, tiles) during each network call: a progress bar's hook
+        self.on_tile: Callable[[int, int], None] | None = None
         self._memo: dict = {}
 
     def memo(self, name: str, make):
@@ -96,7 +99,7 @@ class CodedChain:
         t0 = time.perf_counter()
         with torch.inference_mode():
             out = forward_tiled(self.prior.net, x.to(self.device, torch.float32), s.to(self.device),
-                                self.tile_pixels)
+                                self.tile_pixels, self.on_tile)
             if self.diffusion.analytic_variance is not None:  # the variance output is not used
                 out = out[:, :x.shape[1]]
             out = out.double()

@@ -129,8 +129,10 @@ def _ideal_bits(chain: CodedChain, target: EncodeTarget, x: torch.Tensor, j: int
 
 
 def encode(image, prior: Prior, options: EncodeOptions | None = None,
-           progress: Callable[[int, int], None] | None = None) -> EncodeResult:
-    """Encode an image (Pillow image or uint8 array) to .dfc bytes with ``prior``."""
+           progress: Callable[[float, int], None] | None = None) -> EncodeResult:
+    """Encode an image (Pillow image or uint8 array) to .dfc bytes with ``prior``.
+    ``progress(done, total)`` is told the steps done (a fraction within a step as the network's
+    tiles finish) out of the steps planned."""
     opt = options or EncodeOptions()
     src = image if isinstance(image, SourceImage) else prepare_image(image)
     h, w = src.pixels.shape[:2]
@@ -155,6 +157,8 @@ def encode(image, prior: Prior, options: EncodeOptions | None = None,
     for n in range(K + 1):  # step n goes from chain index j = K - n to j - 1 (j = 0: the final step)
         j = K - n
         t0, net0 = time.perf_counter(), chain.net_seconds
+        if progress:
+            chain.on_tile = lambda done, tiles, n=n: progress(n + done / tiles, K + 1)
         out = chain.predict(x, j)
         rmse.append(_rmse(chain.preview_mean(out, j), src.pixels))  # the preview after n coded steps
         if opt.stop_after is not None and n >= opt.stop_after:
@@ -231,10 +235,12 @@ def check_chunks(parsed: fmt.Parsed) -> None:
 
 def iter_previews(data: bytes, prior: Prior, reconstruct: Reconstruction = Reconstruction.MEAN,
                   max_step: int | None = None, every: bool = True,
-                  max_pixels: int = fmt.DEFAULT_MAX_PIXELS) -> Iterator[Preview]:
+                  max_pixels: int = fmt.DEFAULT_MAX_PIXELS,
+                  progress: Callable[[float, int], None] | None = None) -> Iterator[Preview]:
     """Algorithm 4: yield the x_0 estimate after 0, 1, 2, ... coded steps (only the last one,
     at ``max_step`` or the end of the data, when ``every`` is False).  Network calls are made
-    only for the steps decoded and the previews shown."""
+    only for the steps decoded and the previews shown.  ``progress(done, total)`` is told the
+    steps decoded (a fraction within a step as the network's tiles finish) out of those asked."""
     reconstruct = Reconstruction(reconstruct)
     parsed = fmt.parse(data, max_pixels)
     header = parsed.header
@@ -244,6 +250,7 @@ def iter_previews(data: bytes, prior: Prior, reconstruct: Reconstruction = Recon
     K = header.num_latent_steps
     last = len(parsed.chunks) if max_step is None else min(max_step, len(parsed.chunks))
     consumed = parsed.header_size
+    units = last if last == K + 1 else last + 1  # steps decoded, plus the preview's network call
     x = ints = None  # made when a step or a preview needs them (not for a header-only file's grey preview)
     for n in range(0, last + 1):
         j = K - n
@@ -251,7 +258,11 @@ def iter_previews(data: bytes, prior: Prior, reconstruct: Reconstruction = Recon
         need = n < last or (show and (chain.has_signal(j) or reconstruct != Reconstruction.MEAN))
         if need and x is None:
             x, ints = chain.x_T(), Intervals(chain.n)
+        if progress:
+            chain.on_tile = lambda done, tiles, n=n: progress(n + done / tiles, units)
         out = chain.predict(x, j) if need else None
+        if progress and n == last:
+            progress(units, units)
         if show:
             img = to_uint8(chain.reconstruct(x, j, out, reconstruct)) if need else \
                 np.full((header.height, header.width, 3), 128, dtype=np.uint8)  # x_T alone: mid-grey
@@ -266,6 +277,8 @@ def iter_previews(data: bytes, prior: Prior, reconstruct: Reconstruction = Recon
         x = ctx.x  # None where the coder needs no x_t: it is freed
         step = CODERS[chunk.kind].decode(ctx, chunk.payload, chunk.kind)
         out = ctx = None  # the prediction is freed before the next network call
+        if progress:
+            progress(n + 1, units)
         if j > 0:
             x, ints = step.x, (_intersect_channels(step.intervals) if grey else step.intervals)
             step = None
@@ -282,14 +295,17 @@ def iter_previews(data: bytes, prior: Prior, reconstruct: Reconstruction = Recon
 
 
 def decode(data: bytes, prior: Prior, step: int | None = None,
-           reconstruct: Reconstruction = Reconstruction.MEAN, max_pixels: int = fmt.DEFAULT_MAX_PIXELS) -> DecodeResult:
-    """Decode as far as ``step`` coded steps (default: everything in the data)."""
+           reconstruct: Reconstruction = Reconstruction.MEAN, max_pixels: int = fmt.DEFAULT_MAX_PIXELS,
+           progress: Callable[[float, int], None] | None = None) -> DecodeResult:
+    """Decode as far as ``step`` coded steps (default: everything in the data); ``progress`` as
+    :func:`iter_previews` says."""
     t0 = time.perf_counter()
     if step is not None and step < 0:
         raise OptionError("step must be >= 0")
     parsed = fmt.parse(data, max_pixels)
     preview = None
-    for preview in iter_previews(data, prior, reconstruct, max_step=step, every=False, max_pixels=max_pixels):
+    for preview in iter_previews(data, prior, reconstruct, max_step=step, every=False, max_pixels=max_pixels,
+                                 progress=progress):
         pass
     assert preview is not None
     header = parsed.header

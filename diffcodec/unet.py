@@ -11,6 +11,7 @@ output is cropped back.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -381,19 +382,24 @@ def tile_halo(cfg: UNetConfig) -> int:
     return -(-r // f) * f
 
 
-def forward_tiled(net: "UNet", x: torch.Tensor, t: torch.Tensor, tile_pixels: int | None = None) -> torch.Tensor:
+def forward_tiled(net: "UNet", x: torch.Tensor, t: torch.Tensor, tile_pixels: int | None = None,
+                  on_tile: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """``net(x, t)`` for one image ([1, C, H, W]) with memory bounded by the tile size: images
     above ``tile_pixels`` (default :data:`DEFAULT_TILE_PIXELS`) are cut into square tiles aligned
     to the downsampling factor, each run with a halo of :func:`tile_halo` pixels (clipped at the
     image border) and cropped back.  For a tile-exact network this equals the whole-image call
     to float rounding; for others it is a fixed approximation that depends only on the image size
-    and ``tile_pixels``."""
+    and ``tile_pixels``.  ``on_tile(done, total)`` is called after each tile (once, with (1, 1),
+    for a whole-image call)."""
     if x.device.type == "cpu":
         x = x.contiguous(memory_format=torch.channels_last)
     h, w = x.shape[-2:]
     limit = DEFAULT_TILE_PIXELS if tile_pixels is None else tile_pixels
     if x.shape[0] != 1 or h * w <= limit:
-        return net(x, t)
+        out = net(x, t)
+        if on_tile:
+            on_tile(1, 1)
+        return out
     cfg = net.config
     f = cfg.downsample_factor
     ph, pw = (-h) % f, (-w) % f
@@ -404,15 +410,18 @@ def forward_tiled(net: "UNet", x: torch.Tensor, t: torch.Tensor, tile_pixels: in
     core = max(f, int(math.sqrt(limit)) // f * f)
     halo = tile_halo(cfg)
     out = None
-    for y0 in range(0, H, core):
-        for x0 in range(0, W, core):
-            y1, x1 = min(y0 + core, H), min(x0 + core, W)
-            ya, xa = max(0, y0 - halo), max(0, x0 - halo)
-            yb, xb = min(H, y1 + halo), min(W, x1 + halo)
-            part = net(x[..., ya:yb, xa:xb], t)
-            if out is None:
-                out = torch.empty((1, part.shape[1], H, W), dtype=part.dtype, device=part.device)
-            out[..., y0:y1, x0:x1] = part[..., y0 - ya:y1 - ya, x0 - xa:x1 - xa]
+    origins = [(y0, x0) for y0 in range(0, H, core) for x0 in range(0, W, core)]
+    for done, (y0, x0) in enumerate(origins, 1):
+        y1, x1 = min(y0 + core, H), min(x0 + core, W)
+        ya, xa = max(0, y0 - halo), max(0, x0 - halo)
+        yb, xb = min(H, y1 + halo), min(W, x1 + halo)
+        part = net(x[..., ya:yb, xa:xb], t)
+        if out is None:
+            out = torch.empty((1, part.shape[1], H, W), dtype=part.dtype, device=part.device)
+        out[..., y0:y1, x0:x1] = part[..., y0 - ya:y1 - ya, x0 - xa:x1 - xa]
+        del part
+        if on_tile:
+            on_tile(done, len(origins))
     return out[..., :h, :w]
 
 

@@ -630,3 +630,20 @@ def test_coders_hold_few_image_sized_arrays(monkeypatch):
     limits = {("UqCoder", "decode"): 10.0, ("FinalCoder", "encode"): 10.5, ("FinalCoder", "decode"): 4.0}
     for key, limit in limits.items():
         assert growth[key] < limit, (key, growth[key])
+
+
+def test_progress_reports_steps_in_order(tiny_prior, tiny_images):
+    """encode and decode tell a progress callback the steps done, never going back, and end at
+    the number of steps (what the CLI's bars show)."""
+    seen_enc, seen_dec = [], []
+    res = encode(tiny_images[2], tiny_prior, _opts(steps=4), progress=lambda done, total: seen_enc.append((done, total)))
+    total = res.header.num_latent_steps + 1
+    assert seen_enc[-1] == (total, total)
+    assert all(b[0] >= a[0] for a, b in zip(seen_enc, seen_enc[1:])) and {t for _, t in seen_enc} == {total}
+    out = decode(res.data, tiny_prior, progress=lambda done, total: seen_dec.append((done, total)))
+    assert out.lossless and seen_dec[-1] == (total, total)
+    assert all(b[0] >= a[0] for a, b in zip(seen_dec, seen_dec[1:]))
+    # a preview decode counts only the steps it decodes
+    seen_dec.clear()
+    decode(res.data, tiny_prior, step=2, progress=lambda done, total: seen_dec.append((done, total)))
+    assert seen_dec[-1] == (3, 3)  # two steps and the preview's network call
