@@ -5,3 +5,9 @@ make_results), and the helpers they share (common).
 Run them as modules from the repository root, e.g. ``python -m benchmarks.rd_diffcodec --help``.
 They import the public library and :mod:`benchmarks.common` only, never each other.
 """
+
+from diffcodec.allocator import prefer_huge_pages as _prefer_huge_pages
+
+# The benchmarks time the codec as the `diffcodec` command runs it: torch's large CPU blocks
+# advised as huge pages (THP_MEM_ALLOC_ENABLE=0 to time without); before torch is imported.
+_prefer_huge_pages()

@@ -58,7 +58,8 @@ def _worker(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     prior = load_prior(args.model)
-    out: dict[str, Any] = {"load_seconds": time.perf_counter() - t0}
+    out: dict[str, Any] = {"load_seconds": time.perf_counter() - t0,
+                           "huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE") == "1"}
     if args.worker == "encode":
         t0 = time.perf_counter()
         img = Image.open(args.input)
@@ -97,6 +98,24 @@ def _run(op: str, inp: Path, outp: Path, args: argparse.Namespace) -> dict[str, 
     return doc
 
 
+def markdown_table(docs: Sequence[dict[str, Any]]) -> str:
+    """One markdown table of speed runs (the JSONs ``--out`` writes): a row per image, seconds
+    and seconds per megapixel of encode and decode, network share, preview, peak RSS."""
+    lines = ["| run | image | MP | effort | threads | encode s (s/MP) | decode s (s/MP) | network s enc / dec | "
+             "preview s (step) | peak RSS MiB enc / dec | bits/dim |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for doc in docs:
+        run = f"{doc.get('date', '')[:10]}"
+        for r in doc["images"]:
+            e, d, p, mp = r["encode"], r["decode"], r["preview"], r["megapixels"]
+            lines.append(f"| {run} | {r['image']} | {mp:.2f} | {doc['effort']} | {doc['threads']} | "
+                         f"{e['seconds']:.1f} ({e['seconds'] / mp:.1f}) | {d['seconds']:.1f} ({d['seconds'] / mp:.1f}) | "
+                         f"{e['net_seconds']:.1f} / {d['net_seconds']:.1f} | {p['seconds']:.1f} ({p['step']}) | "
+                         f"{e['peak_rss_mb']:.0f} / {d['peak_rss_mb']:.0f} | {r['bits_per_dim']:.3f} |")
+    commands = [f"- `{doc.get('command', '')}` ({doc.get('machine', '')})" for doc in docs]
+    return "\n".join(lines + ["", "Commands and machines:", ""] + commands) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", help="folder of images")
@@ -109,12 +128,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
     ap.add_argument("--out", default=None)
     ap.add_argument("--smoke", action="store_true", help="one tiny generated image (seconds)")
+    ap.add_argument("--table", nargs="+", metavar="JSON", default=None,
+                    help="print a markdown table of these speed JSONs (made by --out) and exit")
     ap.add_argument("--worker", choices=["encode", "decode", "preview"], help=argparse.SUPPRESS)
     ap.add_argument("--input", help=argparse.SUPPRESS)
     ap.add_argument("--output", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         print(json.dumps(_worker(args)))
+        return 0
+    if args.table:
+        print(markdown_table([json.loads(Path(p).read_text()) for p in args.table]), end="")
         return 0
     if args.smoke:
         images = {"smoke": np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8)}

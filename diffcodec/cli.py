@@ -11,11 +11,15 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .codec import EncodeOptions
-from .container import DEFAULT_MAX_PIXELS
-from .errors import DiffcodecError
-from .kinds import LatentMethod, Reconstruction, values
-from .trajectory import MAX_EFFORT
+from .allocator import prefer_huge_pages
+
+prefer_huge_pages()  # before anything imports torch (network calls ~20 % faster on CPU: allocator.py)
+
+from .codec import EncodeOptions  # noqa: E402
+from .container import DEFAULT_MAX_PIXELS  # noqa: E402
+from .errors import DiffcodecError  # noqa: E402
+from .kinds import LatentMethod, Reconstruction, values  # noqa: E402
+from .trajectory import MAX_EFFORT  # noqa: E402
 
 
 MODEL_HELP = "model checkpoint (default: the model shipped with diffcodec)"
@@ -64,6 +68,15 @@ def _bar(quiet: bool, total: int, desc: str):
 
     # delay: nothing is drawn for work that ends (or fails) within half a second
     return tqdm(total=total, desc=desc, disable=quiet, leave=False, dynamic_ncols=True, file=sys.stderr, delay=0.5)
+
+
+def _advance(bar):
+    """A codec ``progress(done, total)`` callback that moves ``bar`` (steps, in tenths within a
+    step as the network's tiles finish)."""
+    def progress(done: float, total: int) -> None:
+        bar.total = total
+        bar.update(round(done, 1) - bar.n)
+    return progress
 
 
 @click.group(cls=_Group)
@@ -118,10 +131,7 @@ def encode(inputs, output, out_dir, effort, method, steps, t_min, tile, stop_aft
         dest = Path(output) if output else Path(out_dir) / (Path(path).stem + ".dfc")
         image = open_image(path)
         with _bar(quiet, 1, Path(path).name) as bar:
-            def progress(n, k):
-                bar.total = k
-                bar.update(n - bar.n)
-            res = encode_image(image, prior, opts, progress=progress)
+            res = encode_image(image, prior, opts, progress=_advance(bar))
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(res.data)
         if not quiet:
@@ -167,7 +177,8 @@ def decode(input, output, step, reconstruct, previews, strip, max_pixels, model,
         image.save(output)
         result_step, lossless = last.step, last.lossless
     else:
-        res = decode_file(data, prior, step, Reconstruction(reconstruct), max_pixels)
+        with _bar(quiet, 1, Path(input).name) as bar:
+            res = decode_file(data, prior, step, Reconstruction(reconstruct), max_pixels, progress=_advance(bar))
         res.image.save(output)
         result_step, lossless = res.step, res.lossless
     if not quiet:

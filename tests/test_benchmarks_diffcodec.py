@@ -415,6 +415,10 @@ def test_speed_smoke(tmp_path, tiny_model_path):  # noqa: F811
     assert all(s["net_seconds"] <= s["seconds"] for s in enc["steps"])
     assert dec["lossless"] and enc["bytes"] > 0 and row["bits_per_dim"] == 8 * enc["bytes"] / (24 * 32 * 3)
     assert all(op["peak_rss_mb"] > 50 for op in (enc, dec, prev))  # each child's own peak: a Python with torch
+    table = speed.markdown_table([doc])
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "smoke" in line]
+    assert len(rows) == 1 and f"{enc['seconds']:.1f} ({enc['seconds'] / row['megapixels']:.1f})" in rows[0]
+    assert f"{row['bits_per_dim']:.3f}" in rows[0] and doc["command"] in table
 
 
 def test_tiled_image_mirrors_the_photos():
