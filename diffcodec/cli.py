@@ -73,6 +73,8 @@ def _bar(quiet: bool, total: int, desc: str):
 def _advance(bar):
     """A codec ``progress(done, total)`` callback that moves ``bar`` (steps, in tenths within a
     step as the network's tiles finish)."""
+    bar.bar_format = "{l_bar}{bar}| {n:.1f}/{total_fmt} steps [{elapsed}<{remaining}]"
+
     def progress(done: float, total: int) -> None:
         bar.total = total
         bar.update(round(done, 1) - bar.n)
