@@ -16,15 +16,20 @@ from PIL import Image
 from codec_fixtures import tiny_model_path  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
-THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-MODE = THP.read_text().split("[")[1].split("]")[0] if THP.exists() else "never"
 
 PROBE = """
 import diffcodec.cli, os, torch
 from diffcodec.allocator import prefer_huge_pages
 x = torch.ones(64 << 20)  # 256 MB
-huge = [l for l in open("/proc/self/smaps_rollup") if l.startswith("AnonHugePages")]
-print(int(prefer_huge_pages()), os.environ.get("THP_MEM_ALLOC_ENABLE"), int(huge[0].split()[1]) // 1024 if huge else -1)
+p, inside, advised = x.data_ptr(), False, False
+for line in open("/proc/self/smaps"):  # the mapping that holds the tensor: advised MADV_HUGEPAGE ("hg")?
+    head = line.split()[0]
+    if "-" in head and not head.endswith(":"):
+        lo, hi = (int(v, 16) for v in head.split("-"))
+        inside = lo <= p < hi
+    elif inside and head == "VmFlags:":
+        advised = "hg" in line.split()[1:]
+print(int(prefer_huge_pages()), os.environ.get("THP_MEM_ALLOC_ENABLE"), int(advised))
 """
 
 
@@ -41,14 +46,14 @@ def _probe(**extra) -> list[str]:
     return out.stdout.split()
 
 
-@pytest.mark.skipif(MODE == "never" or not Path("/proc/self/smaps_rollup").exists(), reason="no transparent huge pages")
-def test_the_command_gets_huge_pages_and_the_user_can_say_no():
-    on, value, huge_mb = _probe()
-    assert (on, value) == ("1", "1") and int(huge_mb) >= 128  # most of a 256 MB tensor
-    off, value, huge_mb = _probe(THP_MEM_ALLOC_ENABLE="0")
-    assert (off, value) == ("0", "0")
-    if MODE == "madvise":  # with "always" the kernel gives huge pages to everything
-        assert huge_mb == "0"
+@pytest.mark.skipif(not Path("/sys/kernel/mm/transparent_hugepage").exists() or not Path("/proc/self/smaps").exists(),
+                    reason="no transparent huge pages in this kernel")
+def test_the_command_asks_for_huge_pages_and_the_user_can_say_no():
+    """torch advises its large blocks MADV_HUGEPAGE when the command has set the variable, and
+    not when the user set it to 0.  Whether the kernel then backs them with huge pages depends on
+    its THP mode and free memory, so the advice is what is asserted."""
+    assert _probe() == ["1", "1", "1"]
+    assert _probe(THP_MEM_ALLOC_ENABLE="0") == ["0", "0", "0"]
 
 
 def test_huge_pages_do_not_change_the_file(tiny_model_path, tmp_path):  # noqa: F811
