@@ -63,12 +63,21 @@ def measure(img: np.ndarray, prior: Prior, opts: EncodeOptions) -> dict[str, Any
         "expected_bits_per_dim": r.plan.expected_bits_per_dim,
         "timesteps": list(r.plan.timesteps),
         "coders": [s.kind.label for s in r.steps],
+        "pfr_bits": [r.plan.chunk_bits, r.plan.margin_bits],  # what PFR steps searched with (chunk, margin)
         "encode_seconds": r.seconds, "network_seconds": r.net_seconds, "network_calls": r.net_calls,
     }
 
 
 def _fmt(v: float, width: int, digits: int = 4) -> str:
     return f"{'–':>{width}}" if not math.isfinite(v) else f"{v:>{width}.{digits}f}"
+
+
+def _pfr_pairs(text: str) -> list[tuple[int, int]]:
+    """'5+3,7+1' -> [(5, 3), (7, 1)]: PFR chunk and margin bits."""
+    try:
+        return [tuple(int(v) for v in part.split("+", 1)) for part in text.split(",")]  # type: ignore[misc]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected chunk+margin pairs like 5+3,7+1, got {text!r}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -87,27 +96,31 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="forced last latent timesteps, comma-separated; plan: the planner's (default)")
     ap.add_argument("--tile", type=_ints, default=[defaults.tile], help=f"tiles in px (default {defaults.tile})")
     ap.add_argument("--method", choices=values(LatentMethod), default=LatentMethod(defaults.method).value)
+    ap.add_argument("--pfr", type=_pfr_pairs, default=[None],
+                    help="PFR chunk+margin bits, comma-separated, e.g. 5+3,7+1 (default: the effort's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     prior = load_prior(args.model, args.device)
     images = load_images(args.images, args.limit, args.crop)
     rows = []
-    print(f"{'effort':>6} {'steps':>5} {'t_min':>5} {'tile':>4} {'file b/dim':>10} {'latent':>8} {'final':>8} "
+    print(f"{'effort':>6} {'pfr':>5} {'steps':>5} {'t_min':>5} {'tile':>4} {'file b/dim':>10} {'latent':>8} {'final':>8} "
           f"{'ideal':>8} {'expected':>8} {'file/ideal':>10} {'enc s':>7} {'calls':>5}")
-    for effort, steps, t_min, tile in itertools.product(args.effort, args.steps, args.t_min, args.tile):
+    for effort, pfr, steps, t_min, tile in itertools.product(args.effort, args.pfr, args.steps, args.t_min, args.tile):
+        chunk, margin = pfr or (None, None)
         opts = EncodeOptions(effort=effort, method=LatentMethod(args.method), steps=steps, t_min=t_min, tile=tile,
-                             seed=args.seed)
+                             seed=args.seed, pfr_chunk_bits=chunk, pfr_margin_bits=margin)
         try:
             per_image = {name: measure(img, prior, opts) for name, img in images.items()}
         except OptionError as e:
             print(f"skip effort={effort} steps={steps} t_min={t_min} tile={tile}: {e}")
             continue
-        row: dict[str, Any] = {"effort": effort, "steps": steps, "t_min": t_min, "tile": tile, "method": args.method}
+        row: dict[str, Any] = {"effort": effort, "steps": steps, "t_min": t_min, "tile": tile, "method": args.method,
+                               "pfr_chunk_bits": chunk, "pfr_margin_bits": margin}
         row.update({k: float(np.mean([m[k] for m in per_image.values()])) for k in ROW_MEANS})
         row["per_image"] = per_image
         rows.append(row)
-        print(f"{effort:>6} {steps or 'plan':>5} {'plan' if t_min is None else t_min:>5} {tile:>4} "
+        print(f"{effort:>6} {f'{chunk}+{margin}' if pfr else 'plan':>5} {steps or 'plan':>5} {'plan' if t_min is None else t_min:>5} {tile:>4} "
               f"{row['file_bits_per_dim']:>10.4f} {row['latent_bits_per_dim']:>8.4f} {row['final_bits_per_dim']:>8.4f} "
               f"{row['ideal_bits_per_dim']:>8.4f} {_fmt(row['expected_bits_per_dim'], 8)} "
               f"{row['file_bits_per_dim'] / row['ideal_bits_per_dim']:>10.3f} {row['encode_seconds']:>7.2f} "

@@ -331,6 +331,21 @@ def test_sweep_steps(images_dir, tmp_path, table_model_path):
     assert doc["command"].startswith("python -m benchmarks.sweep_steps ")
 
 
+def test_sweep_steps_pfr_chunk_and_margin(images_dir, tmp_path, table_model_path):
+    out = tmp_path / "sweep.json"
+    assert sweep_steps.main(["--images", str(images_dir), "--crop", "16", "--limit", "1", "--model",
+                             str(table_model_path), "--effort", "5", "--method", "pfr", "--pfr", "4+2,6+1",
+                             "--out", str(out)]) == 0
+    rows = _strict(out)["rows"]
+    assert [(r["pfr_chunk_bits"], r["pfr_margin_bits"]) for r in rows] == [(4, 2), (6, 1)]
+    for r in rows:
+        (m,) = r["per_image"].values()
+        assert m["pfr_bits"] == [r["pfr_chunk_bits"], r["pfr_margin_bits"]]
+        assert set(m["coders"][:-1]) == {"pfr"}
+    with pytest.raises(SystemExit):
+        sweep_steps.main(["--images", str(images_dir), "--pfr", "5-3"])
+
+
 def test_sweep_steps_skips_impossible_chains(images_dir, tmp_path, tiny_model_path):  # noqa: F811
     out = tmp_path / "sweep.json"
     assert sweep_steps.main(["--images", str(images_dir), "--crop", "16", "--limit", "1", "--model",
