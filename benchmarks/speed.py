@@ -52,14 +52,14 @@ def _worker(args: argparse.Namespace) -> dict[str, Any]:
     """One operation, timed, in this (child) process."""
     import torch
 
+    from diffcodec.allocator import prefer_huge_pages
     from diffcodec.checkpoint import load_prior
     from diffcodec.codec import EncodeOptions, decode, encode
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     prior = load_prior(args.model)
-    out: dict[str, Any] = {"load_seconds": time.perf_counter() - t0,
-                           "huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE") == "1"}
+    out: dict[str, Any] = {"load_seconds": time.perf_counter() - t0, "huge_pages": prefer_huge_pages()}
     if args.worker == "encode":
         t0 = time.perf_counter()
         img = Image.open(args.input)
@@ -105,7 +105,7 @@ def markdown_table(docs: Sequence[dict[str, Any]]) -> str:
              "preview s (step) | peak RSS MiB enc / dec | bits/dim |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for doc in docs:
-        run = f"{doc.get('date', '')[:10]}"
+        run = doc.get("date", "")[:10]
         for r in doc["images"]:
             e, d, p, mp = r["encode"], r["decode"], r["preview"], r["megapixels"]
             lines.append(f"| {run} | {r['image']} | {mp:.2f} | {doc['effort']} | {doc['threads']} | "

@@ -12,12 +12,12 @@ uses (kernel THP mode ``madvise``), shipped model, two threads, in fresh process
 ==========================  =================  ======================
                             768 x 512 call     1152² tile (12 MP run)
 ==========================  =================  ======================
-glibc default               1.07–1.27 s        4.9–5.0 s, 1.72 GB peak
-huge pages                  0.74–1.18 s        3.1 s, 1.72 GB peak
+glibc default               1.07–1.27 s        4.9–5.0 s, 1724 MiB peak
+huge pages                  0.74–1.18 s        3.1 s, 1723 MiB peak
 ==========================  =================  ======================
 
 (Keeping freed blocks in malloc's heap instead, ``mallopt(M_MMAP_MAX, 0)``, was about as fast
-but fragmented: the tile peaked at 2.66 GB and a 12 MP round trip at 5.5 GB against 3.6.)
+but fragmented: the tile peaked at 2662 MiB and a 12 MP round trip at 5464 MiB against 3463.)
 
 :func:`prefer_huge_pages` sets the variable unless the user has; it must run before torch is
 imported, so the ``diffcodec`` command and the benchmarks call it first thing.  A program that

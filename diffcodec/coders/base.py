@@ -36,6 +36,7 @@ class StepContext:
     x: torch.Tensor | None  # x_t, [1, 3, H, W] float64 on the CPU (None where the coder needs none: UQ, final)
     pred: dict  # the network's prediction at (x, j): mean, pred_xstart, variance, log_variance
     intervals: Intervals  # feasible levels of every dimension
+    levels: np.ndarray | None = None  # the x_0 estimate in levels, when the caller made it already
 
     @property
     def coefs(self) -> tuple[float, float, float]:
@@ -44,22 +45,24 @@ class StepContext:
         return (float(d.posterior_mean_coef1[self.j]), float(d.posterior_mean_coef2[self.j]),
                 float(d.posterior_variance[self.j]))
 
-    levels: np.ndarray | None = None  # the x_0 estimate in levels, when the caller made it already
-
     @property
     def xstart_levels(self) -> np.ndarray:
         """The network's x_0 estimate in levels, flat [3 * H * W] float64 (``levels`` if given,
         else made from ``pred["pred_xstart"]``, which is left as it was)."""
         if self.levels is not None:
             return self.levels
-        return ((self.pred["pred_xstart"][0].double() + 1.0) * 127.5).reshape(-1).numpy()
+        return _levels(self.pred["pred_xstart"][0].to(torch.float64, copy=True))
+
+
+def _levels(xstart: torch.Tensor) -> np.ndarray:
+    """x_0 in [-1, 1] to levels, flat float64, in ``xstart``'s own buffer."""
+    return xstart.add_(1.0).mul_(127.5).reshape(-1).numpy()
 
 
 def take_xstart_levels(pred: dict) -> np.ndarray:
     """``StepContext.xstart_levels`` made in place from ``pred["pred_xstart"]``, which leaves
     ``pred`` (the same floats; no second image-sized array)."""
-    levels = pred.pop("pred_xstart")[0].double()
-    return levels.add_(1.0).mul_(127.5).reshape(-1).numpy()
+    return _levels(pred.pop("pred_xstart")[0].double())
 
 
 def step_context(coder: "Coder", *, chain: "CodedChain", index: int, j: int, x: torch.Tensor, pred: dict,
