@@ -51,17 +51,20 @@ class EffortLevel:
 
 #: What each effort may spend: network calls (latent steps + 1) and PFR search work per step,
 #: dims x 2 ** (chunk + margin) candidate evaluations (~370 M a second on one core of the CPU
-#: in README with the compiled search: 0.8 s a step for a 768 x 512 photo at 5 + 3).
+#: in README with the compiled search: 0.8 s a step for a 768 x 512 photo at 6 + 2).  At equal
+#: work a bigger chunk with a smaller margin codes shorter (PFR's overhead per chunk is about
+#: log2(KL + 1) bits, and a chunk whose KL outruns the margin still sends a near-exact sample):
+#: measured with ``benchmarks.sweep_steps --pfr`` on Kodak crops (README, "Designing the chain").
 EFFORTS = {
     1: EffortLevel(4, 0, 0),
     2: EffortLevel(6, 0, 0),
     3: EffortLevel(8, 4, 2),
     4: EffortLevel(10, 5, 2),
-    5: EffortLevel(12, 5, 3),
+    5: EffortLevel(12, 6, 2),
     6: EffortLevel(16, 6, 3),
-    7: EffortLevel(20, 7, 4),
-    8: EffortLevel(28, 8, 4),
-    9: EffortLevel(40, 9, 5),
+    7: EffortLevel(20, 10, 1),
+    8: EffortLevel(28, 10, 2),
+    9: EffortLevel(40, 12, 2),
 }
 
 

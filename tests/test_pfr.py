@@ -26,6 +26,7 @@ from diffcodec.entropy import encode_gaussian, pack_bits, unpack_bits
 from diffcodec.errors import FormatError
 from diffcodec.kinds import ChunkKind, LatentMethod
 from diffcodec.sideinfo import TileGrid
+from diffcodec.trajectory import EFFORTS
 
 
 def _opts(**kw) -> EncodeOptions:
@@ -236,6 +237,21 @@ def test_lossless_round_trips(pfr_file, tiny_prior):
         out = decode(encode(image, tiny_prior, _opts(tile=8)).data, tiny_prior)
         assert out.lossless and out.image.mode == image.mode
         np.testing.assert_array_equal(np.asarray(out.image), np.asarray(image))
+
+
+@pytest.mark.parametrize("effort", sorted(e for e, lvl in EFFORTS.items() if lvl.pfr))
+def test_every_efforts_chunk_and_margin_round_trip(tiny_prior, effort):
+    """The efforts' PFR settings (big chunks with margins down to one bit) write those fields
+    and decode losslessly."""
+    level = EFFORTS[effort]
+    image = Image.fromarray(random_rgb(8, 8, effort))
+    res = encode(image, tiny_prior, _opts(tile=8, effort=effort, pfr_chunk_bits=None, pfr_margin_bits=None))
+    for c in parse(res.data).chunks[:-1]:
+        p = PfrPayload.from_bytes(c.payload, 3)
+        assert (p.chunk_bits, p.margin) == (level.chunk_bits, level.margin_bits)
+    out = decode(res.data, tiny_prior)
+    assert out.lossless
+    np.testing.assert_array_equal(np.asarray(out.image), np.asarray(image))
 
 
 def test_pfr_steps_leave_the_intervals_open_and_mix_with_uq(tiny_prior):
