@@ -17,7 +17,7 @@ prefer_huge_pages()  # before anything imports torch (network calls ~20 % faster
 
 from .codec import EncodeOptions  # noqa: E402
 from .container import DEFAULT_MAX_PIXELS  # noqa: E402
-from .errors import DiffcodecError  # noqa: E402
+from .errors import DiffcodecError, OptionError  # noqa: E402
 from .kinds import LatentMethod, Reconstruction, values  # noqa: E402
 from .trajectory import MAX_EFFORT  # noqa: E402
 
@@ -192,22 +192,33 @@ def decode(input, output, step, reconstruct, previews, strip, max_pixels, model,
 @click.argument("input", type=click.Path(exists=True, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @click.option("--bound", "bound_image", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="the original image: also compute the model's 1,000-step bound for it (slow)")
+              help="the original image: also compute the model's 1,000-step bound for it and each step's share of it (slow)")
 @max_pixels_option
 @model_option
 @device_option
 def info(input, as_json, bound_image, max_pixels, model, device):
-    """Print a .dfc header and, per step, bytes, cumulative bpp and bits/dim, and ideal bits."""
-    from .report import file_report
+    """Print a .dfc header and, per step, bytes, cumulative bpp and bits/dim, and ideal bits;
+    with --bound, also what the model's full chain spends on each step's range."""
+    from .report import attach_fine_bits, file_report
 
     report = file_report(Path(input).read_bytes(), input, max_pixels)
-    summary = report.to_dict()
+    bound = None
     if bound_image:
         from .data import load_rgb
         from .likelihood import bits_per_dim
 
-        terms = bits_per_dim(load_rgb(bound_image), _prior(model, device))
-        summary["model_bound_bits_per_dim"] = terms.total
+        image = load_rgb(bound_image)
+        if image.shape[:2] != (report.height, report.width):
+            raise OptionError(f"--bound image is {image.shape[1]}x{image.shape[0]}, the file's "
+                              f"{report.width}x{report.height}")
+        terms = bits_per_dim(image, _prior(model, device))
+        if len(terms.per_step) != report.T:
+            raise OptionError(f"the model's chain has {len(terms.per_step)} timesteps, the file's {report.T}")
+        attach_fine_bits(report, terms.per_step)
+        bound = terms.total
+    summary = report.to_dict()
+    if bound is not None:
+        summary["model_bound_bits_per_dim"] = bound
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
@@ -216,13 +227,17 @@ def info(input, as_json, bound_image, max_pixels, model, device):
             click.echo(f"{k:>26}: {v:.4f}" if isinstance(v, float) else f"{k:>26}: {v}")
     ts = report.coded_timesteps
     click.echo(f"{'coded_timesteps':>26}: {ts[0]} .. {ts[-1]} ({len(ts)} incl. x_T)")
+    fine = bound is not None
     click.echo(f"{'step':>5} {'coder':>10} {'t':>11} {'bytes':>9} {'cum bpp':>9} {'cum b/dim':>9} "
-               f"{'ideal bits':>11} {'coded/ideal':>11}")
+               f"{'ideal bits':>11} {'coded/ideal':>11}" + (f" {'fine bits':>11} {'coded/fine':>10}" if fine else ""))
     for r in report.steps:
         ratio = f"{r.coded_over_ideal:.3f}" if r.coded_over_ideal else "-"
         span = f"{r.from_timestep}->{r.to_timestep if r.to_timestep >= 0 else 'x0'}"
-        click.echo(f"{r.step:>5} {r.kind:>10} {span:>11} {r.bytes:>9} {r.cumulative_bpp:>9.4f} "
-                   f"{r.cumulative_bits_per_dim:>9.4f} {r.ideal_bits:>11.1f} {ratio:>11}")
+        line = (f"{r.step:>5} {r.kind:>10} {span:>11} {r.bytes:>9} {r.cumulative_bpp:>9.4f} "
+                f"{r.cumulative_bits_per_dim:>9.4f} {r.ideal_bits:>11.1f} {ratio:>11}")
+        if fine:
+            line += f" {r.fine_bits:>11.1f} " + (f"{r.coded_over_fine:>10.3f}" if r.coded_over_fine else f"{'-':>10}")
+        click.echo(line)
 
 
 @main.command()

@@ -28,6 +28,8 @@ class StepRow:
     cumulative_bits_per_dim: float
     ideal_bits: float  # the step's KL (or decoder NLL) under the model's variances
     coded_over_ideal: float | None
+    fine_bits: float | None = None  # what the model's full chain spends on the same range (attach_fine_bits)
+    coded_over_fine: float | None = None
 
 
 @dataclass
@@ -71,6 +73,23 @@ def file_report(data: bytes, name: str = "", max_pixels: int = fmt.DEFAULT_MAX_P
     return FileReport(name, len(data), h.width, h.height, h.mode, h.fingerprint.hex(), h.schedule, h.num_timesteps,
                       list(h.timesteps), h.seed, h.tile, len(parsed.chunks), h.num_chunks, parsed.truncated, lossless,
                       parsed.header_size, sum(r.ideal_bits for r in rows) / dims, rows)
+
+
+def attach_fine_bits(report: FileReport, per_step: np.ndarray) -> None:
+    """Give each step of ``report`` its share of the model's full-chain bound: ``per_step[k]``
+    is the bound's term at timestep k in bits/dim (:class:`diffcodec.likelihood.BoundTerms`, k = 0
+    the decoder term), a latent step from t to s covers the terms s + 1 .. t and the final step
+    from t_min the terms 0 .. t_min, so the steps of a complete file partition the bound (x_T's
+    prior term, ~0, is not coded).  The gap between a step's bytes and its share is what the
+    coarse chain and its coders lose on that range."""
+    per_step = np.asarray(per_step, dtype=np.float64)
+    if len(per_step) != report.T:
+        raise ValueError(f"per_step has {len(per_step)} terms, the file's chain T = {report.T}")
+    dims = 3 * report.width * report.height
+    for r in report.steps:
+        lo = 0 if r.to_timestep < 0 else r.to_timestep + 1
+        r.fine_bits = float(per_step[lo:r.from_timestep + 1].sum()) * dims
+        r.coded_over_fine = 8 * r.bytes / r.fine_bits if r.fine_bits > 0 else None
 
 
 def progression_strip(previews: list[np.ndarray], max_frames: int = 12) -> np.ndarray:

@@ -304,3 +304,28 @@ def test_train_refuses_unknown_names_in_one_line(work, image_folder):
         r = run("train", "--data", image_folder, "--out", work / "never.pt", opt, value, "--steps", 1, ok=False)
         assert_clean_error(r, value)
     assert not (work / "never.pt").exists()
+
+
+def test_info_bound_gives_each_step_its_share_of_the_full_chain(work, encoded, tiny_model_path):
+    """--bound: the model's 1,000-step bound, and per step the terms of the full chain on the
+    same range of timesteps (latent step t -> s: terms s + 1 .. t; final step: 0 .. t_min)."""
+    from diffcodec.checkpoint import load_prior
+    from diffcodec.data import load_rgb
+    from diffcodec.likelihood import bits_per_dim
+
+    info = json.loads(run("info", encoded, "--json", "--bound", work / "a.png", "--model", tiny_model_path).output)
+    terms = bits_per_dim(load_rgb(work / "a.png"), load_prior(tiny_model_path))
+    dims = 3 * 37 * 23
+    assert info["model_bound_bits_per_dim"] == pytest.approx(terms.total, rel=1e-12)
+    ts = info["coded_timesteps"]  # ascending: t_min .. T - 1
+    spans = [(ts[j], ts[j - 1] + 1) for j in range(len(ts) - 1, 0, -1)] + [(ts[0], 0)]
+    assert [(s["from_timestep"], s["to_timestep"] + 1) for s in info["steps"]] == spans
+    for s, (hi, lo) in zip(info["steps"], spans):
+        assert s["fine_bits"] == pytest.approx(terms.per_step[lo:hi + 1].sum() * dims, rel=1e-9)
+        assert s["coded_over_fine"] == pytest.approx(8 * s["bytes"] / s["fine_bits"])
+    # the steps partition the bound: all of it but x_T's prior term, which no step codes
+    assert sum(s["fine_bits"] for s in info["steps"]) / dims == pytest.approx(terms.total - terms.prior, rel=1e-9)
+    text = run("info", encoded, "--bound", work / "a.png", "--model", tiny_model_path).output
+    assert "coded/fine" in text and "model_bound_bits_per_dim" in text
+    assert_clean_error(run("info", encoded, "--bound", work / "b.png", "--model", tiny_model_path, ok=False),
+                       "--bound image is 48x32")
