@@ -17,7 +17,7 @@ init=()
 if [ -n "${INIT:-}" ] && [ ! -f gpu/base.pt ]; then init=(--init-from "$INIT"); fi
 python3 -m diffcodec.cli train --data data/train --eval-data data/val --out gpu/base.pt --model "${MODEL:-base}" \
   --loss hybrid --schedule cosine --batch-size "${BATCH:-64}" --crop 96 --rescale-min 0.5 --lr 1e-4 --warmup 500 \
-  --ema-rate 0.9995 --steps 1000000 --save-every 1000 --eval-every 2000 --eval-crops 16 --eval-steps 100 \
+  --ema-rate 0.9995 --steps 1000000 --save-every 1000 --eval-every 2000 --eval-crops 16 --eval-steps 1000 \
   --max-seconds "$seconds" --log-file gpu/base.log "${init[@]}" 2>&1 | tr '\r' '\n' | tail -n 3
 python3 bin/export_model.py gpu/base.pt "$OUT/base_fp16.pt" --dtype float16
 cp gpu/base.log "$OUT/base.log"
