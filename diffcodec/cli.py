@@ -211,9 +211,10 @@ def info(input, as_json, bound_image, max_pixels, model, device):
         if image.shape[:2] != (report.height, report.width):
             raise OptionError(f"--bound image is {image.shape[1]}x{image.shape[0]}, the file's "
                               f"{report.width}x{report.height}")
-        terms = bits_per_dim(image, _prior(model, device))
-        if len(terms.per_step) != report.T:
-            raise OptionError(f"the model's chain has {len(terms.per_step)} timesteps, the file's {report.T}")
+        prior = _prior(model, device)
+        if prior.diffusion.num_timesteps != report.T:  # refused before the bound's T network calls
+            raise OptionError(f"the model's chain has {prior.diffusion.num_timesteps} timesteps, the file's {report.T}")
+        terms = bits_per_dim(image, prior)
         attach_fine_bits(report, terms.per_step)
         bound = terms.total
     summary = report.to_dict()
