@@ -1,6 +1,6 @@
 """Choose the codec's defaults by measurement: lossless file size against the encoder's effort,
-a forced number of latent steps and last latent timestep t_min, the latent coder and the
-side-information tile.
+a forced number of latent steps and last latent timestep t_min, the latent coder, the
+side-information tile and the network's self-ensemble (``--symmetry``).
 
 Usage (from the repository root)::
 
@@ -8,9 +8,10 @@ Usage (from the repository root)::
         --effort 1,3,5,7 --out benchmarks/results/sweep_effort.json
     python -m benchmarks.sweep_steps --images ../shared/data/kodak --crop 128 --limit 6 \\
         --steps plan,4,8,12,16 --t-min plan,0,20 --tile 0,32,64 --out benchmarks/results/sweep.json
+    python -m benchmarks.sweep_steps --images <crops> --effort 5,9 --symmetry plan,1,2,8
 
-``--steps`` and ``--t-min`` take comma-separated values; ``plan`` leaves the choice to the
-trajectory planner (the default).  Every combination of the lists is one setting.  Prints one
+``--steps``, ``--t-min`` and ``--symmetry`` take comma-separated values; ``plan`` leaves the
+choice to the trajectory planner and the effort (the default).  Every combination of the lists is one setting.  Prints one
 row per setting: mean real bits/dim of the lossless file, of its latent steps and of its final
 step, the model's ideal bits/dim of the same chain (sum of KLs + decoder NLL), the plan's
 expected bits/dim (cost model; '–' for a model without an x_0 error table), the file's ratio to
@@ -64,6 +65,7 @@ def measure(img: np.ndarray, prior: Prior, opts: EncodeOptions) -> dict[str, Any
         "timesteps": list(r.plan.timesteps),
         "coders": [s.kind.label for s in r.steps],
         "pfr_bits": [r.plan.chunk_bits, r.plan.margin_bits],  # what PFR steps searched with (chunk, margin)
+        "symmetry": r.header.symmetry,
         "encode_seconds": r.seconds, "network_seconds": r.net_seconds, "network_calls": r.net_calls,
     }
 
@@ -98,30 +100,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--method", choices=values(LatentMethod), default=LatentMethod(defaults.method).value)
     ap.add_argument("--pfr", type=_pfr_pairs, default=[None],
                     help="PFR chunk+margin bits, comma-separated, e.g. 5+3,7+1 (default: the effort's)")
+    ap.add_argument("--symmetry", type=_ints_or_plan, default=[None],
+                    help="network self-ensembles (1, 2, 4, 8), comma-separated; plan: the effort's (default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     prior = load_prior(args.model, args.device)
     images = load_images(args.images, args.limit, args.crop)
     rows = []
-    print(f"{'effort':>6} {'pfr':>5} {'steps':>5} {'t_min':>5} {'tile':>4} {'file b/dim':>10} {'latent':>8} {'final':>8} "
-          f"{'ideal':>8} {'expected':>8} {'file/ideal':>10} {'enc s':>7} {'calls':>5}")
-    for effort, pfr, steps, t_min, tile in itertools.product(args.effort, args.pfr, args.steps, args.t_min, args.tile):
+    print(f"{'effort':>6} {'pfr':>5} {'steps':>5} {'t_min':>5} {'tile':>4} {'sym':>4} {'file b/dim':>10} {'latent':>8} "
+          f"{'final':>8} {'ideal':>8} {'expected':>8} {'file/ideal':>10} {'enc s':>7} {'calls':>5}")
+    for effort, pfr, steps, t_min, tile, sym in itertools.product(args.effort, args.pfr, args.steps, args.t_min,
+                                                                  args.tile, args.symmetry):
         chunk, margin = pfr or (None, None)
         opts = EncodeOptions(effort=effort, method=LatentMethod(args.method), steps=steps, t_min=t_min, tile=tile,
-                             seed=args.seed, pfr_chunk_bits=chunk, pfr_margin_bits=margin)
+                             seed=args.seed, pfr_chunk_bits=chunk, pfr_margin_bits=margin, symmetry=sym)
         try:
             per_image = {name: measure(img, prior, opts) for name, img in images.items()}
         except OptionError as e:
             print(f"skip effort={effort} steps={steps} t_min={t_min} tile={tile}: {e}")
             continue
         row: dict[str, Any] = {"effort": effort, "steps": steps, "t_min": t_min, "tile": tile, "method": args.method,
-                               "pfr_chunk_bits": chunk, "pfr_margin_bits": margin}
+                               "pfr_chunk_bits": chunk, "pfr_margin_bits": margin,
+                               "symmetry": next(iter(per_image.values()))["symmetry"]}
         row.update({k: float(np.mean([m[k] for m in per_image.values()])) for k in ROW_MEANS})
         row["per_image"] = per_image
         rows.append(row)
         print(f"{effort:>6} {f'{chunk}+{margin}' if pfr else 'plan':>5} {steps or 'plan':>5} {'plan' if t_min is None else t_min:>5} {tile:>4} "
-              f"{row['file_bits_per_dim']:>10.4f} {row['latent_bits_per_dim']:>8.4f} {row['final_bits_per_dim']:>8.4f} "
+              f"{row['symmetry']:>4} {row['file_bits_per_dim']:>10.4f} {row['latent_bits_per_dim']:>8.4f} {row['final_bits_per_dim']:>8.4f} "
               f"{row['ideal_bits_per_dim']:>8.4f} {_fmt(row['expected_bits_per_dim'], 8)} "
               f"{row['file_bits_per_dim'] / row['ideal_bits_per_dim']:>10.3f} {row['encode_seconds']:>7.2f} "
               f"{row['network_calls']:>5.0f}", flush=True)

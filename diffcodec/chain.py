@@ -4,7 +4,8 @@ A file's header names the timesteps of its chain (x_T first at ``timesteps[-1]``
 latent at ``timesteps[0]``).  :class:`CodedChain` builds the diffusion respaced to them, with
 the reverse variances from the model's x_0 error table when the checkpoint has one (the
 analytic variances, :func:`diffcodec.diffusion.analytic_variance`), runs the network on its
-device in float32 (over tiles for large images, :func:`diffcodec.unet.forward_tiled`), and
+device in float32 (over tiles for large images, :func:`diffcodec.unet.forward_tiled`; averaged
+over the header's number of the square's symmetries, :func:`diffcodec.unet.forward_symmetrised`), and
 draws the randomness both sides share from Philox4x32-10 (:mod:`diffcodec.philox`) keyed by
 the file's seed: x_T, the dithers of the UQ steps, the noise of sampled previews and the PFR
 candidates, each under its own counter tag.
@@ -25,7 +26,7 @@ from .diffusion import GaussianDiffusion, get_named_beta_schedule, respace_betas
 from .errors import FormatError
 from .kinds import Reconstruction
 from .sideinfo import TileGrid
-from .unet import forward_tiled
+from .unet import forward_symmetrised
 
 # Philox counter tags (word 3 = tag << 16 | step); PFR uses 1, 2, 3 (diffcodec.coders.pfr).
 TAG_X_T, TAG_DITHER, TAG_SAMPLE = 4, 5, 6
@@ -98,8 +99,8 @@ class CodedChain:
     def model(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         t0 = time.perf_counter()
         with torch.inference_mode():
-            out = forward_tiled(self.prior.net, x.to(self.device, torch.float32), s.to(self.device),
-                                self.tile_pixels, self.on_tile)
+            out = forward_symmetrised(self.prior.net, x.to(self.device, torch.float32), s.to(self.device),
+                                      self.header.symmetry, self.tile_pixels, self.on_tile)
             if self.diffusion.analytic_variance is not None:  # the variance output is not used
                 out = out[:, :x.shape[1]]
             out = out.double()

@@ -18,7 +18,7 @@ prefer_huge_pages()  # before anything imports torch (network calls ~20 % faster
 from .codec import EncodeOptions  # noqa: E402
 from .container import DEFAULT_MAX_PIXELS  # noqa: E402
 from .errors import DiffcodecError, OptionError  # noqa: E402
-from .kinds import LatentMethod, Reconstruction, values  # noqa: E402
+from .kinds import SYMMETRIES, LatentMethod, Reconstruction, values  # noqa: E402
 from .trajectory import MAX_EFFORT  # noqa: E402
 
 
@@ -113,11 +113,14 @@ max_pixels_option = click.option("--max-pixels", type=click.IntRange(1), default
 @click.option("--seed", type=int, default=None, help="shared seed (default: random)")
 @click.option("--chunk-bits", type=click.IntRange(1, 20), default=None,
               help="PFR: target bits per chunk (the search costs 2**(N + margin) candidates per dim)")
+@click.option("--symmetry", type=click.Choice([str(n) for n in SYMMETRIES]), default=None,
+              help="average each network call over this many mirror/rotation images of x_t: smaller "
+                   "files, that many times the network's time to encode and decode (default: the effort's)")
 @model_option
 @device_option
 @quiet_option
-def encode(inputs, output, out_dir, effort, method, steps, t_min, tile, stop_after, max_bpp, seed, chunk_bits, model,
-           device, quiet):
+def encode(inputs, output, out_dir, effort, method, steps, t_min, tile, stop_after, max_bpp, seed, chunk_bits, symmetry,
+           model, device, quiet):
     """Encode images to .dfc (Algorithm 3): x_T, coded latent steps, then x_0 losslessly."""
     from .codec import encode as encode_image
     from .data import open_image
@@ -128,7 +131,8 @@ def encode(inputs, output, out_dir, effort, method, steps, t_min, tile, stop_aft
         raise click.UsageError("give -o OUTPUT.dfc or --out-dir DIR")
     prior = _prior(model, device)
     opts = EncodeOptions(effort=effort, method=LatentMethod(method), steps=steps, t_min=t_min, tile=tile, seed=seed,
-                         stop_after=stop_after, max_bpp=max_bpp, pfr_chunk_bits=chunk_bits)
+                         stop_after=stop_after, max_bpp=max_bpp, pfr_chunk_bits=chunk_bits,
+                         symmetry=None if symmetry is None else int(symmetry))
     for path in inputs:
         dest = Path(output) if output else Path(out_dir) / (Path(path).stem + ".dfc")
         image = open_image(path)
@@ -141,7 +145,8 @@ def encode(inputs, output, out_dir, effort, method, steps, t_min, tile, stop_aft
             bpp = 8 * len(res.data) / (h.width * h.height)
             kind = "lossless" if res.lossless else f"lossy, {len(res.steps)} of {h.num_latent_steps + 1} steps"
             click.echo(f"{path} -> {dest}: {len(res.data)} bytes, {bpp:.3f} bpp, {bpp / 3:.3f} bits/dim "
-                       f"({kind}, {h.num_latent_steps} latent steps, effort {effort}), {res.seconds:.1f} s")
+                       f"({kind}, {h.num_latent_steps} latent steps, effort {effort}"
+                       + (f", symmetry {h.symmetry}" if h.symmetry > 1 else "") + f"), {res.seconds:.1f} s")
 
 
 @main.command()
@@ -214,7 +219,7 @@ def info(input, as_json, bound_image, max_pixels, model, device):
         prior = _prior(model, device)
         if prior.diffusion.num_timesteps != report.T:  # refused before the bound's T network calls
             raise OptionError(f"the model's chain has {prior.diffusion.num_timesteps} timesteps, the file's {report.T}")
-        terms = bits_per_dim(image, prior)
+        terms = bits_per_dim(image, prior, symmetry=report.symmetry)
         attach_fine_bits(report, terms.per_step)
         bound = terms.total
     summary = report.to_dict()
@@ -274,10 +279,12 @@ def errtable(data, output, crops, crop, model, device, quiet):
 @click.option("--json", "as_json", is_flag=True, help="print JSON with the term breakdown")
 @click.option("--variance", type=click.Choice(["model", "analytic"]), default="model", show_default=True,
               help="reverse variances: the model's own, or analytic from its x_0 error table")
+@click.option("--symmetry", type=click.Choice([str(n) for n in SYMMETRIES]), default="1", show_default=True,
+              help="the network averaged over this many mirror/rotation images of x_t (as encode --symmetry)")
 @model_option
 @device_option
 @quiet_option
-def nll(images, steps, seed, as_json, variance, model, device, quiet):
+def nll(images, steps, seed, as_json, variance, symmetry, model, device, quiet):
     """Bits/dim (the variational bound, term by term) of images under the model."""
     from .data import load_rgb
     from .likelihood import bits_per_dim
@@ -286,7 +293,7 @@ def nll(images, steps, seed, as_json, variance, model, device, quiet):
     prior = _prior(model, device)
     results = []
     for path in images:
-        terms = bits_per_dim(load_rgb(path), prior, steps, seed, variance=variance,
+        terms = bits_per_dim(load_rgb(path), prior, steps, seed, variance=variance, symmetry=int(symmetry),
                              progress=None if quiet else lambda it: tqdm(it, desc=Path(path).name, leave=False))
         results.append({"image": path, "bits_per_dim": terms.total, "prior_L_T": terms.prior,
                         "latent_sum": terms.latent, "decoder_L_0": terms.decoder,

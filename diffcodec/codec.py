@@ -40,7 +40,7 @@ from .diffusion import discretized_gaussian_log_likelihood, normal_kl
 from .errors import FormatError, OptionError
 from .image import SourceImage, native_array, prepare_image, restore_image
 from .intervals import Intervals
-from .kinds import ChunkKind, LatentMethod, Reconstruction
+from .kinds import SYMMETRIES, ChunkKind, LatentMethod, Reconstruction
 from .trajectory import Plan, PlanOptions, plan_chain
 
 DEFAULT_TILE = 64
@@ -61,6 +61,7 @@ class EncodeOptions:
     max_bpp: float | None = None  # lossy: stop before the file exceeds this many bits/pixel
     pfr_chunk_bits: int | None = None  # PFR: target KL per chunk (None: the plan's)
     pfr_margin_bits: int | None = None  # PFR: search margin (None: the plan's)
+    symmetry: int | None = None  # network calls averaged over 1, 2, 4 or 8 symmetries (None: the effort's)
 
     def plan_options(self) -> PlanOptions:
         return PlanOptions(effort=self.effort, method=LatentMethod(self.method), steps=self.steps,
@@ -134,6 +135,8 @@ def encode(image, prior: Prior, options: EncodeOptions | None = None,
     ``progress(done, total)`` is told the steps done (a fraction within a step as the network's
     tiles finish) out of the steps planned."""
     opt = options or EncodeOptions()
+    if opt.symmetry is not None and opt.symmetry not in SYMMETRIES:
+        raise OptionError(f"symmetry must be one of {SYMMETRIES}")
     src = image if isinstance(image, SourceImage) else prepare_image(image)
     h, w = src.pixels.shape[:2]
     plan = plan_chain(prior, h * w, opt.plan_options())
@@ -141,7 +144,7 @@ def encode(image, prior: Prior, options: EncodeOptions | None = None,
     # the chain's parameters; the header written is this with the number of chunks coded
     spec = fmt.Header(w, h, src.mode, bytes.fromhex(prior.fingerprint), cfg.schedule, cfg.num_timesteps,
                       plan.timesteps, secrets.randbits(64) if opt.seed is None else opt.seed & (2**64 - 1),
-                      opt.tile, 0, src.checksum(), src.palette)
+                      opt.tile, 0, src.checksum(), src.palette, opt.symmetry or plan.symmetry)
     t_start = time.perf_counter()
     chain = CodedChain(prior, spec)
     target = EncodeTarget(np.ascontiguousarray(src.pixels.transpose(2, 0, 1)), src.coded_channels, plan.chunk_bits,

@@ -6,7 +6,8 @@ Header::
 
     offset  size  field
     0       8     magic  b"\\x89DFC\\r\\n\\x1a\\n"  (PNG-style: catches text-mode mangling)
-    8       1     version (2; files of version 1 are refused with a message naming it)
+    8       1     version (3; version 2 is read as symmetry 1, version 1 is refused with a
+                  message naming it)
     9       4     header body length B (u32, at most 65536)
     13      B     header body (below)
     13+B    4     CRC-32 of bytes 8 .. 13+B
@@ -22,6 +23,9 @@ Header body::
                                     timesteps[-1] is x_T, timesteps[0] the last latent
     u64 seed                        shared randomness (x_T, dithers, PFR candidates)
     u16 tile                        side-information tile size in pixels (0 = whole image)
+    u8  symmetry                    the network is averaged over this many of the square's
+                                    symmetries (1, 2, 4 or 8: diffcodec.unet.forward_symmetrised);
+                                    absent in version 2 (= 1)
     u16 num_chunks                  chunks the encoder wrote (fewer than K means lossy)
     u32 checksum                    CRC-32 of the original pixels (mode-native bytes)
     u16 P, then P bytes             palette (RGB triples) for mode P, else P = 0
@@ -48,10 +52,11 @@ import zlib
 from dataclasses import dataclass, field
 
 from .errors import FormatError
-from .kinds import ChunkKind, ImageMode
+from .kinds import SYMMETRIES, ChunkKind, ImageMode
 
 MAGIC = b"\x89DFC\r\n\x1a\n"
-VERSION = 2
+VERSION = 3
+READ_VERSIONS = (2, 3)  # version 2: no symmetry field
 SCHEDULE_IDS = {"linear": 0, "cosine": 1}
 MODES = tuple(m.value for m in ImageMode)
 MAX_SIDE = 16384
@@ -78,6 +83,7 @@ class Header:
     num_chunks: int = 0
     checksum: int = 0
     palette: bytes = b""
+    symmetry: int = 1
 
     @property
     def num_latent_steps(self) -> int:
@@ -101,6 +107,8 @@ class Header:
             raise FormatError("bad coded timesteps in header")
         if not (self.tile == 0 or 8 <= self.tile <= MAX_SIDE):
             raise FormatError(f"bad tile size {self.tile}")
+        if self.symmetry not in SYMMETRIES:
+            raise FormatError(f"bad network symmetry {self.symmetry} (one of {SYMMETRIES})")
         if self.num_chunks > self.num_latent_steps + 1:
             raise FormatError("header announces more chunks than coded steps")
         if (self.mode == "P") != (len(self.palette) > 0) or len(self.palette) % 3 or len(self.palette) > 768:
@@ -111,7 +119,7 @@ class Header:
         body = struct.pack("<IIB", self.width, self.height, MODES.index(self.mode)) + self.fingerprint
         body += struct.pack("<BHH", SCHEDULE_IDS[self.schedule], self.num_timesteps, len(self.timesteps))
         body += struct.pack(f"<{len(self.timesteps)}H", *self.timesteps)
-        body += struct.pack("<QHHIH", self.seed, self.tile, self.num_chunks, self.checksum,
+        body += struct.pack("<QHBHIH", self.seed, self.tile, self.symmetry, self.num_chunks, self.checksum,
                             len(self.palette)) + self.palette
         head = struct.pack("<BI", VERSION, len(body)) + body
         return MAGIC + head + struct.pack("<I", zlib.crc32(head))
@@ -155,8 +163,8 @@ def parse(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Parsed:
     if version == 1:
         raise FormatError(".dfc version 1 (diffcodec 0.1) is no longer read: decode it with diffcodec 0.1, "
                           "or encode the original again")
-    if version != VERSION:
-        raise FormatError(f".dfc version {version} is not supported (this decoder reads {VERSION})")
+    if version not in READ_VERSIONS:
+        raise FormatError(f".dfc version {version} is not supported (this decoder reads {READ_VERSIONS})")
     if body_len > MAX_HEADER:
         raise FormatError("implausible header length")
     end = pos + 5 + body_len
@@ -165,7 +173,7 @@ def parse(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Parsed:
     (crc,) = struct.unpack_from("<I", data, end)
     if zlib.crc32(data[pos:end]) != crc:
         raise FormatError("header is corrupt (CRC mismatch)")
-    header = _parse_header_body(bytes(data[pos + 5:end]))
+    header = _parse_header_body(bytes(data[pos + 5:end]), version)
     if header.pixels > max_pixels:
         raise FormatError(f"image of {header.width}x{header.height} = {header.pixels / 1e6:.1f} megapixels is above "
                           f"the limit of {max_pixels / 1e6:.1f} (raise it with --max-pixels)")
@@ -200,15 +208,18 @@ def parse(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Parsed:
     return out
 
 
-def _parse_header_body(body: bytes) -> Header:
+def _parse_header_body(body: bytes, version: int = VERSION) -> Header:
     try:
         width, height, mode = struct.unpack_from("<IIB", body, 0)
         fp = body[9:41]
         sched, T, k = struct.unpack_from("<BHH", body, 41)
         ts = struct.unpack_from(f"<{k}H", body, 46)
         pos = 46 + 2 * k
-        seed, tile, nchunks, checksum, npal = struct.unpack_from("<QHHIH", body, pos)
-        pos += 18
+        if version == 2:
+            (seed, tile, nchunks, checksum, npal), symmetry = struct.unpack_from("<QHHIH", body, pos), 1
+        else:
+            seed, tile, symmetry, nchunks, checksum, npal = struct.unpack_from("<QHBHIH", body, pos)
+        pos += struct.calcsize("<QHHIH") + (version > 2)
         palette = body[pos:pos + npal]
         if len(palette) != npal or pos + npal != len(body):
             raise FormatError("header body has the wrong length")
@@ -220,6 +231,6 @@ def _parse_header_body(body: bytes) -> Header:
     if sched not in schedules:
         raise FormatError("unknown schedule in header")
     header = Header(width, height, MODES[mode], bytes(fp), schedules[sched], T, tuple(ts), seed,
-                    tile, nchunks, checksum, bytes(palette))
+                    tile, nchunks, checksum, bytes(palette), symmetry)
     header.validate()
     return header

@@ -55,3 +55,8 @@ class ImageMode(str, Enum):
 
 def values(enum) -> tuple[str, ...]:
     return tuple(e.value for e in enum)
+
+
+#: How many of the square's eight symmetries a network call may be averaged over (the header's
+#: symmetry field, :func:`diffcodec.unet.forward_symmetrised`).
+SYMMETRIES = (1, 2, 4, 8)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -12,6 +13,8 @@ from .checkpoint import Prior
 from .data import to_tensor
 from .diffusion import VARIANCE_SOURCES
 from .errors import OptionError
+from .kinds import SYMMETRIES
+from .unet import forward_symmetrised
 
 
 @dataclass
@@ -27,11 +30,15 @@ class BoundTerms:
 
 
 def bits_per_dim(image: np.ndarray, prior: Prior, steps: int | Sequence[int] | None = None, seed: int = 0,
-                 progress=None, variance: str = "model") -> BoundTerms:
+                 progress=None, variance: str = "model", symmetry: int = 1) -> BoundTerms:
     """The variational bound of a uint8 H x W x 3 image under ``prior`` with the full chain
     (``steps=None``), one respaced to ``steps`` timesteps, or the given timesteps.  ``variance``:
     the model's own reverse variances (``model``: learned or fixed) or the analytic ones from the
-    checkpoint's x_0 error table (``analytic``)."""
+    checkpoint's x_0 error table (``analytic``).  ``symmetry``: the network averaged over that many
+    of the square's symmetries (:func:`diffcodec.unet.forward_symmetrised`), as a file's header
+    may ask."""
+    if symmetry not in SYMMETRIES:
+        raise OptionError(f"symmetry must be one of {SYMMETRIES}")
     if variance not in VARIANCE_SOURCES:
         raise OptionError(f"variance must be one of {VARIANCE_SOURCES}")
     if variance == "analytic" and prior.xstart_mse is None:
@@ -41,9 +48,7 @@ def bits_per_dim(image: np.ndarray, prior: Prior, steps: int | Sequence[int] | N
     g = torch.Generator(device=prior.device).manual_seed(seed)
 
     def model(x_t, s):
-        if prior.device.type == "cpu":
-            x_t = x_t.contiguous(memory_format=torch.channels_last)
-        return prior.net(x_t, s)
+        return forward_symmetrised(prior.net, x_t, s, symmetry, tile_pixels=math.inf)
 
     out = diffusion.calc_bpd_loop(model, x, generator=g, progress=progress)
     vb = out["vb"][0].numpy()

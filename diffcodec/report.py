@@ -45,6 +45,7 @@ class FileReport:
     coded_timesteps: list[int]
     seed: int
     tile: int
+    symmetry: int
     steps_in_file: int
     steps_announced: int
     truncated: bool
@@ -71,7 +72,7 @@ def file_report(data: bytes, name: str = "", max_pixels: int = fmt.DEFAULT_MAX_P
                             8 * cum / pixels, 8 * cum / dims, ideal, 8 * c.size / ideal if ideal > 0 else None))
     lossless = bool(parsed.chunks) and parsed.chunks[-1].kind.is_final
     return FileReport(name, len(data), h.width, h.height, h.mode, h.fingerprint.hex(), h.schedule, h.num_timesteps,
-                      list(h.timesteps), h.seed, h.tile, len(parsed.chunks), h.num_chunks, parsed.truncated, lossless,
+                      list(h.timesteps), h.seed, h.tile, h.symmetry, len(parsed.chunks), h.num_chunks, parsed.truncated, lossless,
                       parsed.header_size, sum(r.ideal_bits for r in rows) / dims, rows)
 
 

@@ -22,7 +22,7 @@ timesteps (O(K T^2)) under a budget of network calls and of PFR search work that
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -39,6 +39,7 @@ class EffortLevel:
     max_steps: int  # latent steps (network calls: one more)
     chunk_bits: int  # PFR's chunk size in bits of KL (0: no PFR at this effort)
     margin_bits: int  # PFR's search margin: a step searches about 2 ** (chunk + margin) candidates per dim
+    symmetry: int = 1  # each network call averaged over this many of the square's symmetries
 
     @property
     def pfr(self) -> bool:
@@ -55,16 +56,19 @@ class EffortLevel:
 #: work a bigger chunk with a smaller margin codes shorter (PFR's overhead per chunk is about
 #: log2(KL + 1) bits, and a chunk whose KL outruns the margin still sends a near-exact sample):
 #: measured with ``benchmarks.sweep_steps --pfr`` on Kodak crops (README, "Designing the chain").
+#: From effort 6 on, each network call is averaged over 2, 4 or 8 of the square's symmetries
+#: (:func:`diffcodec.unet.forward_symmetrised`): smaller files at that many times the network's
+#: time, in the encoder and the decoder alike (effort 5 keeps the plain call: the speed targets).
 EFFORTS = {
     1: EffortLevel(4, 0, 0),
     2: EffortLevel(6, 0, 0),
     3: EffortLevel(8, 4, 2),
     4: EffortLevel(10, 5, 2),
     5: EffortLevel(12, 6, 2),
-    6: EffortLevel(16, 6, 3),
-    7: EffortLevel(20, 10, 1),
-    8: EffortLevel(28, 10, 2),
-    9: EffortLevel(40, 12, 2),
+    6: EffortLevel(16, 6, 3, symmetry=2),
+    7: EffortLevel(20, 10, 1, symmetry=4),
+    8: EffortLevel(28, 10, 2, symmetry=8),
+    9: EffortLevel(40, 12, 2, symmetry=8),
 }
 
 
@@ -87,6 +91,7 @@ class Plan:
     margin_bits: int = 3
     expected_bits_per_dim: float = math.nan  # the cost model's total (nan when not planned)
     expected_steps: tuple[float, ...] = field(default=(), compare=False)  # per latent step; the last one includes the final step
+    symmetry: int = 1  # the network's self-ensemble (the effort's; the header records it)
 
 
 @dataclass(frozen=True)
@@ -217,11 +222,13 @@ def plan_chain(prior: Prior, pixels: int, opt: PlanOptions = PlanOptions(),
         ts = tuple(int(t) for t in opt.timesteps)
         if len(ts) < 2 or ts[-1] != T - 1 or any(b <= a for a, b in zip(ts, ts[1:])) or ts[0] < 0:
             raise OptionError(f"timesteps must increase strictly from t_min >= 0 to T - 1 = {T - 1}")
-        return _assign(prior, ts, fixed, level, chunk_bits, margin, pixels, model)
-    if prior.xstart_mse is None:
+        plan = _assign(prior, ts, fixed, level, chunk_bits, margin, pixels, model)
+    elif prior.xstart_mse is None:
         ts = even_timesteps(T, opt.steps or 8, 10 if opt.t_min is None else opt.t_min)
-        return Plan(ts, tuple([fixed or ChunkKind.UQ] * (len(ts) - 1)), chunk_bits, margin)
-    return _optimise(prior, pixels, opt, level, chunk_bits, margin, fixed, model)
+        plan = Plan(ts, tuple([fixed or ChunkKind.UQ] * (len(ts) - 1)), chunk_bits, margin)
+    else:
+        plan = _optimise(prior, pixels, opt, level, chunk_bits, margin, fixed, model)
+    return replace(plan, symmetry=level.symmetry)
 
 
 def _pfr_allowed(level: EffortLevel, chunk_bits: int, margin: int, fixed: ChunkKind | None) -> bool:

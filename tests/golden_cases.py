@@ -31,6 +31,8 @@ CASES = {
     "rgb_lossy": ("RGB", dict(_UQ, stop_after=2)),
     # channel-predicted UQ steps (UQ_PRED) win on this photo: their layout is pinned too
     "rgb_chanpred": ("RGB", dict(_UQ, tile=16), "astronaut", (48, 32)),
+    # every network call averaged over the square's 8 symmetries (header version 3's field)
+    "rgb_sym8": ("RGB", dict(_UQ, symmetry=8)),
 }
 
 

@@ -331,6 +331,16 @@ def test_sweep_steps(images_dir, tmp_path, table_model_path):
     assert doc["command"].startswith("python -m benchmarks.sweep_steps ")
 
 
+def test_sweep_steps_symmetry(images_dir, tmp_path, table_model_path):
+    """The symmetry axis: the effort's own (plan) or forced; every file records its own."""
+    out = tmp_path / "sweep.json"
+    assert sweep_steps.main(["--images", str(images_dir), "--crop", "16", "--limit", "1", "--model",
+                             str(table_model_path), "--effort", "1,6", "--symmetry", "plan,4", "--out", str(out)]) == 0
+    rows = _strict(out)["rows"]
+    assert [(r["effort"], r["symmetry"]) for r in rows] == [(1, 1), (1, 4), (6, 2), (6, 4)]
+    assert all(m["symmetry"] == r["symmetry"] for r in rows for m in r["per_image"].values())
+
+
 def test_sweep_steps_pfr_chunk_and_margin(images_dir, tmp_path, table_model_path):
     out = tmp_path / "sweep.json"
     assert sweep_steps.main(["--images", str(images_dir), "--crop", "16", "--limit", "1", "--model",

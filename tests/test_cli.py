@@ -163,6 +163,22 @@ def test_lossy_encode_options(work, tiny_model_path):
     assert 8 * out.stat().st_size / (37 * 23) <= 2.5 and "lossy" in r.output
 
 
+def test_symmetry_option(work, tiny_model_path):
+    """--symmetry reaches the header (info shows it) and the decoder gets the image back; nll
+    takes the same option and gives another bound (another model: the self-ensemble)."""
+    out, back = work / "sym.dfc", work / "sym.png"
+    r = run("encode", work / "a.png", "-o", out, "--model", tiny_model_path, "--steps", 3, "--symmetry", 2)
+    assert "symmetry 2" in r.output and parse(out.read_bytes()).header.symmetry == 2
+    assert json.loads(run("info", out, "--json").output)["symmetry"] == 2
+    run("decode", out, "-o", back, "--model", tiny_model_path, "-q")
+    np.testing.assert_array_equal(np.asarray(Image.open(back)), np.asarray(Image.open(work / "a.png")))
+    bounds = [json.loads(run("nll", work / "a.png", "--steps", 5, "--model", tiny_model_path, "-q", "--json",
+                             "--symmetry", n).output)[0]["bits_per_dim"] for n in (1, 8)]
+    assert all(np.isfinite(bounds)) and bounds[0] != bounds[1]
+    r = run("encode", work / "a.png", "-o", out, "--model", tiny_model_path, "--symmetry", 3, ok=False)
+    assert r.exit_code != 0 and "symmetry" in r.output
+
+
 def test_option_errors_are_one_line(work, tiny_model_path):
     r = run("encode", work / "a.png", "-o", work / "x.dfc", "--model", tiny_model_path, "--t-min", 999, ok=False)
     assert_clean_error(r, "cannot fit")

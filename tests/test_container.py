@@ -47,12 +47,17 @@ def make_file(n: int = 3) -> tuple[bytes, Header, list[Chunk]]:
 
 
 def raw_header(width=5, height=4, mode=1, fp=FP, sched=1, T=1000, ts=(0, 500, 999), k=None, seed=1,
-               tile=64, nchunks=0, checksum=0, palette=b"", npal=None, version=2, body_len=None, magic=MAGIC,
-               crc=None, extra=b"") -> bytes:
-    """Header bytes with any field values (no validation), with a correct CRC unless given."""
+               tile=64, nchunks=0, checksum=0, palette=b"", npal=None, version=3, body_len=None, magic=MAGIC,
+               crc=None, extra=b"", symmetry=1) -> bytes:
+    """Header bytes with any field values (no validation), with a correct CRC unless given;
+    ``version=2`` leaves out the symmetry byte, as version 2 files do."""
     body = struct.pack("<IIB", width, height, mode) + fp
     body += struct.pack("<BHH", sched, T, len(ts) if k is None else k) + struct.pack(f"<{len(ts)}H", *ts)
-    body += struct.pack("<QHHIH", seed, tile, nchunks, checksum, len(palette) if npal is None else npal)
+    npal = len(palette) if npal is None else npal
+    if version == 2:
+        body += struct.pack("<QHHIH", seed, tile, nchunks, checksum, npal)
+    else:
+        body += struct.pack("<QHBHIH", seed, tile, symmetry, nchunks, checksum, npal)
     body += palette + extra
     head = struct.pack("<BI", version, len(body) if body_len is None else body_len) + body
     return magic + head + struct.pack("<I", zlib.crc32(head) if crc is None else crc)
@@ -68,6 +73,7 @@ def raw_header(width=5, height=4, mode=1, fp=FP, sched=1, T=1000, ts=(0, 500, 99
          seed=2**64 - 1, tile=16384, checksum=0xFFFFFFFF),
     dict(mode="P", palette=bytes(range(48)), timesteps=tuple(range(0, 1000, 7)), num_chunks=143, tile=8),
     dict(mode="P", palette=bytes(768)),
+    dict(symmetry=8),
 ])
 def test_header_round_trip(kw):
     header = make_header(**kw)
@@ -107,6 +113,17 @@ def test_chunks_round_trip():
     for c in chunks:
         assert c.size == len(c.to_bytes())
     assert [c.ideal_bits for c in parsed.chunks] == [100.0, 101.0, 102.0]  # exact in f32
+
+
+def test_version_2_headers_parse_with_symmetry_1():
+    """Files written before the symmetry field (version 2) still parse: their network calls were
+    plain ones."""
+    v2 = parse(raw_header(version=2, seed=7, tile=16)).header
+    v3 = parse(raw_header(version=3, seed=7, tile=16)).header
+    assert v2 == v3 and v2.symmetry == 1 and (v2.seed, v2.tile) == (7, 16)
+    same = dict(seed=1, num_chunks=0, checksum=0)  # raw_header's defaults
+    assert raw_header(version=3) == make_header(**same).to_bytes()  # the writer writes version 3
+    assert raw_header(version=3, symmetry=8) == make_header(**same, symmetry=8).to_bytes()
 
 
 def test_version_1_files_are_refused_by_name():
@@ -194,7 +211,11 @@ def _refused(data: bytes, match: str) -> None:
     (dict(body_len=65537), "header length"),
     (dict(body_len=60000), "truncated inside the header"),
     (dict(crc=0), "CRC"),
-    (dict(version=3), "version 3"),
+    (dict(version=4), "version 4"),
+    (dict(symmetry=0), "symmetry"),
+    (dict(symmetry=3), "symmetry"),
+    (dict(symmetry=16), "symmetry"),
+    (dict(version=2, extra=b"\1"), "wrong length"),  # a version 3 body labelled version 2
     (dict(version=0), "version 0"),
     (dict(magic=b"\x89PNG\r\n\x1a\n"), "magic"),
     (dict(magic=b"\x89DFC\n\x1a\n\n"), "magic"),  # text-mode mangled

@@ -4,7 +4,8 @@ change fails these tests until the files are regenerated on purpose:
 
     DIFFCODEC_REGEN_GOLDEN=1 python -m pytest -q tests/test_golden.py
 
-then check the diff of tests/golden/MD5SUMS and commit it with the files.
+then check the diff of tests/golden/MD5SUMS and commit it with the files.  The files of the
+previous format version stay in tests/golden/v2/ (never regenerated): they must keep decoding.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def _regenerate() -> None:
 if os.environ.get("DIFFCODEC_REGEN_GOLDEN") == "1":
     _regenerate()
 MD5 = dict(reversed(line.split()) for line in (GOLDEN / "MD5SUMS").read_text().splitlines())
+LEGACY = GOLDEN / "v2"
+LEGACY_MD5 = dict(reversed(line.split()) for line in (LEGACY / "MD5SUMS").read_text().splitlines())
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -52,9 +55,12 @@ def test_encoder_reproduces_the_golden_bytes(name):
     assert data == (GOLDEN / f"{name}.dfc").read_bytes()
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_golden_file_decodes_to_its_source(name):
-    data = (GOLDEN / f"{name}.dfc").read_bytes()
+@pytest.mark.parametrize("folder,name", [(GOLDEN, n) for n in CASES] + [(LEGACY, n) for n in sorted(LEGACY_MD5)])
+def test_golden_file_decodes_to_its_source(folder, name):
+    name = name.removesuffix(".dfc")
+    data = (folder / f"{name}.dfc").read_bytes()
+    if folder == LEGACY:
+        assert hashlib.md5(data).hexdigest() == LEGACY_MD5[f"{name}.dfc"] and data[8] == 2  # version 2, untouched
     source = Image.open(GOLDEN / f"{name}.png")
     out = decode(data, analytic_prior())
     parsed = parse(data)

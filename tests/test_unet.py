@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import diffcodec.unet as unet_module
-from diffcodec.unet import (CONFIGS, UNet, UNetConfig, count_parameters, forward_tiled, named_config, receptive_radius,
-                            tile_halo, timestep_embedding)
+from diffcodec.unet import (CONFIGS, UNet, UNetConfig, count_parameters, forward_symmetrised, forward_tiled, named_config,
+                            receptive_radius, tile_halo, timestep_embedding)
 from codec_fixtures import randomize_
 
 
@@ -212,3 +212,43 @@ def test_tiled_evaluation_of_a_tile_exact_network_equals_the_whole_image_call(mo
     with torch.inference_mode():
         short = forward_tiled(net, x, t, tile_pixels=24 * 24)
     assert (short - whole).abs().max() > 1e-3
+
+
+# ----------------------------------------------------------------------------- self-ensemble
+
+_MIRROR_LR = lambda x: x.flip(-1)  # noqa: E731
+_MIRROR_UD = lambda x: x.flip(-2)  # noqa: E731
+_TRANSPOSE = lambda x: x.transpose(-2, -1)  # noqa: E731
+
+
+def test_symmetrised_call_is_equivariant_to_its_symmetries(tiny6):
+    """A mean over a group of the square's symmetries is equivariant to that group although the
+    network is not; symmetry 1 is the plain call; a non-square image works (transposes swap H, W)."""
+    x = torch.randn(1, 3, 24, 40, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([300])
+    with torch.inference_mode():
+        plain = forward_tiled(tiny6, x, t)
+        assert torch.equal(forward_symmetrised(tiny6, x, t, 1), plain)
+        assert (forward_tiled(tiny6, _MIRROR_LR(x), t) - _MIRROR_LR(plain)).abs().max() > 1e-2  # not equivariant
+        two, eight = forward_symmetrised(tiny6, x, t, 2), forward_symmetrised(tiny6, x, t, 8)
+        assert two.shape == eight.shape == plain.shape
+        torch.testing.assert_close(forward_symmetrised(tiny6, _MIRROR_LR(x), t, 2), _MIRROR_LR(two), rtol=0, atol=1e-6)
+        for g in (_MIRROR_LR, _MIRROR_UD, _TRANSPOSE):
+            torch.testing.assert_close(forward_symmetrised(tiny6, g(x), t, 8), g(eight), rtol=0, atol=1e-6)
+        # the mean of the 8 plain calls on the transformed inputs, transformed back
+        calls = [forward_tiled(tiny6, x, t), _MIRROR_LR(forward_tiled(tiny6, _MIRROR_LR(x), t)),
+                 _TRANSPOSE(forward_tiled(tiny6, _TRANSPOSE(x), t))]
+        assert (two - (calls[0] + calls[1]) / 2).abs().max() < 1e-6
+    with pytest.raises(ValueError, match="symmetry"):
+        forward_symmetrised(tiny6, x, t, 3)
+
+
+def test_symmetrised_call_reports_progress_over_all_its_calls():
+    cfg = UNetConfig(model_channels=8, num_res_blocks=1, channel_mult=(1, 2), attention_resolutions=(),
+                     middle_attention=False, norm="layer")
+    net = randomize_(UNet(cfg).eval(), 3)
+    seen = []
+    with torch.inference_mode():
+        forward_symmetrised(net, torch.randn(1, 3, 30, 30), torch.tensor([5]), 4, tile_pixels=16 * 16,
+                            on_tile=lambda done, total: seen.append((done, total)))
+    assert seen == [(i, 16) for i in range(1, 17)]  # 4 calls x 2 x 2 tiles
