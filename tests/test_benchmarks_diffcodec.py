@@ -27,7 +27,7 @@ from diffcodec.checkpoint import attach_xstart_mse, load_prior
 from diffcodec.likelihood import bits_per_dim
 from diffcodec.trajectory import EFFORTS
 
-SCRIPTS = ("rd_diffcodec", "baselines", "bound", "sweep_steps", "pfr_speed", "make_results", "plots")
+SCRIPTS = ("rd_diffcodec", "baselines", "bound", "sweep_steps", "pfr_speed", "make_results", "plots", "symmetry")
 COMPRESSAI_KEYS = {"bpp", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time"}
 K = 3  # latent steps of the smoke runs
 SIZES = {"astronaut.png": (32, 32), "coffee.png": (24, 20)}  # name: (width, height)
@@ -329,6 +329,22 @@ def test_sweep_steps(images_dir, tmp_path, table_model_path):
         for key in sweep_steps.ROW_MEANS:
             assert row[key] == pytest.approx(np.mean([m[key] for m in row["per_image"].values()])), key
     assert doc["command"].startswith("python -m benchmarks.sweep_steps ")
+
+
+def test_symmetry_benchmark(images_dir, tmp_path, tiny_model_path):
+    """The self-ensemble's x_0 error relative to the plain call: the plain call is its own
+    reference (ratio exactly 1), every symmetry's MSE is measured on the same noisy images."""
+    from benchmarks import symmetry
+
+    out = tmp_path / "sym.json"
+    assert symmetry.main(["--images", str(images_dir), "--crop", "16", "--limit", "2", "--model",
+                          str(tiny_model_path), "--timesteps", "5,300", "--out", str(out)]) == 0
+    doc = _strict(out)
+    assert [r["t"] for r in doc["rows"]] == [5, 300]
+    for r in doc["rows"]:
+        assert r["ratio"]["1"] == 1.0 and set(r["mse"]) == {"1", "2", "4", "8"}
+        assert all(v > 0 and r["ratio"][n] == pytest.approx(v / r["mse"]["1"]) for n, v in r["mse"].items())
+        assert len(set(r["mse"].values())) > 1  # a random network is not equivariant: the means differ
 
 
 def test_sweep_steps_symmetry(images_dir, tmp_path, table_model_path):
