@@ -15,7 +15,7 @@ Usage (from the repository root)::
 
     python -m benchmarks.rd_diffcodec --images ../shared/data/kodak --out benchmarks/results/kodak \\
         --device cuda [--model M] [--effort 5] [--method auto|uq|pfr] [--steps K] [--t-min T] \\
-        [--crop 256] [--limit N] [--bound-steps 100 [--bound-variance auto|model|analytic]] \\
+        [--crop 256] [--limit N] [--symmetry 1|2|4|8] [--bound-steps 100 [--bound-variance auto|model|analytic]] \\
         [--baselines benchmarks/results/kodak]
     python -m benchmarks.rd_diffcodec --smoke --out /tmp/x     # seconds, CPU, for the test suite
 """
@@ -40,7 +40,7 @@ from benchmarks.common import bound as model_bound
 from diffcodec.checkpoint import Prior, load_prior
 from diffcodec.codec import EncodeOptions, EncodeResult, encode, iter_previews
 from diffcodec.errors import OptionError
-from diffcodec.kinds import LatentMethod, values
+from diffcodec.kinds import SYMMETRIES, LatentMethod, values
 from diffcodec.report import progression_strip
 from diffcodec.trajectory import MAX_EFFORT
 
@@ -65,7 +65,7 @@ def encode_options(args: argparse.Namespace) -> EncodeOptions:
     """The encoder's options from the command line (the library's defaults where not given)."""
     return EncodeOptions(effort=args.effort, method=LatentMethod(args.method), steps=args.steps, t_min=args.t_min,
                          tile=args.tile, seed=args.seed, pfr_chunk_bits=args.pfr_chunk_bits,
-                         pfr_margin_bits=args.pfr_margin_bits)
+                         pfr_margin_bits=args.pfr_margin_bits, symmetry=args.symmetry)
 
 
 def plan_record(enc: EncodeResult) -> dict[str, Any]:
@@ -132,6 +132,7 @@ def run_image(img: np.ndarray, prior: Prior, opts: EncodeOptions, bound_steps: i
 
     out = {
         "height": h, "width": w, "bytes": len(enc.data), "lossless": enc.lossless, "plan": plan_record(enc),
+        "symmetry": enc.header.symmetry,
         "latent_coders": [s.kind.label for s in enc.steps if not s.kind.is_final],
         "final_coder": next((s.kind.label for s in enc.steps if s.kind.is_final), None),
         "header_bytes": header_bytes, "header_bits_per_dim": 8 * header_bytes / dims,
@@ -234,6 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--tile", type=int, default=defaults.tile, help="side-information tile in px (0: whole image)")
     ap.add_argument("--pfr-chunk-bits", type=int, default=None, help="PFR chunk bits (default: the effort's)")
     ap.add_argument("--pfr-margin-bits", type=int, default=None, help="PFR search margin (default: the effort's)")
+    ap.add_argument("--symmetry", type=int, choices=SYMMETRIES, default=None,
+                    help="network self-ensemble (default: the effort's)")
     ap.add_argument("--seed", type=int, default=0, help="shared seed of every file")
     ap.add_argument("--crop", type=int, default=0, help="centre-crop images to this size (CPU runs)")
     ap.add_argument("--limit", type=int, default=0, help="use only the first N images")
@@ -284,7 +287,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         per_step=ps, summary=summary, per_image=per_image, plan=per_image[next(iter(per_image))]["plan"],
         options={"effort": opts.effort, "method": LatentMethod(opts.method).value, "steps": opts.steps,
                  "t_min": opts.t_min, "tile": opts.tile, "seed": opts.seed, "pfr_chunk_bits": opts.pfr_chunk_bits,
-                 "pfr_margin_bits": opts.pfr_margin_bits, "crop": args.crop, "bound_steps": args.bound_steps,
+                 "pfr_margin_bits": opts.pfr_margin_bits, "symmetry": per_image[next(iter(per_image))]["symmetry"],
+                 "crop": args.crop, "bound_steps": args.bound_steps,
                  "bound_variance": bound_variance if args.bound_steps is not None else None},
         model=Path(prior.source).name, model_fingerprint=prior.fingerprint, device=args.device,
         **provenance("benchmarks.rd_diffcodec", argv),

@@ -225,13 +225,15 @@ def test_rd_plots(rd_run, baseline_dir):
     assert _png_size(out / "lossless_bars.png") == (round(w * 120), round(h * 120))
 
 
-@pytest.mark.parametrize("method", ["uq", "pfr"])
-def test_rd_smoke_method(method, tmp_path, tiny_model_path):  # noqa: F811
+@pytest.mark.parametrize("method,symmetry", [("uq", None), ("pfr", 2)])
+def test_rd_smoke_method(method, symmetry, tmp_path, tiny_model_path):  # noqa: F811
     out = tmp_path / "rd"
+    extra = [] if symmetry is None else ["--symmetry", str(symmetry)]
     assert rd_diffcodec.main(["--smoke", "--out", str(out), "--model", str(tiny_model_path), "--steps", str(K),
-                              "--method", method]) == 0
+                              "--method", method, *extra]) == 0
     doc = _strict(out / "diffcodec.json")
     (r,) = doc["per_image"].values()
+    assert r["symmetry"] == doc["options"]["symmetry"] == (symmetry or EFFORTS[5].symmetry)
     assert r["latent_coders"] == r["plan"]["coders"] == [method] * K
     assert (r["plan"]["chunk_bits"], r["plan"]["margin_bits"]) == (EFFORTS[5].chunk_bits, EFFORTS[5].margin_bits)
     assert "bound_bits_per_dim" not in doc["summary"] and "gap_to_bound" not in doc["summary"]
