@@ -27,7 +27,8 @@ from diffcodec.checkpoint import attach_xstart_mse, load_prior
 from diffcodec.likelihood import bits_per_dim
 from diffcodec.trajectory import EFFORTS
 
-SCRIPTS = ("rd_diffcodec", "baselines", "bound", "sweep_steps", "pfr_speed", "make_results", "plots", "symmetry")
+SCRIPTS = ("rd_diffcodec", "baselines", "bound", "sweep_steps", "pfr_speed", "make_results", "plots", "symmetry",
+           "rd_merge")
 COMPRESSAI_KEYS = {"bpp", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time"}
 K = 3  # latent steps of the smoke runs
 SIZES = {"astronaut.png": (32, 32), "coffee.png": (24, 20)}  # name: (width, height)
@@ -239,6 +240,40 @@ def test_rd_smoke_method(method, symmetry, tmp_path, tiny_model_path):  # noqa: 
     assert "bound_bits_per_dim" not in doc["summary"] and "gap_to_bound" not in doc["summary"]
     assert doc["per_step"]["rmse"][-1] == 0.0
     assert f"method {method}" in doc["description"]
+
+
+def test_rd_merge_of_parts_equals_the_whole_run(images_dir, tmp_path, tiny_model_path):  # noqa: F811
+    """Two runs on halves of a set merge to the run on the whole set: the same per-step means, so
+    the same PSNR at each rate as common.interpolate_psnr_at_bpp gives for the whole run."""
+    from benchmarks import rd_merge
+    from benchmarks.common import interpolate_psnr_at_bpp
+
+    halves = [tmp_path / "a", tmp_path / "b"]
+    for folder, name in zip(halves, SIZES):
+        folder.mkdir()
+        Image.open(images_dir / name).resize((24, 20)).save(folder / name)
+    whole_dir = tmp_path / "whole"
+    whole_dir.mkdir()
+    for folder in halves:
+        for f in folder.iterdir():
+            (whole_dir / f.name).write_bytes(f.read_bytes())
+    common = ["--model", str(tiny_model_path), "--steps", str(K), "--seed", "3"]
+    for folder in [*halves, whole_dir]:
+        assert rd_diffcodec.main(["--images", str(folder), "--out", str(folder / "rd"), *common]) == 0
+    out = tmp_path / "merged.json"
+    assert rd_merge.main([str(h / "rd" / "diffcodec.json") for h in halves] + ["--out", str(out)]) == 0
+    merged, whole = _strict(out), _strict(whole_dir / "rd" / "diffcodec.json")
+    assert merged["images"] == sorted(whole["per_image"])
+    np.testing.assert_allclose(merged["per_step_mean"]["bpp"], whole["per_step"]["bpp"])
+    bpp = whole["per_step"]["bpp"]  # rates inside the measured range (a 24 x 20 header alone is ~2 bpp)
+    rates = [(bpp[1] + bpp[2]) / 2, (bpp[2] + bpp[3]) / 2]
+    parts = [json.loads((h / "rd" / "diffcodec.json").read_text()) for h in halves]
+    again = rd_merge.merge(parts, rates)
+    for rate in rates:
+        expected = interpolate_psnr_at_bpp(whole, rate)
+        assert np.isfinite(expected) and again["psnr_at_bpp_mean_curve"][str(rate)] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="more than one run"):
+        rd_merge.merge([whole, whole])
 
 
 def test_rd_auto_follows_the_plan_of_a_model_with_an_error_table(tmp_path, table_model_path):
