@@ -215,11 +215,13 @@ def _parse_header_body(body: bytes, version: int = VERSION) -> Header:
         sched, T, k = struct.unpack_from("<BHH", body, 41)
         ts = struct.unpack_from(f"<{k}H", body, 46)
         pos = 46 + 2 * k
-        if version == 2:
-            (seed, tile, nchunks, checksum, npal), symmetry = struct.unpack_from("<QHHIH", body, pos), 1
+        if version == 2:  # no symmetry byte: the plain network
+            tail = "<QHHIH"
+            (seed, tile, nchunks, checksum, npal), symmetry = struct.unpack_from(tail, body, pos), 1
         else:
-            seed, tile, symmetry, nchunks, checksum, npal = struct.unpack_from("<QHBHIH", body, pos)
-        pos += struct.calcsize("<QHHIH") + (version > 2)
+            tail = "<QHBHIH"
+            seed, tile, symmetry, nchunks, checksum, npal = struct.unpack_from(tail, body, pos)
+        pos += struct.calcsize(tail)
         palette = body[pos:pos + npal]
         if len(palette) != npal or pos + npal != len(body):
             raise FormatError("header body has the wrong length")
