@@ -40,7 +40,7 @@ from .diffusion import discretized_gaussian_log_likelihood, normal_kl
 from .errors import FormatError, OptionError
 from .image import SourceImage, native_array, prepare_image, restore_image
 from .intervals import Intervals
-from .kinds import SYMMETRIES, ChunkKind, LatentMethod, Reconstruction
+from .kinds import ChunkKind, LatentMethod, Reconstruction, check_symmetry
 from .trajectory import Plan, PlanOptions, plan_chain
 
 DEFAULT_TILE = 64
@@ -135,8 +135,8 @@ def encode(image, prior: Prior, options: EncodeOptions | None = None,
     ``progress(done, total)`` is told the steps done (a fraction within a step as the network's
     tiles finish) out of the steps planned."""
     opt = options or EncodeOptions()
-    if opt.symmetry is not None and opt.symmetry not in SYMMETRIES:
-        raise OptionError(f"symmetry must be one of {SYMMETRIES}")
+    if opt.symmetry is not None:
+        check_symmetry(opt.symmetry)
     src = image if isinstance(image, SourceImage) else prepare_image(image)
     h, w = src.pixels.shape[:2]
     plan = plan_chain(prior, h * w, opt.plan_options())

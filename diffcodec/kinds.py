@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from enum import Enum, IntEnum
 
+from .errors import OptionError
+
 
 class ChunkKind(IntEnum):
     """What a chunk of a .dfc file holds: one coded step, by the coder that made it."""
@@ -60,3 +62,10 @@ def values(enum) -> tuple[str, ...]:
 #: How many of the square's eight symmetries a network call may be averaged over (the header's
 #: symmetry field, :func:`diffcodec.unet.forward_symmetrised`).
 SYMMETRIES = (1, 2, 4, 8)
+
+
+def check_symmetry(symmetry: int) -> int:
+    """``symmetry`` if it is one of :data:`SYMMETRIES`, else an :class:`OptionError`."""
+    if symmetry not in SYMMETRIES:
+        raise OptionError(f"symmetry must be one of {SYMMETRIES}")
+    return symmetry

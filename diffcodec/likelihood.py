@@ -13,7 +13,7 @@ from .checkpoint import Prior
 from .data import to_tensor
 from .diffusion import VARIANCE_SOURCES
 from .errors import OptionError
-from .kinds import SYMMETRIES
+from .kinds import check_symmetry
 from .unet import forward_symmetrised
 
 
@@ -37,8 +37,7 @@ def bits_per_dim(image: np.ndarray, prior: Prior, steps: int | Sequence[int] | N
     checkpoint's x_0 error table (``analytic``).  ``symmetry``: the network averaged over that many
     of the square's symmetries (:func:`diffcodec.unet.forward_symmetrised`), as a file's header
     may ask."""
-    if symmetry not in SYMMETRIES:
-        raise OptionError(f"symmetry must be one of {SYMMETRIES}")
+    check_symmetry(symmetry)
     if variance not in VARIANCE_SOURCES:
         raise OptionError(f"variance must be one of {VARIANCE_SOURCES}")
     if variance == "analytic" and prior.xstart_mse is None:
