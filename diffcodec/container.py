@@ -33,12 +33,14 @@ Header body::
 Chunk (one per coded step, in order)::
 
     u8  kind                        1 = UQ latent step, 2 = PFR latent step,
-                                    3 = final (x_0) step, 4 = final step, channel-predicted
+                                    3 = final (x_0) step, 4 = final step, channel-predicted,
+                                    5 = UQ step, channel-predicted, 6 = UQ step, context
+                                    (checkerboard), 7 = final step, context (kinds.ChunkKind)
     u16 index                       0, 1, 2, ... in order; chunk K - 1 is the final step
     u32 payload length N            at most 2**30
     f32 ideal bits                  the step's KL (latent) or decoder NLL (final) under the
                                     model's analytic variances, in bits (informational)
-    N-4 coder payload               documented in diffcodec/coders/{uq,pfr,final}.py
+    N-4 coder payload               documented in diffcodec/coders/{uq,pfr,final,chanpred}.py
     u32 CRC-32 of kind .. payload
 
 A file cut inside a chunk parses up to the last complete chunk and reports ``truncated``; a

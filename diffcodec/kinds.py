@@ -15,15 +15,17 @@ class ChunkKind(IntEnum):
     FINAL = 3  # x_0, every channel under its own belief (diffcodec.coders.final)
     FINAL_PRED = 4  # x_0, RGB channels predicted from the ones decoded before them
     UQ_PRED = 5  # latent step: UQ with channels predicted from the ones decoded before them
+    UQ_CTX = 6  # latent step: UQ_PRED's anchors, then the checkerboard's others predicted from them
+    FINAL_CTX = 7  # x_0: FINAL_PRED's anchors, then the checkerboard's others predicted from them
 
     @property
     def is_final(self) -> bool:
-        return self in (ChunkKind.FINAL, ChunkKind.FINAL_PRED)
+        return self in (ChunkKind.FINAL, ChunkKind.FINAL_PRED, ChunkKind.FINAL_CTX)
 
     @property
     def label(self) -> str:
         return {ChunkKind.UQ: "uq", ChunkKind.UQ_PRED: "uq+chan", ChunkKind.PFR: "pfr", ChunkKind.FINAL: "final",
-                ChunkKind.FINAL_PRED: "final+chan"}[self]
+                ChunkKind.FINAL_PRED: "final+chan", ChunkKind.UQ_CTX: "uq+ctx", ChunkKind.FINAL_CTX: "final+ctx"}[self]
 
 
 class LatentMethod(str, Enum):

@@ -29,7 +29,8 @@ CASES = {
     "bilevel_uq": ("1", _UQ),
     "palette_uq": ("P", _UQ),
     "rgb_lossy": ("RGB", dict(_UQ, stop_after=2)),
-    # channel-predicted UQ steps (UQ_PRED) win on this photo: their layout is pinned too
+    # the context layout's UQ steps (UQ_CTX) win on this photo: their layout is pinned too (the
+    # channel-predicted UQ_PRED steps this case had before are pinned by tests/golden/v3/)
     "rgb_chanpred": ("RGB", dict(_UQ, tile=16), "astronaut", (48, 32)),
     # every network call averaged over the square's 8 symmetries (header version 3's field)
     "rgb_sym8": ("RGB", dict(_UQ, symmetry=8)),

@@ -379,8 +379,9 @@ def _mutations(data: bytes, parsed: Parsed, rng: np.random.Generator, count: int
                 payload = payload[:4 + ns] + stream
             elif how == 3:  # the side information count
                 struct.pack_into("<I", payload, 0, int(rng.choice([0, 1, 2**31, int(rng.integers(0, 64))])))
-            kinds = (UQ, PFR) if not chunk.kind.is_final else (FINAL, FINAL_PRED)
-            new_kind = kinds[int(rng.integers(0, 2))] if how == 4 else chunk.kind  # another coder's payload
+            kinds = ((UQ, PFR, ChunkKind.UQ_PRED, ChunkKind.UQ_CTX) if not chunk.kind.is_final
+                     else (FINAL, FINAL_PRED, ChunkKind.FINAL_CTX))
+            new_kind = kinds[int(rng.integers(0, len(kinds)))] if how == 4 else chunk.kind  # another layout's payload
             d[starts[c]:starts[c] + chunk.size] = Chunk(new_kind, c, chunk.ideal_bits, bytes(payload)).to_bytes()
         else:  # CRC-valid damage of the header body (size fields kept small)
             pos = int(rng.integers(8 + 5 + 9, hsize - 4))  # after width/height/mode

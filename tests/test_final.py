@@ -1,6 +1,6 @@
 """The final step (diffcodec.coders.final): exact round trips, beliefs restricted to the feasible
-intervals, channel prediction where it pays, never worse than the plain layout, and damaged
-payloads refused."""
+intervals, channel and spatial prediction where they pay, the layout estimated shortest, and
+damaged payloads refused."""
 
 from __future__ import annotations
 
@@ -51,6 +51,46 @@ def _pixels(rng, h, w, correlation):
     return sym, mu
 
 
+def _smooth_pixels(rng, h, w):
+    """Pixels whose residuals around mu are a smooth field of each channel's own, plus a little
+    white noise: neighbours predict each other, the other channels do not."""
+    field = rng.normal(0, 8, (3, h + 4, w + 4))
+    field = sum(field[:, dy:dy + h, dx:dx + w] for dy in range(5) for dx in range(5)) / 5.0  # a 5 x 5 box blur
+    mu = rng.uniform(30, 225, (3, h, w))
+    sym = np.clip(np.rint(mu + field + rng.normal(0, 1.5, (3, h, w))), 0, 255).astype(np.int64)
+    return sym, mu
+
+
+def _layout_sizes(stats: dict, side_bytes: int) -> dict:
+    """What the encoder compares: each layout's symbol bits plus what it sends besides them
+    (``side_bytes`` predictor codes)."""
+    return {ChunkKind.FINAL: stats["plain_symbol_bits"],
+            ChunkKind.FINAL_PRED: stats["predicted_symbol_bits"] + 8 * (side_bytes + 12) + 64,
+            ChunkKind.FINAL_CTX: stats["context_symbol_bits"] + 8 * (side_bytes + 4 + 6 + 24) + 5 * 32}
+
+
+@pytest.mark.parametrize("tile", [0, 16])
+def test_spatially_correlated_residuals_take_the_context_layout(tile):
+    rng = np.random.default_rng(7)
+    sym, mu = _smooth_pixels(rng, 36, 44)
+    out, kind = _round_trip(sym, mu, tile)
+    assert kind == ChunkKind.FINAL_CTX
+    # half of the pixels are predicted from their neighbours: far fewer bits than channel prediction alone
+    assert out.stats["context_symbol_bits"] < 0.9 * out.stats["predicted_symbol_bits"]
+    assert abs(out.coded_bits - out.stats["context_symbol_bits"]) <= 0.01 * out.coded_bits + 6 * 32
+
+
+def test_context_payload_is_pinned():
+    """The context layout's bytes (a golden payload, like tests/golden/ for whole files: the
+    analytic prior of those files leaves no spatial correlation for this layout to take)."""
+    import hashlib
+
+    sym, mu = _smooth_pixels(np.random.default_rng(7), 36, 44)
+    out, kind = _round_trip(sym, mu, 16)
+    assert kind == ChunkKind.FINAL_CTX and len(out.payload) == 2760
+    assert hashlib.md5(out.payload).hexdigest() == "a42f7ffc38dc5805bf9eb12923e6bf91"
+
+
 @pytest.mark.parametrize("tile", [0, 16])
 def test_correlated_residuals_take_the_predicted_layout(tile):
     rng = np.random.default_rng(1)
@@ -66,9 +106,10 @@ def test_never_larger_than_plain_and_grey_is_plain():
     for correlation in (0.0, 0.3, 0.6):
         sym, mu = _pixels(rng, 24, 20, correlation)
         out, kind = _round_trip(sym, mu, 8)
-        plain, pred = out.stats["plain_symbol_bits"], out.stats["predicted_symbol_bits"]
-        assert (kind == ChunkKind.FINAL_PRED) == (pred + 8 * (3 * 9 + 12) + 64 < plain)  # 3 coefficients x 9 tiles
-        assert abs(out.coded_bits - (pred if kind == ChunkKind.FINAL_PRED else plain)) <= 0.01 * out.coded_bits + 96
+        sizes = _layout_sizes(out.stats, 3 * 9)  # 3 coefficients x 9 tiles
+        assert kind == min(sizes, key=sizes.get)
+        bits = {ChunkKind.FINAL: "plain", ChunkKind.FINAL_PRED: "predicted", ChunkKind.FINAL_CTX: "context"}[kind]
+        assert abs(out.coded_bits - out.stats[f"{bits}_symbol_bits"]) <= 0.01 * out.coded_bits + 6 * 32
     grey = np.repeat(sym[:1], 3, axis=0)
     out, kind = _round_trip(grey, mu, 8, channels=1)
     assert kind == ChunkKind.FINAL and "predicted_symbol_bits" not in out.stats
@@ -97,32 +138,34 @@ def test_intervals_restrict_the_levels():
         CODER.encode(_ctx(mu, 0, lo=np.minimum(sym + 1, 255), hi=np.full(sym.shape, 255)), _target(sym))
 
 
-def test_damaged_predicted_payloads_are_format_errors():
+@pytest.mark.parametrize("layout", [ChunkKind.FINAL_PRED, ChunkKind.FINAL_CTX])
+def test_damaged_predicted_payloads_are_format_errors(layout):
     """Every cut and every change of a count is refused; other damage either is refused or
     decodes to levels inside the feasible intervals (the file's CRCs catch those) — never
     anything else."""
     rng = np.random.default_rng(3)
-    sym, mu = _pixels(rng, 16, 16, 0.9)
-    lo, hi = np.clip(sym - 6, 0, 255), np.clip(sym + 6, 0, 255)
+    sym, mu = _pixels(rng, 16, 16, 0.9) if layout == ChunkKind.FINAL_PRED else _smooth_pixels(rng, 24, 24)
+    lo, hi = np.clip(sym - 20, 0, 255), np.clip(sym + 20, 0, 255)
     out, kind = _round_trip(sym, mu, 8, lo=lo, hi=hi)
-    assert kind == ChunkKind.FINAL_PRED
+    assert kind == layout
     payload, ctx = out.payload, _ctx(mu, 8, lo=lo, hi=hi)
     for cut in range(len(payload)):
         with pytest.raises(FormatError):
-            CODER.decode(ctx, payload[:cut], ChunkKind.FINAL_PRED)
+            CODER.decode(ctx, payload[:cut], kind)
     with pytest.raises(FormatError):
-        CODER.decode(ctx, payload + b"\0\0\0\0", ChunkKind.FINAL_PRED)
+        CODER.decode(ctx, payload + b"\0\0\0\0", kind)
     size = 3 * 2 * 2
-    for at in (0, 4 + size):  # the side-information counts
+    counts = (0, 4 + size) + ((8 + 2 * size,) if kind == ChunkKind.FINAL_CTX else ())  # + the spatial block's
+    for at in counts:  # the side-information counts
         bad = bytearray(payload)
         bad[at] ^= 1
         with pytest.raises(FormatError):
-            CODER.decode(ctx, bytes(bad), ChunkKind.FINAL_PRED)
+            CODER.decode(ctx, bytes(bad), kind)
     for _ in range(60):
         bad = bytearray(payload)
         bad[int(rng.integers(0, len(bad)))] ^= int(rng.integers(1, 256))
         try:
-            got = CODER.decode(ctx, bytes(bad), ChunkKind.FINAL_PRED).pixels
+            got = CODER.decode(ctx, bytes(bad), kind).pixels
         except FormatError:
             continue
         assert got.shape == sym.shape and got.dtype == np.uint8

@@ -4,8 +4,9 @@ change fails these tests until the files are regenerated on purpose:
 
     DIFFCODEC_REGEN_GOLDEN=1 python -m pytest -q tests/test_golden.py
 
-then check the diff of tests/golden/MD5SUMS and commit it with the files.  The files of the
-previous format version stay in tests/golden/v2/ (never regenerated): they must keep decoding.
+then check the diff of tests/golden/MD5SUMS and commit it with the files.  Files made by earlier
+encoders stay, never regenerated, and must keep decoding: tests/golden/v2/ (format version 2) and
+tests/golden/v3/ (version 3 before the context layout: channel-predicted UQ steps, UQ_PRED).
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ def _regenerate() -> None:
 if os.environ.get("DIFFCODEC_REGEN_GOLDEN") == "1":
     _regenerate()
 MD5 = dict(reversed(line.split()) for line in (GOLDEN / "MD5SUMS").read_text().splitlines())
-LEGACY = GOLDEN / "v2"
-LEGACY_MD5 = dict(reversed(line.split()) for line in (LEGACY / "MD5SUMS").read_text().splitlines())
+#: Folders of files from earlier encoders, with the format version their files carry.
+LEGACY = {GOLDEN / "v2": 2, GOLDEN / "v3": 3}
+LEGACY_MD5 = {folder: dict(reversed(line.split()) for line in (folder / "MD5SUMS").read_text().splitlines())
+              for folder in LEGACY}
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -55,12 +58,13 @@ def test_encoder_reproduces_the_golden_bytes(name):
     assert data == (GOLDEN / f"{name}.dfc").read_bytes()
 
 
-@pytest.mark.parametrize("folder,name", [(GOLDEN, n) for n in CASES] + [(LEGACY, n) for n in sorted(LEGACY_MD5)])
+@pytest.mark.parametrize("folder,name", [(GOLDEN, n) for n in CASES]
+                         + [(f, n) for f in LEGACY for n in sorted(LEGACY_MD5[f])])
 def test_golden_file_decodes_to_its_source(folder, name):
     name = name.removesuffix(".dfc")
     data = (folder / f"{name}.dfc").read_bytes()
-    if folder == LEGACY:
-        assert hashlib.md5(data).hexdigest() == LEGACY_MD5[f"{name}.dfc"] and data[8] == 2  # version 2, untouched
+    if folder in LEGACY:  # untouched, and of its version
+        assert hashlib.md5(data).hexdigest() == LEGACY_MD5[folder][f"{name}.dfc"] and data[8] == LEGACY[folder]
     source = Image.open(GOLDEN / f"{name}.png")
     out = decode(data, analytic_prior())
     parsed = parse(data)

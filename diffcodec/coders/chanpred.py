@@ -10,14 +10,20 @@ per-tile linear function of the residuals of the channels decoded before it:
 
     plain:      u32 S, S x u8 widths | one range-coded stream (multiple of 4 bytes)
     predicted:  u32 S, S x u8 widths | u32 P, P x u8 predictor codes (a, b, c per tile)
-                | 3 x (u32 W, W bytes: one channel's stream)  In the final step r_c is the decoded residual v_c - m_c; in a
-UQ step it is the residual the receiver can estimate once channel c's cell is known: the mean
+                | 3 x (u32 W, W bytes: one channel's stream)
+    context:    u32 S, S x u8 widths | u32 P, P x u8 predictor codes | u32 6, 6 x u8 spatial block
+                | 6 x (u32 W, W bytes: one pass's channel: anchors' 0, 1, 2, then the others')
+
+(the context layout: :mod:`diffcodec.coders.spatial`).  In the final step r_c is the decoded
+residual v_c - m_c; in a UQ step it is the residual the receiver can estimate once channel c's cell is known: the mean
 of channel c's belief restricted to its new interval, minus m_c (:func:`interval_residual`).
 """
 
 from __future__ import annotations
 
 import struct
+from enum import IntEnum
+from typing import NamedTuple
 
 import numpy as np
 
@@ -95,30 +101,56 @@ def interval_residual(lo: np.ndarray, hi: np.ndarray, mean: np.ndarray, std: np.
     return est - m
 
 
-def join_payload(widths: bytes, streams: list[bytes], predictors: bytes | None = None) -> bytes:
-    """A step's payload in the plain layout (one stream, no predictors) or the predicted one."""
+class Layout(IntEnum):
+    """A UQ or final step's payload layout (the chunk kind tells which)."""
+
+    PLAIN = 0  # every channel under its own mean, one stream
+    PREDICTED = 1  # channels predicted from the ones before them, one stream per channel
+    CONTEXT = 2  # and the checkerboard's others from their anchors (spatial), 2 x 3 streams
+
+
+class Payload(NamedTuple):
+    widths: bytes  # per tile and channel
+    predictors: bytes  # (a, b, c) per tile; empty in the plain layout
+    spatial: bytes  # the context layout's block (diffcodec.coders.spatial); else empty
+    streams: list[bytes]
+
+
+STREAMS = {Layout.PLAIN: 1, Layout.PREDICTED: 3, Layout.CONTEXT: 6}
+#: Bytes of the context layout's spatial block (:mod:`diffcodec.coders.spatial`).
+SPATIAL_BYTES = 6
+
+
+def join_payload(widths: bytes, streams: list[bytes], predictors: bytes | None = None,
+                 spatial: bytes | None = None) -> bytes:
+    """A step's payload: the plain layout (one stream, no predictors), the predicted one (three
+    streams) or the context one (a spatial block too, six streams)."""
     head = struct.pack("<I", len(widths)) + widths
     if predictors is None:
         return head + streams[0]
-    return head + struct.pack("<I", len(predictors)) + predictors + b"".join(struct.pack("<I", len(s)) + s
-                                                                             for s in streams)
+    head += struct.pack("<I", len(predictors)) + predictors
+    if spatial is not None:
+        head += struct.pack("<I", len(spatial)) + spatial
+    return head + b"".join(struct.pack("<I", len(s)) + s for s in streams)
 
 
-def split_payload(payload: bytes, codes: int, predicted: bool, step: str) -> tuple[bytes, bytes, list[bytes]]:
-    """(widths, predictor codes, streams) of a payload whose side information holds ``codes``
-    bytes each; any other shape is a FormatError naming ``step``."""
+def split_payload(payload: bytes, codes: int, layout: Layout, step: str) -> Payload:
+    """The fields of a payload whose side information holds ``codes`` bytes each; any other
+    shape is a FormatError naming ``step``."""
     pos, widths = take_field(payload, 0, codes, "widths")
-    if not predicted:
+    predictors = spatial = b""
+    if layout == Layout.PLAIN:
         streams = [payload[pos:]]
-        predictors = b""
     else:
         pos, predictors = take_field(payload, pos, codes, "predictor codes")
+        if layout == Layout.CONTEXT:
+            pos, spatial = take_field(payload, pos, SPATIAL_BYTES, "spatial block")
         streams = []
-        for _ in range(3):
+        for _ in range(STREAMS[layout]):
             pos, s = take_field(payload, pos, None, "stream")
             streams.append(s)
         if pos != len(payload):
             raise FormatError(f"{step} payload has data after its last stream")
     if any(len(s) % 4 for s in streams):
         raise FormatError(f"{step} stream is not a whole number of words")
-    return widths, predictors, streams
+    return Payload(widths, predictors, spatial, streams)

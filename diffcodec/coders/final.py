@@ -8,9 +8,11 @@ side information per tile and channel.  Two layouts:
 * **plain** (chunk kind FINAL): every channel under its own mean m_c, one stream;
 * **channel-predicted** (kind FINAL_PRED, RGB only): channel 1 is coded with mean m_1 + a e_0
   and channel 2 with m_2 + b e_0 + c e_1, e_c = v_c - m_c (:mod:`diffcodec.coders.chanpred`);
-  one stream per channel, decoded in order so e_0 and e_1 are known when needed.
+  one stream per channel, decoded in order so e_0 and e_1 are known when needed;
+* **context** (kind FINAL_CTX, RGB only): the channel-predicted layout over a checkerboard's
+  anchors, then the other pixels predicted from their anchors too (:mod:`diffcodec.coders.spatial`).
 
-The encoder fits both, estimates their sizes from the levels' -log2 p (within a word of the
+The encoder fits them all, estimates their sizes from the levels' -log2 p (within a word of the
 range coder's) and codes the smaller.  A grey image's three chain channels hold the
 same level, so its one coded channel uses the mean of their estimates and the intersection of
 their intervals.
@@ -20,6 +22,8 @@ Payloads::
     plain:      u32 S, S x u8 widths | range-coded v - lo of every coded dimension
     predicted:  u32 S, S x u8 widths | u32 P, P x u8 predictor codes (a, b, c per tile)
                 | 3 x (u32 W, W bytes: range-coded v - lo of one channel)
+    context:    u32 S, S x u8 widths | u32 P, P x u8 predictor codes | u32 6, 6 x u8 spatial block
+                | 6 x (u32 W, W bytes: v - lo of one pass's channel, pixels in raster order)
 """
 
 from __future__ import annotations
@@ -33,7 +37,11 @@ from ..intervals import fit_belief_widths, level_mass, restricted_cost
 from ..kinds import ChunkKind
 from ..sideinfo import SCALE, TileGrid
 from .base import EncodeTarget, StepContext, StepOutput
-from .chanpred import coefficients, fit_coefficients, join_payload, predicted_mean, split_payload
+from . import spatial
+from .chanpred import Layout, Payload, coefficients, fit_coefficients, join_payload, predicted_mean, split_payload
+
+#: Each kind's payload layout.
+LAYOUTS = {ChunkKind.FINAL: Layout.PLAIN, ChunkKind.FINAL_PRED: Layout.PREDICTED, ChunkKind.FINAL_CTX: Layout.CONTEXT}
 
 
 def level_tables(lo: np.ndarray, hi: np.ndarray, mean: np.ndarray, std: np.ndarray):
@@ -110,10 +118,21 @@ class FinalCoder:
             scale_codes = _fit_scales(grid, v, means, lo, hi)
             sizes["predicted_symbol_bits"] = sum(
                 _bits(v[c], means[c], grid.channel_values(scale_codes, SCALE, c), lo[c], hi[c]) for c in range(3))
-            # the predicted layout also sends the predictor codes, three lengths and two more streams' flush
-            if sizes["predicted_symbol_bits"] + 8 * (len(pred_codes) + 12) + 64 < sizes["plain_symbol_bits"]:
-                kind = ChunkKind.FINAL_PRED
-        if kind == ChunkKind.FINAL:
+            sizes["context_symbol_bits"], ctx_widths, ctx_block, ctx_resid = spatial.fit_context(
+                grid, spatial.Cells(mean, v, lo, hi, v, v), pred_codes,
+                lambda c, sel, mean_, std: v[c][sel] - mean[c][sel])
+            # what each layout sends besides its symbols: side information, lengths, a flushed word per stream
+            total = {ChunkKind.FINAL: sizes["plain_symbol_bits"],
+                     ChunkKind.FINAL_PRED: sizes["predicted_symbol_bits"] + 8 * (len(pred_codes) + 12) + 64,
+                     ChunkKind.FINAL_CTX: sizes["context_symbol_bits"]
+                     + 8 * (len(pred_codes) + 4 + spatial.SPATIAL_BYTES + 24) + 5 * 32}
+            kind = min(total, key=total.get)
+        if kind == ChunkKind.FINAL_CTX:
+            fields = Payload(ctx_widths, pred_codes, ctx_block, [])
+            streams = [_code(v[step.c][step.sel] - lo[step.c][step.sel], lo[step.c][step.sel], hi[step.c][step.sel],
+                             m_, std) for step, m_, std in spatial.context_beliefs(mean, ctx_resid, fields, grid)]
+            payload, bits = join_payload(ctx_widths, streams, pred_codes, ctx_block), 8 * sum(len(s) for s in streams)
+        elif kind == ChunkKind.FINAL:
             stream = _code((v - lo).ravel(), lo.ravel(), hi.ravel(), mean.ravel(), grid.flat_values(codes, SCALE))
             payload, bits = join_payload(codes, [stream]), 8 * len(stream)
         else:
@@ -121,14 +140,14 @@ class FinalCoder:
                              grid.channel_values(scale_codes, SCALE, c).ravel()) for c in range(3)]
             payload, bits = join_payload(scale_codes, streams, pred_codes), 8 * sum(len(s) for s in streams)
         return StepOutput(payload, ctx.intervals, pixels=v.astype(np.uint8), coded_bits=bits,
-                          stats={"kind": kind, "channel_prediction": kind == ChunkKind.FINAL_PRED, **sizes})
+                          stats={"kind": kind, "channel_prediction": kind != ChunkKind.FINAL, **sizes})
 
     @staticmethod
-    def split(payload: bytes, kind: ChunkKind, grid: TileGrid) -> tuple[bytes, bytes, list[bytes]]:
-        """(width codes, predictor codes, streams) of a payload, checked against the tile grid."""
-        if kind == ChunkKind.FINAL_PRED and grid.c != 3:
+    def split(payload: bytes, kind: ChunkKind, grid: TileGrid) -> Payload:
+        """The payload's fields, checked against the tile grid."""
+        if kind != ChunkKind.FINAL and grid.c != 3:
             raise FormatError("a channel-predicted final step needs an RGB image")
-        return split_payload(payload, grid.size, kind == ChunkKind.FINAL_PRED, "final step")
+        return split_payload(payload, grid.size, LAYOUTS[kind], "final step")
 
     def check(self, payload: bytes, header, kind: ChunkKind) -> None:
         channels = 1 if header.mode in ("L", "1") else 3
@@ -137,8 +156,17 @@ class FinalCoder:
     def decode(self, ctx: StepContext, payload: bytes, kind: ChunkKind = ChunkKind.FINAL) -> StepOutput:
         channels = 1 if ctx.chain.header.mode in ("L", "1") else 3
         grid, mean, lo, hi = self.setup(ctx, channels)
-        codes, pred_codes, streams = self.split(payload, kind, grid)
-        if kind == ChunkKind.FINAL:
+        fields = self.split(payload, kind, grid)
+        codes, pred_codes, streams = fields.widths, fields.predictors, fields.streams
+        if kind == ChunkKind.FINAL_CTX:
+            v = np.zeros(mean.shape, dtype=np.int32)
+            known = spatial.Known.zeros(mean.shape)
+            for (step, m_, std), stream in zip(spatial.context_beliefs(mean, known, fields, grid), streams):
+                c, sel = step.c, step.sel
+                vc = _decode(stream, lo[c][sel], hi[c][sel], m_, std)
+                v[c][sel] = vc
+                known.fill(step, vc - mean[c][sel], vc, vc, mean[c][sel])
+        elif kind == ChunkKind.FINAL:
             v = _decode(streams[0], lo.ravel(), hi.ravel(), mean.ravel(), grid.flat_values(codes, SCALE))
             v = v.reshape(mean.shape)
         else:

@@ -18,7 +18,9 @@ Two layouts, the encoder keeps the shorter:
 
 * **plain** (chunk kind UQ): every channel's belief centred on m, one stream;
 * **channel-predicted** (kind UQ_PRED): channels in order, each belief mean shifted by the
-  residuals the receiver estimates for the channels before it (:mod:`diffcodec.coders.chanpred`).
+  residuals the receiver estimates for the channels before it (:mod:`diffcodec.coders.chanpred`);
+* **context** (kind UQ_CTX): the channel-predicted layout over a checkerboard's anchors, then the
+  other pixels predicted from their anchors too (:mod:`diffcodec.coders.spatial`).
 
 Plain universal quantization pays ~0.25 bits/dim over the step's KL at high KL (a uniform
 cell coded under a Gaussian); restricted beliefs recover it in the final step.
@@ -29,6 +31,8 @@ Payloads::
                 | range-coded k - k(lo) of every dimension in C, H, W order (Categorical tables)
     predicted:  u32 S, S x u8 widths | u32 P, P x u8 predictor codes (a, b, c per tile)
                 | 3 x (u32 W, W bytes: range-coded k - k(lo) of one channel)
+    context:    u32 S, S x u8 widths | u32 P, P x u8 predictor codes | u32 6, 6 x u8 spatial block
+                | 6 x (u32 W, W bytes: k - k(lo) of one pass's channel, pixels in raster order)
 """
 
 from __future__ import annotations
@@ -44,7 +48,12 @@ from ..intervals import Intervals, Quantizer, fit_belief_widths, level_mass, res
 from ..kinds import ChunkKind
 from ..sideinfo import SCALE, TileGrid
 from .base import EncodeTarget, StepContext, StepOutput
-from .chanpred import coefficients, fit_coefficients, interval_residual, join_payload, predicted_mean, split_payload
+from . import spatial
+from .chanpred import (Layout, Payload, coefficients, fit_coefficients, interval_residual, join_payload, predicted_mean,
+                       split_payload)
+
+#: Each kind's payload layout.
+LAYOUTS = {ChunkKind.UQ: Layout.PLAIN, ChunkKind.UQ_PRED: Layout.PREDICTED, ChunkKind.UQ_CTX: Layout.CONTEXT}
 
 def symbol_tables(q: Quantizer, k_lo: np.ndarray, alphabet: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                   mean: np.ndarray, std: np.ndarray, dims: slice):
@@ -91,7 +100,7 @@ class UqCoder:
 
 
     def encode(self, ctx: StepContext, target: EncodeTarget) -> StepOutput:
-        """Both layouts' widths (and predictors) are fitted, their sizes estimated from the real
+        """All layouts' widths (and predictors) are fitted, their sizes estimated from the real
         -log2 p of the symbols (within a word of the range coder's), and only the smaller one
         is range-coded."""
         delta, q, k_lo, alphabet = self._setup(ctx)
@@ -136,8 +145,15 @@ class UqCoder:
             if c == 1:
                 pred_codes = fit_coefficients(targets, resid, grid)
         del targets
-        # the predicted layout also sends the predictor codes, two more lengths and streams (a word each)
-        predicted = pred_bits + 8 * (len(pred_codes) + 12) + 64 < plain_bits
+        # the context layout (checkerboard) starts from the channel predictor just fitted
+        ctx_bits, ctx_widths, ctx_block, ctx_resid = spatial.fit_context(
+            grid, spatial.Cells(m, vv, lo, hi, nlo, nhi), pred_codes,
+            lambda c, sel, mean, std: interval_residual(nlo[c][sel], nhi[c][sel], mean, std, m[c][sel]))
+        # what each layout sends besides its symbols: side information, lengths, one flushed word per stream
+        sizes = {ChunkKind.UQ: plain_bits,
+                 ChunkKind.UQ_PRED: pred_bits + 8 * (len(pred_codes) + 12) + 64,
+                 ChunkKind.UQ_CTX: ctx_bits + 8 * (len(pred_codes) + 4 + spatial.SPATIAL_BYTES + 24) + 5 * 32}
+        kind = min(sizes, key=sizes.get)
 
         def stream(mean: np.ndarray, std_: np.ndarray, dims: slice) -> bytes:
             tables = symbol_tables(q, k_lo, alphabet, ints.lo, ints.hi, mean, std_, dims)
@@ -146,36 +162,79 @@ class UqCoder:
             return encode_tables((k[first + a:first + b] - k_lo[first + a:first + b], t)
                                  for (a, b, _), t in zip(runs, tables))
 
-        if predicted:
+        if kind == ChunkKind.UQ_CTX:
+            streams = self._context_streams(q, k, k_lo, alphabet, ints, m, ctx_resid,
+                                            Payload(ctx_widths, pred_codes, ctx_block, []), grid)
+            payload = join_payload(ctx_widths, streams, pred_codes, ctx_block)
+            coded = 8 * sum(len(s) for s in streams)
+        elif kind == ChunkKind.UQ_PRED:
             # the refit left a unchanged (it reads only channel 0's residual), so channel 1's mean
             # under the final codes is the one its residual was estimated with
             streams = [stream(channel_mean(c).reshape(-1), g1.channel_values(width_codes[c], SCALE, 0).reshape(-1),
                               slice(c * n, (c + 1) * n)) for c in range(3)]
             payload = join_payload(b"".join(width_codes), streams, pred_codes)
-            kind, coded = ChunkKind.UQ_PRED, 8 * sum(len(s) for s in streams)
+            coded = 8 * sum(len(s) for s in streams)
         else:
             plain = stream(q.m, grid.flat_values(codes, SCALE), slice(0, len(v)))
             payload = join_payload(codes, [plain])
-            kind, coded = ChunkKind.UQ, 8 * len(plain)
+            coded = 8 * len(plain)
         stats = {"kind": kind, "plain_symbol_bits": plain_bits, "predicted_symbol_bits": pred_bits,
+                 "context_symbol_bits": ctx_bits,
                  "mean_alphabet": float(alphabet.mean()), "mean_log2_width": new.mean_log2_width()}
-        del k_lo, alphabet, resid  # image-sized: gone before the next latent is made
+        del k_lo, alphabet, resid, ctx_resid  # image-sized: gone before the next latent is made
         return StepOutput(payload, new, x=self._next_x(ctx, delta, q, k), coded_bits=coded, stats=stats)
 
     @staticmethod
-    def split(payload: bytes, grid: TileGrid, kind: ChunkKind = ChunkKind.UQ) -> tuple[bytes, bytes, list[bytes]]:
-        """(width codes, predictor codes, streams) of a payload, checked against the tile grid."""
-        return split_payload(payload, grid.size, kind == ChunkKind.UQ_PRED, "UQ step")
+    def _context_streams(q: Quantizer, k, k_lo, alphabet, ints: Intervals, m, known: spatial.Known, fields: Payload,
+                         grid: TileGrid) -> list[bytes]:
+        """The context layout's six streams (``known`` as the fit left it: every pass's values)."""
+        out = []
+        for step, mean, std in spatial.context_beliefs(m.reshape(known.resid.shape), known, fields, grid):
+            d = step.dims
+            sub = Quantizer(q.a, q.m[d], q.u[d])
+            tables = symbol_tables(sub, k_lo[d], alphabet[d], ints.lo[d], ints.hi[d], mean, std, slice(0, len(d)))
+            sym = k[d] - k_lo[d]
+            out.append(encode_tables((sym[a:b], t) for (a, b, _), t in zip(table_chunks(alphabet[d]), tables)))
+        return out
+
+    @staticmethod
+    def _decode_context(q: Quantizer, k_lo, alphabet, ints: Intervals, fields: Payload, grid: TileGrid) -> np.ndarray:
+        """The symbols k - k(lo) of a context-layout payload."""
+        m = q.m.reshape(grid.c, grid.h, grid.w)
+        known = spatial.Known.zeros(m.shape)
+        symbols = np.empty(len(k_lo), dtype=np.int32)
+        for (step, mean, std), stream in zip(spatial.context_beliefs(m, known, fields, grid), fields.streams):
+            d = step.dims
+            sub = Quantizer(q.a, q.m[d], q.u[d])
+            sym = decode_tables(stream, symbol_tables(sub, k_lo[d], alphabet[d], ints.lo[d], ints.hi[d], mean, std,
+                                                      slice(0, len(d))))
+            if len(sym) != len(d) or (sym >= alphabet[d]).any():
+                raise FormatError("UQ step decodes to symbols outside their cells: the stream is corrupt")
+            symbols[d] = sym
+            kc = k_lo[d] + sym
+            clo = np.maximum(sub.first(kc), ints.lo[d])
+            chi = np.minimum(sub.first(kc.astype(np.int64) + 1) - 1, ints.hi[d])
+            mc = m[step.c][step.sel]
+            known.fill(step, interval_residual(clo, chi, mean, std, mc), clo, chi, mc)
+        return symbols
+
+    @staticmethod
+    def split(payload: bytes, grid: TileGrid, kind: ChunkKind = ChunkKind.UQ) -> Payload:
+        """The payload's fields, checked against the tile grid."""
+        return split_payload(payload, grid.size, LAYOUTS[kind], "UQ step")
 
     def check(self, payload: bytes, header, kind: ChunkKind = ChunkKind.UQ) -> None:
         self.split(payload, TileGrid(3, header.height, header.width, header.tile), kind)
 
     def decode(self, ctx: StepContext, payload: bytes, kind: ChunkKind = ChunkKind.UQ) -> StepOutput:
         grid = ctx.chain.grid
-        codes, pred_codes, streams = self.split(payload, grid, kind)
+        fields = self.split(payload, grid, kind)
+        codes, pred_codes, streams = fields.widths, fields.predictors, fields.streams
         delta, q, k_lo, alphabet = self._setup(ctx)
         ints = ctx.intervals
-        if kind == ChunkKind.UQ:
+        if kind == ChunkKind.UQ_CTX:
+            symbols = self._decode_context(q, k_lo, alphabet, ints, fields, grid)
+        elif kind == ChunkKind.UQ:
             symbols = decode_tables(streams[0], symbol_tables(q, k_lo, alphabet, ints.lo, ints.hi, q.m,
                                                               grid.flat_values(codes, SCALE), slice(0, len(k_lo))))
         else:
