@@ -28,7 +28,7 @@ from diffcodec.likelihood import bits_per_dim
 from diffcodec.trajectory import EFFORTS
 
 SCRIPTS = ("rd_diffcodec", "baselines", "bound", "sweep_steps", "pfr_speed", "make_results", "plots", "symmetry",
-           "rd_merge")
+           "rd_merge", "layouts")
 COMPRESSAI_KEYS = {"bpp", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time"}
 K = 3  # latent steps of the smoke runs
 SIZES = {"astronaut.png": (32, 32), "coffee.png": (24, 20)}  # name: (width, height)
@@ -382,6 +382,29 @@ def test_symmetry_benchmark(images_dir, tmp_path, tiny_model_path):
         assert r["ratio"]["1"] == 1.0 and set(r["mse"]) == {"1", "2", "4", "8"}
         assert all(v > 0 and r["ratio"][n] == pytest.approx(v / r["mse"]["1"]) for n, v in r["mse"].items())
         assert len(set(r["mse"].values())) > 1  # a random network is not equivariant: the means differ
+
+
+def test_layouts_benchmark(images_dir, tmp_path, table_model_path):
+    """Per UQ and final step the three layouts' estimates; the step coded the smallest (its side
+    information aside), and its coded bits within 1 % + a few words of that estimate."""
+    from benchmarks import layouts
+
+    out = tmp_path / "layouts.json"
+    assert layouts.main(["--images", str(images_dir), "--crop", "0", "--model", str(table_model_path),
+                         "--effort", "2", "--out", str(out)]) == 0
+    doc = _strict(out)
+    assert doc["steps"] and {r["image"] for r in doc["steps"]} == set(SIZES)
+    labels = {"uq": "plain", "uq+chan": "predicted", "uq+ctx": "context",
+              "final": "plain", "final+chan": "predicted", "final+ctx": "context"}
+    for r in doc["steps"]:
+        chosen = r[labels[r["kind"]]]
+        w, h = SIZES[r["image"]]
+        dims = 3 * w * h
+        # what a layout sends besides its symbols on one tile: at most 3 predictor codes, the
+        # spatial block, lengths and flushed words (diffcodec.coders.uq's comparison)
+        assert chosen <= min(r[k] for k in layouts.LAYOUTS) + (8 * (3 + 4 + 6 + 24) + 5 * 32) / dims
+        assert abs(r["coded"] - chosen) <= 0.01 * chosen + 6 * 32 / dims
+    assert doc["summary"]["coded"] <= doc["summary"]["file_bits_per_dim"]
 
 
 def test_sweep_steps_symmetry(images_dir, tmp_path, table_model_path):
