@@ -159,8 +159,8 @@ class FinalCoder:
         fields = self.split(payload, kind, grid)
         codes, pred_codes, streams = fields.widths, fields.predictors, fields.streams
         if kind == ChunkKind.FINAL_CTX:
-            v = np.zeros(mean.shape, dtype=np.int32)
-            known = spatial.Known.zeros(mean.shape)
+            v = np.zeros(mean.shape, dtype=np.uint8)
+            known = spatial.Known.exact(mean.shape)
             for (step, m_, std), stream in zip(spatial.context_beliefs(mean, known, fields, grid), streams):
                 c, sel = step.c, step.sel
                 vc = _decode(stream, lo[c][sel], hi[c][sel], m_, std)

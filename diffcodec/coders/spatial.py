@@ -136,6 +136,12 @@ class Known(NamedTuple):
     def zeros(shape: tuple[int, ...]) -> "Known":
         return Known(np.zeros(shape, dtype=np.float32), np.zeros(shape, dtype=np.float32))
 
+    @staticmethod
+    def exact(shape: tuple[int, ...]) -> "Known":
+        """For the final step, whose residuals are exact (both views are v - m): one array."""
+        resid = np.zeros(shape, dtype=np.float32)
+        return Known(resid, resid)
+
     def fill(self, step: Pass, resid: np.ndarray, cell_lo: np.ndarray, cell_hi: np.ndarray, m: np.ndarray) -> None:
         """Record channel ``step.c``'s values at the pass's pixels (1-D arrays, ``m`` the network's
         estimate there)."""
