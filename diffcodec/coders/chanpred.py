@@ -121,6 +121,17 @@ STREAMS = {Layout.PLAIN: 1, Layout.PREDICTED: 3, Layout.CONTEXT: 6}
 SPATIAL_BYTES = 6
 
 
+def side_bits(layout: Layout, predictor_bytes: int) -> int:
+    """What a layout sends besides its symbols and the width codes, as the encoder counts it
+    when it compares layouts: predictor codes, the extra fields' lengths and one flushed word per
+    extra stream."""
+    if layout == Layout.PLAIN:
+        return 0
+    if layout == Layout.PREDICTED:
+        return 8 * (predictor_bytes + 12) + 2 * 32
+    return 8 * (predictor_bytes + 4 + SPATIAL_BYTES + 24) + 5 * 32
+
+
 def join_payload(widths: bytes, streams: list[bytes], predictors: bytes | None = None,
                  spatial: bytes | None = None) -> bytes:
     """A step's payload: the plain layout (one stream, no predictors), the predicted one (three

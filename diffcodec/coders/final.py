@@ -38,7 +38,8 @@ from ..kinds import ChunkKind
 from ..sideinfo import SCALE, TileGrid
 from .base import EncodeTarget, StepContext, StepOutput
 from . import spatial
-from .chanpred import Layout, Payload, coefficients, fit_coefficients, join_payload, predicted_mean, split_payload
+from .chanpred import (Layout, Payload, coefficients, fit_coefficients, join_payload, predicted_mean, side_bits,
+                       split_payload)
 
 #: Each kind's payload layout.
 LAYOUTS = {ChunkKind.FINAL: Layout.PLAIN, ChunkKind.FINAL_PRED: Layout.PREDICTED, ChunkKind.FINAL_CTX: Layout.CONTEXT}
@@ -118,19 +119,16 @@ class FinalCoder:
             scale_codes = _fit_scales(grid, v, means, lo, hi)
             sizes["predicted_symbol_bits"] = sum(
                 _bits(v[c], means[c], grid.channel_values(scale_codes, SCALE, c), lo[c], hi[c]) for c in range(3))
-            sizes["context_symbol_bits"], ctx_widths, ctx_block, ctx_resid = spatial.fit_context(
+            sizes["context_symbol_bits"], ctx_widths, ctx_block, ctx_known = spatial.fit_context(
                 grid, spatial.Cells(mean, v, lo, hi, v, v), pred_codes,
                 lambda c, sel, mean_, std: v[c][sel] - mean[c][sel])
-            # what each layout sends besides its symbols: side information, lengths, a flushed word per stream
-            total = {ChunkKind.FINAL: sizes["plain_symbol_bits"],
-                     ChunkKind.FINAL_PRED: sizes["predicted_symbol_bits"] + 8 * (len(pred_codes) + 12) + 64,
-                     ChunkKind.FINAL_CTX: sizes["context_symbol_bits"]
-                     + 8 * (len(pred_codes) + 4 + spatial.SPATIAL_BYTES + 24) + 5 * 32}
-            kind = min(total, key=total.get)
+            symbol_bits = {ChunkKind.FINAL: sizes["plain_symbol_bits"], ChunkKind.FINAL_PRED: sizes["predicted_symbol_bits"],
+                           ChunkKind.FINAL_CTX: sizes["context_symbol_bits"]}
+            kind = min(symbol_bits, key=lambda k: symbol_bits[k] + side_bits(LAYOUTS[k], len(pred_codes)))
         if kind == ChunkKind.FINAL_CTX:
             fields = Payload(ctx_widths, pred_codes, ctx_block, [])
             streams = [_code(v[step.c][step.sel] - lo[step.c][step.sel], lo[step.c][step.sel], hi[step.c][step.sel],
-                             m_, std) for step, m_, std in spatial.context_beliefs(mean, ctx_resid, fields, grid)]
+                             m_, std) for step, m_, std in spatial.context_beliefs(mean, ctx_known, fields, grid)]
             payload, bits = join_payload(ctx_widths, streams, pred_codes, ctx_block), 8 * sum(len(s) for s in streams)
         elif kind == ChunkKind.FINAL:
             stream = _code((v - lo).ravel(), lo.ravel(), hi.ravel(), mean.ravel(), grid.flat_values(codes, SCALE))

@@ -50,7 +50,7 @@ from ..sideinfo import SCALE, TileGrid
 from .base import EncodeTarget, StepContext, StepOutput
 from . import spatial
 from .chanpred import (Layout, Payload, coefficients, fit_coefficients, interval_residual, join_payload, predicted_mean,
-                       split_payload)
+                       side_bits, split_payload)
 
 #: Each kind's payload layout.
 LAYOUTS = {ChunkKind.UQ: Layout.PLAIN, ChunkKind.UQ_PRED: Layout.PREDICTED, ChunkKind.UQ_CTX: Layout.CONTEXT}
@@ -146,14 +146,11 @@ class UqCoder:
                 pred_codes = fit_coefficients(targets, resid, grid)
         del targets
         # the context layout (checkerboard) starts from the channel predictor just fitted
-        ctx_bits, ctx_widths, ctx_block, ctx_resid = spatial.fit_context(
+        ctx_bits, ctx_widths, ctx_block, ctx_known = spatial.fit_context(
             grid, spatial.Cells(m, vv, lo, hi, nlo, nhi), pred_codes,
             lambda c, sel, mean, std: interval_residual(nlo[c][sel], nhi[c][sel], mean, std, m[c][sel]))
-        # what each layout sends besides its symbols: side information, lengths, one flushed word per stream
-        sizes = {ChunkKind.UQ: plain_bits,
-                 ChunkKind.UQ_PRED: pred_bits + 8 * (len(pred_codes) + 12) + 64,
-                 ChunkKind.UQ_CTX: ctx_bits + 8 * (len(pred_codes) + 4 + spatial.SPATIAL_BYTES + 24) + 5 * 32}
-        kind = min(sizes, key=sizes.get)
+        symbol_bits = {ChunkKind.UQ: plain_bits, ChunkKind.UQ_PRED: pred_bits, ChunkKind.UQ_CTX: ctx_bits}
+        kind = min(symbol_bits, key=lambda k: symbol_bits[k] + side_bits(LAYOUTS[k], len(pred_codes)))
 
         def stream(mean: np.ndarray, std_: np.ndarray, dims: slice) -> bytes:
             tables = symbol_tables(q, k_lo, alphabet, ints.lo, ints.hi, mean, std_, dims)
@@ -163,7 +160,7 @@ class UqCoder:
                                  for (a, b, _), t in zip(runs, tables))
 
         if kind == ChunkKind.UQ_CTX:
-            streams = self._context_streams(q, k, k_lo, alphabet, ints, m, ctx_resid,
+            streams = self._context_streams(q, k, k_lo, alphabet, ints, m, ctx_known,
                                             Payload(ctx_widths, pred_codes, ctx_block, []), grid)
             payload = join_payload(ctx_widths, streams, pred_codes, ctx_block)
             coded = 8 * sum(len(s) for s in streams)
@@ -181,7 +178,7 @@ class UqCoder:
         stats = {"kind": kind, "plain_symbol_bits": plain_bits, "predicted_symbol_bits": pred_bits,
                  "context_symbol_bits": ctx_bits,
                  "mean_alphabet": float(alphabet.mean()), "mean_log2_width": new.mean_log2_width()}
-        del k_lo, alphabet, resid, ctx_resid  # image-sized: gone before the next latent is made
+        del k_lo, alphabet, resid, ctx_known  # image-sized: gone before the next latent is made
         return StepOutput(payload, new, x=self._next_x(ctx, delta, q, k), coded_bits=coded, stats=stats)
 
     @staticmethod
