@@ -111,14 +111,21 @@ def passes(channels: int, h: int, w: int) -> Iterator[Pass]:
             yield Pass(p, c, sel, c * h * w + flat)
 
 
-def pass_mean(m: np.ndarray, known: "Known", coef, step: Pass, weight: float) -> np.ndarray:
-    """The belief means of ``step``'s pixels (1-D): the channel-predicted mean (``m`` [C, H, W];
-    ``coef`` the channel predictor), plus, for the others, ``weight`` times the sum of their
-    anchors' cell midpoints' residuals.  Both sides call this with the same arrays (the same
+def anchor_sum(known: "Known", step: Pass) -> np.ndarray:
+    """[H, W]: the sum of each pixel's four axial neighbours' cell-midpoint residuals in channel
+    ``step.c``, the pass's own pixels read as 0 (read at the others, whose neighbours are all
+    anchors)."""
+    return axial_sum(np.where(step.sel, 0.0, known.mid[step.c]))
+
+
+def pass_mean(base: np.ndarray, feature: np.ndarray | None, step: Pass, weight: float) -> np.ndarray:
+    """The belief means of ``step``'s pixels (1-D): ``base``, the channel-predicted mean [H, W]
+    (:func:`diffcodec.coders.chanpred.predicted_mean`), plus, for the others, ``weight`` times
+    ``feature`` (:func:`anchor_sum`).  Both sides call this with the same arrays (the same
     floats)."""
-    mean = predicted_mean(m, known.resid, coef, step.c)[step.sel]
+    mean = base[step.sel]
     if step.p == 1:
-        mean = mean + weight * axial_sum(np.where(step.sel, 0.0, known.mid[step.c]))[step.sel]
+        mean = mean + weight * feature[step.sel]
     return mean
 
 
@@ -174,16 +181,17 @@ def fit_context(grid: TileGrid, cells: Cells, predictors: bytes, residual):
     widths, weights, offsets, total = [], [], [], 0.0
     for step in passes(grid.c, grid.h, grid.w):
         c, sel = step.c, step.sel
-        weight = 0.0
+        base = predicted_mean(m, known.resid, coef, c)
+        weight, feature = 0.0, None
         if step.p == 0:  # the others cost nothing while the anchors' widths are fitted
-            widths.append(fit_belief_widths(g1, v[c:c + 1], predicted_mean(m, known.resid, coef, c)[None], lo[c:c + 1],
-                                            hi[c:c + 1], np.where(sel, clo[c], lo[c])[None],
-                                            np.where(sel, chi[c], hi[c])[None]))
+            widths.append(fit_belief_widths(g1, v[c:c + 1], base[None], lo[c:c + 1], hi[c:c + 1],
+                                            np.where(sel, clo[c], lo[c])[None], np.where(sel, chi[c], hi[c])[None]))
         else:
-            feature = axial_sum(np.where(sel, 0.0, known.mid[c]))
-            weights.append(fit_weight(v[c] - predicted_mean(m, known.resid, coef, c), feature, sel))
+            feature = anchor_sum(known, step)
+            weights.append(fit_weight(v[c] - base, feature, sel))
             weight = float(WEIGHT.value(weights[-1]))
-        mean = pass_mean(m, known, coef, step, weight)
+        mean = pass_mean(base, feature, step, weight)
+        del base, feature  # image-sized
         std = g1.channel_values(widths[c], SCALE, 0)[sel]
         cell = (clo[c][sel], chi[c][sel], lo[c][sel], hi[c][sel])
         if step.p == 1:  # the search sees every 4th pixel of a large image's pass
@@ -202,6 +210,7 @@ def context_beliefs(m: np.ndarray, known: Known, fields: Payload, grid: TileGrid
     coef = coefficients(fields.predictors, grid)
     weights, mults = unblock(fields.spatial)
     for step in passes(grid.c, grid.h, grid.w):
-        mean = pass_mean(m, known, coef, step, float(weights[step.c]))
+        feature = anchor_sum(known, step) if step.p == 1 else None
+        mean = pass_mean(predicted_mean(m, known.resid, coef, step.c), feature, step, float(weights[step.c]))
         std = grid.channel_values(fields.widths, SCALE, step.c)[step.sel]
         yield step, mean, (std * float(mults[step.c]) if step.p == 1 else std)

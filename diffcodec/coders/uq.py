@@ -73,6 +73,15 @@ def symbol_tables(q: Quantizer, k_lo: np.ndarray, alphabet: np.ndarray, lo: np.n
         yield np.where(valid, mass, 0.0)
 
 
+def _pass_tables(q: Quantizer, k_lo: np.ndarray, alphabet: np.ndarray, ints: Intervals, dims: np.ndarray,
+                 mean: np.ndarray, std: np.ndarray):
+    """The quantizer of the dimensions ``dims`` (an index array: one pass of the context layout)
+    and their probability tables (:func:`symbol_tables`; ``mean``/``std`` of those dimensions)."""
+    sub = Quantizer(q.a, q.m[dims], q.u[dims])
+    return sub, symbol_tables(sub, k_lo[dims], alphabet[dims], ints.lo[dims], ints.hi[dims], mean, std,
+                              slice(0, len(dims)))
+
+
 class UqCoder:
     kind = ChunkKind.UQ
     needs_latent = False
@@ -188,8 +197,7 @@ class UqCoder:
         out = []
         for step, mean, std in spatial.context_beliefs(m.reshape(known.resid.shape), known, fields, grid):
             d = step.dims
-            sub = Quantizer(q.a, q.m[d], q.u[d])
-            tables = symbol_tables(sub, k_lo[d], alphabet[d], ints.lo[d], ints.hi[d], mean, std, slice(0, len(d)))
+            _, tables = _pass_tables(q, k_lo, alphabet, ints, d, mean, std)
             sym = k[d] - k_lo[d]
             out.append(encode_tables((sym[a:b], t) for (a, b, _), t in zip(table_chunks(alphabet[d]), tables)))
         return out
@@ -202,17 +210,14 @@ class UqCoder:
         symbols = np.empty(len(k_lo), dtype=np.int32)
         for (step, mean, std), stream in zip(spatial.context_beliefs(m, known, fields, grid), fields.streams):
             d = step.dims
-            sub = Quantizer(q.a, q.m[d], q.u[d])
-            sym = decode_tables(stream, symbol_tables(sub, k_lo[d], alphabet[d], ints.lo[d], ints.hi[d], mean, std,
-                                                      slice(0, len(d))))
+            sub, tables = _pass_tables(q, k_lo, alphabet, ints, d, mean, std)
+            sym = decode_tables(stream, tables)
             if len(sym) != len(d) or (sym >= alphabet[d]).any():
                 raise FormatError("UQ step decodes to symbols outside their cells: the stream is corrupt")
             symbols[d] = sym
-            kc = k_lo[d] + sym
-            clo = np.maximum(sub.first(kc), ints.lo[d])
-            chi = np.minimum(sub.first(kc.astype(np.int64) + 1) - 1, ints.hi[d])
+            cell = sub.cells(k_lo[d] + sym, Intervals(len(d), ints.lo[d], ints.hi[d]))
             mc = m[step.c][step.sel]
-            known.fill(step, interval_residual(clo, chi, mean, std, mc), clo, chi, mc)
+            known.fill(step, interval_residual(cell.lo, cell.hi, mean, std, mc), cell.lo, cell.hi, mc)
         return symbols
 
     @staticmethod
