@@ -1,4 +1,5 @@
-"""Training: L_simple / L_hybrid / L_vlb, importance-sampled t, AdamW, EMA, exact resume, DDP.
+"""Training: L_simple / L_hybrid / L_vlb, importance-sampled or codec-weighted t, AdamW, EMA,
+exact resume, DDP.
 
 Every step draws its crops, timesteps, noise and dropout from generators seeded by
 (seed, step, rank), so a run resumed from a checkpoint continues exactly as the uninterrupted
@@ -64,6 +65,9 @@ class TrainConfig:
     log_file: str = ""
     max_seconds: float = 0.0  # stop (and save) after this much wall time; 0 = no limit
     init_from: str = ""  # start a new run from this checkpoint's EMA weights (fresh optimizer)
+    # 'uniform': t ~ U{0..T-1} (DDPM, iDDPM).  'codec': t drawn where the codec's chain spends its
+    # bits and the eps loss taken relative to the x_0 error table of --init-from (see CodecWeighting)
+    t_weighting: str = "uniform"
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -111,6 +115,46 @@ class ImportanceSampler:
     def load_state_dict(self, state: dict) -> None:
         self.losses = state["losses"].numpy().astype(np.float64)
         self.counts = state["counts"].numpy().astype(np.int64)
+
+
+T_WEIGHTINGS = ("uniform", "codec")
+
+
+class CodecWeighting:
+    """Timesteps and loss weights for a prior that serves the codec's short chain.
+
+    The codec pays for the network's x_0 error where its chain calls the network: a step s <- t
+    costs 1/2 log2(1 + c1^2 mse(t) / lambda^2) bits/dim, so its cost moves with log mse(t), and
+    for the chains the planner picks (t_min 0-3, steps near t = 10-20 and 40-70, then ever
+    smaller KLs up to T) almost all of that sensitivity lies below t = T/5.  Uniform t puts 2 %
+    of the training samples below t = 20.  Here t ~ pi(t) = FOCUS x (proportional to 1 / (t + 2)
+    on t < T/5) + (1 - FOCUS) x uniform, and the eps MSE at t is divided by the model's eps
+    error there (from its x_0 error table, relative to the mean over t, at most 1), so that the
+    focused samples ask for the same *relative* improvement (the gradient of sum_t pi(t) log
+    mse(t), to first order) while the high-noise samples, where the eps error is near 0, keep
+    the weight uniform training gives them.  L_vlb (the learned variance's term in L_hybrid)
+    keeps its unbiased weight 1 / (T pi(t)), so the variance head sees the same objective.
+    """
+
+    FOCUS = 0.9
+
+    def __init__(self, alphas_cumprod: np.ndarray, xstart_mse: np.ndarray) -> None:
+        T = len(alphas_cumprod)
+        t = np.arange(T)
+        focus = np.where(t < max(1, T // 5), 1.0 / (t + 2.0), 0.0)
+        self.p = (1.0 - self.FOCUS) / T + self.FOCUS * focus / focus.sum()
+        self.table = np.asarray(xstart_mse, dtype=np.float64)  # kept in the training state (resume)
+        mse = self.table.mean(axis=1) if self.table.ndim == 2 else self.table
+        if mse.shape != (T,) or not np.all(np.isfinite(mse)) or (mse <= 0).any():
+            raise DiffcodecError(f"codec weighting needs a positive x_0 error table of {T} rows")
+        eps_mse = mse * alphas_cumprod / (1.0 - alphas_cumprod)  # E|eps - eps_hat|^2 at t
+        self.mse_weight = np.minimum(eps_mse.mean() / eps_mse, 1.0)
+        self.vb_weight = 1.0 / (T * self.p)
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """n timesteps, their eps-loss weights and their L_vlb weights."""
+        t = torch.multinomial(torch.from_numpy(self.p), n, replacement=True, generator=generator)
+        return t, torch.from_numpy(self.mse_weight[t]).float(), torch.from_numpy(self.vb_weight[t]).float()
 
 
 def _step_generator(seed: int, step: int, rank: int) -> torch.Generator:
@@ -166,6 +210,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     if cfg.dropout is not None:
         unet_cfg = type(unet_cfg)(**{**unet_cfg.to_dict(), "dropout": cfg.dropout})
     diffusion = diffusion_cfg.build()
+    if cfg.t_weighting not in T_WEIGHTINGS:
+        raise OptionError(f"unknown t weighting {cfg.t_weighting!r} (choose from {T_WEIGHTINGS})")
+    if cfg.t_weighting == "codec" and cfg.importance_sampling:
+        raise OptionError("--t-weighting codec draws its own timesteps: add --no-importance-sampling")
     data = ImageCrops(cfg.data, cfg.crop, (cfg.rescale_min, 1.0))
     heldout = ImageCrops(cfg.eval_data, cfg.crop).fixed_crops(cfg.eval_crops).to(device) \
         if cfg.eval_data and cfg.eval_every else None
@@ -177,7 +225,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sampler = ImportanceSampler(cfg.num_timesteps) if cfg.importance_sampling else None
-    step, history = 0, []
+    step, history, weighting = 0, [], None
 
     out_path = Path(cfg.out)
     if out_path.exists():
@@ -193,6 +241,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         if sampler is not None and tr.get("sampler"):
             sampler.load_state_dict(tr["sampler"])
         step, history = int(tr["step"]), list(tr.get("history", []))
+        if cfg.t_weighting == "codec":
+            if tr.get("xstart_mse") is None:
+                raise DiffcodecError(f"{out_path} was not trained with --t-weighting codec")
+            weighting = CodecWeighting(diffusion.alphas_cumprod, tr["xstart_mse"].numpy())
     elif cfg.init_from:
         blob = read_checkpoint(cfg.init_from)
         if UNetConfig(**blob["unet"]) != unet_cfg or DiffusionConfig(**blob["diffusion"]) != diffusion_cfg:
@@ -200,6 +252,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         weights = {k: v.float() for k, v in blob["ema"].items()}
         net.load_state_dict(weights)
         ema.load_state_dict(weights)
+        if cfg.t_weighting == "codec":
+            if blob.get("xstart_mse") is None:
+                raise OptionError(f"--t-weighting codec needs a checkpoint with an x_0 error table "
+                                  f"(diffcodec errtable); {cfg.init_from} has none")
+            weighting = CodecWeighting(diffusion.alphas_cumprod, blob["xstart_mse"].numpy())
+    if cfg.t_weighting == "codec" and weighting is None:
+        raise OptionError("--t-weighting codec needs --init-from a model with an x_0 error table")
     model = torch.nn.parallel.DistributedDataParallel(net) if distributed else net
 
     def save() -> None:
@@ -207,7 +266,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             save_checkpoint(out_path, unet_cfg, diffusion_cfg, ema.state_dict(), train={
                 "step": step, "model": net.state_dict(), "optimizer": opt.state_dict(),
                 "sampler": sampler.state_dict() if sampler else None, "config": asdict(cfg),
-                "history": history,
+                "history": history, "xstart_mse": None if weighting is None else torch.from_numpy(weighting.table),
             })
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" \
@@ -220,7 +279,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         x = data.batch(cfg.batch_size, g).to(device)
         if device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
-        if sampler is not None:
+        vb_weights = None
+        if weighting is not None:
+            t, weights, vb_weights = weighting.sample(cfg.batch_size, g)
+            vb_weights = vb_weights.to(device)
+        elif sampler is not None:
             t, weights = sampler.sample(cfg.batch_size, g)
         else:
             t = torch.randint(cfg.num_timesteps, (cfg.batch_size,), generator=g)
@@ -231,7 +294,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             group["lr"] = _lr(cfg, step)
         with autocast:
             terms = diffusion.training_losses(model, x, t, cfg.loss, noise=noise)
-        loss = (terms["loss"] * weights).mean()
+        if vb_weights is None:
+            loss = (terms["loss"] * weights).mean()
+        else:  # the eps loss relative to the model's error at t, L_vlb unbiased
+            vb = terms.get("vb", torch.zeros_like(terms["mse"])) * (cfg.num_timesteps / 1000.0)
+            loss = (terms["mse"] * weights + vb * vb_weights).mean()
         if not torch.isfinite(loss):
             raise DiffcodecError(f"loss became {loss.item()} at step {step}")
         opt.zero_grad(set_to_none=True)
@@ -257,7 +324,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                 ts, per_t = torch.cat(gathered_t), torch.cat(gathered_l)
             sampler.update(ts.cpu(), per_t.float().cpu())
         if "vb" in terms:  # a running single-sample estimate of the bound (without L_T)
-            est = float((terms["vb"].detach() * weights).mean() * cfg.num_timesteps)
+            est = float((terms["vb"].detach() * (weights if vb_weights is None else vb_weights)).mean()
+                        * cfg.num_timesteps)
             running_bpd = est if running_bpd is None else 0.98 * running_bpd + 0.02 * est
         step += 1
         bar.update(1)

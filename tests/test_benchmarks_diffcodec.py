@@ -28,7 +28,7 @@ from diffcodec.likelihood import bits_per_dim
 from diffcodec.trajectory import EFFORTS
 
 SCRIPTS = ("rd_diffcodec", "baselines", "bound", "sweep_steps", "pfr_speed", "make_results", "plots", "symmetry",
-           "rd_merge", "layouts")
+           "rd_merge", "layouts", "xstart_error")
 COMPRESSAI_KEYS = {"bpp", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time"}
 K = 3  # latent steps of the smoke runs
 SIZES = {"astronaut.png": (32, 32), "coffee.png": (24, 20)}  # name: (width, height)
@@ -382,6 +382,23 @@ def test_symmetry_benchmark(images_dir, tmp_path, tiny_model_path):
         assert r["ratio"]["1"] == 1.0 and set(r["mse"]) == {"1", "2", "4", "8"}
         assert all(v > 0 and r["ratio"][n] == pytest.approx(v / r["mse"]["1"]) for n, v in r["mse"].items())
         assert len(set(r["mse"].values())) > 1  # a random network is not equivariant: the means differ
+
+
+def test_xstart_error_benchmark(images_dir, tmp_path, tiny_model_path, table_model_path):
+    """Models' x_0 errors on the same noisy images: a network against itself (with or without an
+    error table) is level, as the same draw reaches both; another network ('default', the shipped
+    one) differs."""
+    from benchmarks import xstart_error
+
+    out = tmp_path / "x0.json"
+    models = f"{tiny_model_path},{table_model_path},default"
+    assert xstart_error.main(["--models", models, "--images", str(images_dir), "--crop", "16", "--limit", "2",
+                              "--timesteps", "0,5,300", "--out", str(out)]) == 0
+    doc = _strict(out)
+    assert [r["t"] for r in doc["rows"]] == [0, 5, 300] and len(doc["fingerprints"]) == 3
+    for r in doc["rows"]:
+        a, b, c = r["mse"]
+        assert a == b and a != c and all(0 < v <= 4.0 for v in r["mse"])
 
 
 def test_layouts_benchmark(images_dir, tmp_path, table_model_path):

@@ -19,7 +19,8 @@ from diffcodec.checkpoint import load_prior, read_checkpoint, save_checkpoint
 from diffcodec.data import ImageCrops
 from diffcodec.diffusion import DiffusionConfig
 from diffcodec.errors import CheckpointError, DiffcodecError
-from diffcodec.train import ImportanceSampler, TrainConfig, heldout_bpd, train
+from diffcodec.errors import OptionError
+from diffcodec.train import CodecWeighting, ImportanceSampler, TrainConfig, heldout_bpd, train
 from diffcodec.unet import named_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -193,6 +194,65 @@ def test_importance_sampler():
     s2 = ImportanceSampler(4, history=2)
     s2.load_state_dict(s.state_dict())
     np.testing.assert_array_equal(s2.weights(), s.weights())
+
+
+def test_codec_weighting_draws_low_t_and_keeps_vlb_unbiased():
+    dcfg = DiffusionConfig()
+    d = dcfg.build()
+    T = dcfg.num_timesteps
+    # an x_0 error table shaped like a real one: grows with the noise, saturates at high t
+    mse = np.minimum(1e-5 + 0.25 * (1.0 - d.alphas_cumprod), 0.3)[:, None].repeat(3, axis=1)
+    w = CodecWeighting(d.alphas_cumprod, mse)
+    assert w.p.sum() == pytest.approx(1.0) and (w.p > 0).all()
+    assert w.p[:20].sum() > 0.4  # uniform t: 0.02
+    assert np.all(np.diff(w.p[: T // 5]) < 0) and np.all(w.p[T // 5:] == w.p[-1])
+    # L_vlb keeps its unbiased weight: E_pi[vb_weight(t) f(t)] = mean_t f(t) for any f
+    f = np.random.default_rng(0).random(T)
+    assert float((w.p * w.vb_weight * f).sum()) == pytest.approx(f.mean(), rel=1e-12)
+    # the eps loss is relative to the model's eps error at t (same weight x error everywhere the cap
+    # does not bind), never above uniform training's weight of 1
+    eps_mse = mse[:, 0] * d.alphas_cumprod / (1.0 - d.alphas_cumprod)
+    free = w.mse_weight < 1.0
+    assert free[:100].all() and not free.all()
+    np.testing.assert_allclose(w.mse_weight[free] * eps_mse[free], eps_mse.mean(), rtol=1e-12)
+    g = torch.Generator().manual_seed(0)
+    t, mw, vw = w.sample(4000, g)
+    assert float((t < 20).float().mean()) == pytest.approx(w.p[:20].sum(), abs=0.03)
+    np.testing.assert_array_equal(mw.numpy(), w.mse_weight[t.numpy()].astype(np.float32))
+    np.testing.assert_array_equal(vw.numpy(), w.vb_weight[t.numpy()].astype(np.float32))
+    with pytest.raises(DiffcodecError, match="positive x_0 error table"):
+        CodecWeighting(d.alphas_cumprod, np.zeros(T))
+
+
+def test_codec_weighted_training_needs_a_table_and_resumes_exactly(image_folder, tmp_path):
+    base = TrainConfig(data=image_folder, model="tiny", crop=16, batch_size=2, num_timesteps=50, steps=0,
+                       device="cpu", save_every=10**6, importance_sampling=False)
+    init = tmp_path / "init.pt"
+    train(replace(base, out=str(init)), progress=False)
+    codec = replace(base, t_weighting="codec", init_from=str(init), steps=4)
+    with pytest.raises(OptionError, match="needs a checkpoint with an x_0 error table"):
+        train(replace(codec, out=str(tmp_path / "x.pt")), progress=False)
+    with pytest.raises(OptionError, match="--no-importance-sampling"):
+        train(replace(codec, out=str(tmp_path / "x.pt"), importance_sampling=True), progress=False)
+    with pytest.raises(OptionError, match="needs --init-from"):
+        train(replace(codec, out=str(tmp_path / "x.pt"), init_from=""), progress=False)
+    with pytest.raises(OptionError, match="unknown t weighting"):
+        train(replace(codec, out=str(tmp_path / "x.pt"), t_weighting="elbo"), progress=False)
+    assert not (tmp_path / "x.pt").exists()
+
+    blob = read_checkpoint(init)
+    table = np.linspace(1e-5, 0.2, 50)[:, None].repeat(3, axis=1)
+    with_table = tmp_path / "init_table.pt"
+    save_checkpoint(with_table, named_config("tiny"), DiffusionConfig("cosine", 50), blob["ema"], xstart_mse=table)
+    codec = replace(codec, init_from=str(with_table))
+    train(replace(codec, out=str(tmp_path / "a.pt")), progress=False)
+    train(replace(codec, out=str(tmp_path / "b.pt"), steps=2), progress=False)
+    train(replace(codec, out=str(tmp_path / "b.pt")), progress=False)  # resumes from step 2
+    a, b = read_checkpoint(tmp_path / "a.pt"), read_checkpoint(tmp_path / "b.pt")
+    np.testing.assert_array_equal(a["train"]["xstart_mse"].numpy(), table)
+    _assert_same_state(a["ema"], b["ema"], "ema")
+    _assert_same_state(a["train"]["model"], b["train"]["model"], "model")
+    assert not torch.equal(a["ema"]["input_conv.weight"], blob["ema"]["input_conv.weight"])
 
 
 def _free_port() -> int:
