@@ -1,6 +1,7 @@
 """Choose the codec's defaults by measurement: lossless file size against the encoder's effort,
 a forced number of latent steps and last latent timestep t_min, the latent coder, the
-side-information tile and the network's self-ensemble (``--symmetry``).
+side-information tile and the network's self-ensemble (``--symmetry``, at the timesteps up to
+``--symmetry-max-t``).
 
 Usage (from the repository root)::
 
@@ -38,7 +39,7 @@ from diffcodec.trajectory import MAX_EFFORT
 
 #: Per-image measurements averaged into a row.
 ROW_MEANS = ("file_bits_per_dim", "latent_bits_per_dim", "final_bits_per_dim", "ideal_bits_per_dim",
-             "expected_bits_per_dim", "encode_seconds", "network_calls")
+             "expected_bits_per_dim", "encode_seconds", "network_calls", "network_evaluations")
 
 
 def _ints(s: str) -> list[int]:
@@ -65,8 +66,9 @@ def measure(img: np.ndarray, prior: Prior, opts: EncodeOptions) -> dict[str, Any
         "timesteps": list(r.plan.timesteps),
         "coders": [s.kind.label for s in r.steps],
         "pfr_bits": [r.plan.chunk_bits, r.plan.margin_bits],  # what PFR steps searched with (chunk, margin)
-        "symmetry": r.header.symmetry,
+        "symmetry": r.header.symmetry, "symmetry_max_t": r.header.symmetry_max_t,
         "encode_seconds": r.seconds, "network_seconds": r.net_seconds, "network_calls": r.net_calls,
+        "network_evaluations": r.net_evaluations,
     }
 
 
@@ -102,6 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="PFR chunk+margin bits, comma-separated, e.g. 5+3,7+1 (default: the effort's)")
     ap.add_argument("--symmetry", type=_ints_or_plan, default=[None],
                     help="network self-ensembles (1, 2, 4, 8), comma-separated; plan: the effort's (default)")
+    ap.add_argument("--symmetry-max-t", type=_ints_or_plan, default=[None],
+                    help="largest timesteps whose network calls are symmetrised, comma-separated (65535: all); "
+                         "plan: the effort's (default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -109,12 +114,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     images = load_images(args.images, args.limit, args.crop)
     rows = []
     print(f"{'effort':>6} {'pfr':>5} {'steps':>5} {'t_min':>5} {'tile':>4} {'sym':>4} {'file b/dim':>10} {'latent':>8} "
-          f"{'final':>8} {'ideal':>8} {'expected':>8} {'file/ideal':>10} {'enc s':>7} {'calls':>5}")
-    for effort, pfr, steps, t_min, tile, sym in itertools.product(args.effort, args.pfr, args.steps, args.t_min,
-                                                                  args.tile, args.symmetry):
+          f"{'final':>8} {'ideal':>8} {'expected':>8} {'file/ideal':>10} {'enc s':>7} {'calls':>5} {'evals':>5}")
+    for effort, pfr, steps, t_min, tile, sym, sym_t in itertools.product(
+            args.effort, args.pfr, args.steps, args.t_min, args.tile, args.symmetry, args.symmetry_max_t):
         chunk, margin = pfr or (None, None)
         opts = EncodeOptions(effort=effort, method=LatentMethod(args.method), steps=steps, t_min=t_min, tile=tile,
-                             seed=args.seed, pfr_chunk_bits=chunk, pfr_margin_bits=margin, symmetry=sym)
+                             seed=args.seed, pfr_chunk_bits=chunk, pfr_margin_bits=margin, symmetry=sym,
+                             symmetry_max_t=sym_t)
         try:
             per_image = {name: measure(img, prior, opts) for name, img in images.items()}
         except OptionError as e:
@@ -122,7 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         row: dict[str, Any] = {"effort": effort, "steps": steps, "t_min": t_min, "tile": tile, "method": args.method,
                                "pfr_chunk_bits": chunk, "pfr_margin_bits": margin,
-                               "symmetry": next(iter(per_image.values()))["symmetry"]}
+                               "symmetry": next(iter(per_image.values()))["symmetry"],
+                               "symmetry_max_t": next(iter(per_image.values()))["symmetry_max_t"]}
         row.update({k: float(np.mean([m[k] for m in per_image.values()])) for k in ROW_MEANS})
         row["per_image"] = per_image
         rows.append(row)
@@ -130,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{row['symmetry']:>4} {row['file_bits_per_dim']:>10.4f} {row['latent_bits_per_dim']:>8.4f} {row['final_bits_per_dim']:>8.4f} "
               f"{row['ideal_bits_per_dim']:>8.4f} {_fmt(row['expected_bits_per_dim'], 8)} "
               f"{row['file_bits_per_dim'] / row['ideal_bits_per_dim']:>10.3f} {row['encode_seconds']:>7.2f} "
-              f"{row['network_calls']:>5.0f}", flush=True)
+              f"{row['network_calls']:>5.0f} {row['network_evaluations']:>5.0f}", flush=True)
     if args.out:
         write_json(args.out, {"rows": rows, "model": Path(prior.source).name, "model_fingerprint": prior.fingerprint,
                               "method": args.method, "images": list(images), "crop": args.crop,

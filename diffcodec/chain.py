@@ -4,8 +4,9 @@ A file's header names the timesteps of its chain (x_T first at ``timesteps[-1]``
 latent at ``timesteps[0]``).  :class:`CodedChain` builds the diffusion respaced to them, with
 the reverse variances from the model's x_0 error table when the checkpoint has one (the
 analytic variances, :func:`diffcodec.diffusion.analytic_variance`), runs the network on its
-device in float32 (over tiles for large images, :func:`diffcodec.unet.forward_tiled`; averaged
-over the header's number of the square's symmetries, :func:`diffcodec.unet.forward_symmetrised`), and
+device in float32 (over tiles for large images, :func:`diffcodec.unet.forward_tiled`; at the
+timesteps the header says, averaged over its number of the square's symmetries,
+:func:`diffcodec.unet.forward_symmetrised`), and
 draws the randomness both sides share from Philox4x32-10 (:mod:`diffcodec.philox`) keyed by
 the file's seed: x_T, the dithers of the UQ steps, the noise of sampled previews and the PFR
 candidates, each under its own counter tag.
@@ -85,6 +86,7 @@ class CodedChain:
         self.tile_pixels = tile_pixels
         self.net_seconds = 0.0
         self.net_calls = 0
+        self.net_evaluations = 0  # a call averaged over n symmetries counts n
         #: called with (tiles done, tiles) during each network call: a progress bar's hook
         self.on_tile: Callable[[int, int], None] | None = None
         self._memo: dict = {}
@@ -96,11 +98,11 @@ class CodedChain:
         return self._memo[name]
 
     # -- the network -------------------------------------------------------------------------
-    def model(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    def model(self, x: torch.Tensor, s: torch.Tensor, symmetry: int = 1) -> torch.Tensor:
         t0 = time.perf_counter()
         with torch.inference_mode():
             out = forward_symmetrised(self.prior.net, x.to(self.device, torch.float32), s.to(self.device),
-                                      self.header.symmetry, self.tile_pixels, self.on_tile)
+                                      symmetry, self.tile_pixels, self.on_tile)
             if self.diffusion.analytic_variance is not None:  # the variance output is not used
                 out = out[:, :x.shape[1]]
             out = out.double()
@@ -108,6 +110,7 @@ class CodedChain:
             torch.cuda.synchronize()
         self.net_seconds += time.perf_counter() - t0
         self.net_calls += 1
+        self.net_evaluations += symmetry
         return out.cpu()
 
     def t(self, j: int) -> torch.Tensor:
@@ -116,7 +119,9 @@ class CodedChain:
     def predict(self, x: torch.Tensor, j: int) -> dict:
         """p_theta(x at chain index j - 1 | x): mean, variance, log_variance, pred_xstart (clipped);
         the eps estimate is dropped (an image-sized array no coder needs)."""
-        out = self.diffusion.p_mean_variance(self.model, x, self.t(j), clip_denoised=True)
+        symmetry = self.header.symmetry_at(int(self.diffusion.timestep_map[j]))
+        out = self.diffusion.p_mean_variance(lambda x_, s_: self.model(x_, s_, symmetry), x, self.t(j),
+                                             clip_denoised=True)
         del out["eps"]
         return out
 

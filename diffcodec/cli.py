@@ -95,6 +95,12 @@ max_pixels_option = click.option("--max-pixels", type=click.IntRange(1), default
                                  help="refuse files whose header claims a larger image (memory is spent per pixel)")
 
 
+def _symmetry_note(h) -> str:
+    if h.symmetry == 1:
+        return ""
+    return f", symmetry {h.symmetry}" + (f" at t <= {h.symmetry_max_t}" if h.symmetry_max_t < h.num_timesteps - 1 else "")
+
+
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="output .dfc (one input)")
@@ -116,11 +122,14 @@ max_pixels_option = click.option("--max-pixels", type=click.IntRange(1), default
 @click.option("--symmetry", type=click.Choice([str(n) for n in SYMMETRIES]), default=None,
               help="average each network call over this many mirror/rotation images of x_t: smaller "
                    "files, that many times the network's time to encode and decode (default: the effort's)")
+@click.option("--symmetry-max-t", type=click.IntRange(0, 65535), default=None,
+              help="average only the network calls at timesteps t <= this (where the x_0 error dominates "
+                   "a step's cost; 65535: every call; default: the effort's)")
 @model_option
 @device_option
 @quiet_option
 def encode(inputs, output, out_dir, effort, method, steps, t_min, tile, stop_after, max_bpp, seed, chunk_bits, symmetry,
-           model, device, quiet):
+           symmetry_max_t, model, device, quiet):
     """Encode images to .dfc (Algorithm 3): x_T, coded latent steps, then x_0 losslessly."""
     from .codec import encode as encode_image
     from .data import open_image
@@ -132,7 +141,7 @@ def encode(inputs, output, out_dir, effort, method, steps, t_min, tile, stop_aft
     prior = _prior(model, device)
     opts = EncodeOptions(effort=effort, method=LatentMethod(method), steps=steps, t_min=t_min, tile=tile, seed=seed,
                          stop_after=stop_after, max_bpp=max_bpp, pfr_chunk_bits=chunk_bits,
-                         symmetry=None if symmetry is None else int(symmetry))
+                         symmetry=None if symmetry is None else int(symmetry), symmetry_max_t=symmetry_max_t)
     for path in inputs:
         dest = Path(output) if output else Path(out_dir) / (Path(path).stem + ".dfc")
         image = open_image(path)
@@ -146,7 +155,7 @@ def encode(inputs, output, out_dir, effort, method, steps, t_min, tile, stop_aft
             kind = "lossless" if res.lossless else f"lossy, {len(res.steps)} of {h.num_latent_steps + 1} steps"
             click.echo(f"{path} -> {dest}: {len(res.data)} bytes, {bpp:.3f} bpp, {bpp / 3:.3f} bits/dim "
                        f"({kind}, {h.num_latent_steps} latent steps, effort {effort}"
-                       + (f", symmetry {h.symmetry}" if h.symmetry > 1 else "") + f"), {res.seconds:.1f} s")
+                       + _symmetry_note(h) + f"), {res.seconds:.1f} s")
 
 
 @main.command()
@@ -219,7 +228,7 @@ def info(input, as_json, bound_image, max_pixels, model, device):
         prior = _prior(model, device)
         if prior.diffusion.num_timesteps != report.T:  # refused before the bound's T network calls
             raise OptionError(f"the model's chain has {prior.diffusion.num_timesteps} timesteps, the file's {report.T}")
-        terms = bits_per_dim(image, prior, symmetry=report.symmetry)
+        terms = bits_per_dim(image, prior, symmetry=report.symmetry, symmetry_max_t=report.symmetry_max_t)
         attach_fine_bits(report, terms.per_step)
         bound = terms.total
     summary = report.to_dict()

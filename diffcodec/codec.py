@@ -61,7 +61,8 @@ class EncodeOptions:
     max_bpp: float | None = None  # lossy: stop before the file exceeds this many bits/pixel
     pfr_chunk_bits: int | None = None  # PFR: target KL per chunk (None: the plan's)
     pfr_margin_bits: int | None = None  # PFR: search margin (None: the plan's)
-    symmetry: int | None = None  # network calls averaged over 1, 2, 4 or 8 symmetries (None: the effort's)
+    symmetry: int | None = None  # network calls averaged over 1, 2, 4 or 8 symmetries (None: the effort's) ...
+    symmetry_max_t: int | None = None  # ... those at timesteps t <= this (None: the effort's; 65535: all)
 
     def plan_options(self) -> PlanOptions:
         return PlanOptions(effort=self.effort, method=LatentMethod(self.method), steps=self.steps,
@@ -93,6 +94,7 @@ class EncodeResult:
     seconds: float = 0.0
     net_seconds: float = 0.0
     net_calls: int = 0
+    net_evaluations: int = 0  # network evaluations: a call averaged over n symmetries counts n
 
     @property
     def lossless(self) -> bool:
@@ -137,6 +139,8 @@ def encode(image, prior: Prior, options: EncodeOptions | None = None,
     opt = options or EncodeOptions()
     if opt.symmetry is not None:
         check_symmetry(opt.symmetry)
+    if opt.symmetry_max_t is not None and not 0 <= opt.symmetry_max_t <= fmt.ALL_TIMESTEPS:
+        raise OptionError(f"symmetry_max_t must be in 0 .. {fmt.ALL_TIMESTEPS}")
     src = image if isinstance(image, SourceImage) else prepare_image(image)
     h, w = src.pixels.shape[:2]
     plan = plan_chain(prior, h * w, opt.plan_options())
@@ -144,7 +148,8 @@ def encode(image, prior: Prior, options: EncodeOptions | None = None,
     # the chain's parameters; the header written is this with the number of chunks coded
     spec = fmt.Header(w, h, src.mode, bytes.fromhex(prior.fingerprint), cfg.schedule, cfg.num_timesteps,
                       plan.timesteps, secrets.randbits(64) if opt.seed is None else opt.seed & (2**64 - 1),
-                      opt.tile, 0, src.checksum(), src.palette, opt.symmetry or plan.symmetry)
+                      opt.tile, 0, src.checksum(), src.palette, opt.symmetry or plan.symmetry,
+                      plan.symmetry_max_t if opt.symmetry_max_t is None else opt.symmetry_max_t)
     t_start = time.perf_counter()
     chain = CodedChain(prior, spec)
     target = EncodeTarget(np.ascontiguousarray(src.pixels.transpose(2, 0, 1)), src.coded_channels, plan.chunk_bits,
@@ -192,7 +197,7 @@ def encode(image, prior: Prior, options: EncodeOptions | None = None,
             progress(n + 1, K + 1)
     header = replace(spec, num_chunks=len(chunks))
     return EncodeResult(header.to_bytes() + b"".join(c.to_bytes() for c in chunks), header, plan, steps, rmse,
-                        time.perf_counter() - t_start, chain.net_seconds, chain.net_calls)
+                        time.perf_counter() - t_start, chain.net_seconds, chain.net_calls, chain.net_evaluations)
 
 
 def _intersect_channels(ints: Intervals) -> Intervals:

@@ -6,8 +6,8 @@ Header::
 
     offset  size  field
     0       8     magic  b"\\x89DFC\\r\\n\\x1a\\n"  (PNG-style: catches text-mode mangling)
-    8       1     version (3; version 2 is read as symmetry 1, version 1 is refused with a
-                  message naming it)
+    8       1     version (4; version 3 is read as symmetry_max_t = 65535, version 2 as
+                  symmetry 1; version 1 is refused with a message naming it)
     9       4     header body length B (u32, at most 65536)
     13      B     header body (below)
     13+B    4     CRC-32 of bytes 8 .. 13+B
@@ -26,6 +26,10 @@ Header body::
     u8  symmetry                    the network is averaged over this many of the square's
                                     symmetries (1, 2, 4 or 8: diffcodec.unet.forward_symmetrised);
                                     absent in version 2 (= 1)
+    u16 symmetry_max_t              only the network calls at timesteps t <= this are averaged
+                                    (the steps whose KL the x_0 error dominates); the others are
+                                    plain calls.  65535: every call.  Absent before version 4
+                                    (= 65535)
     u16 num_chunks                  chunks the encoder wrote (fewer than K means lossy)
     u32 checksum                    CRC-32 of the original pixels (mode-native bytes)
     u16 P, then P bytes             palette (RGB triples) for mode P, else P = 0
@@ -57,8 +61,12 @@ from .errors import FormatError
 from .kinds import SYMMETRIES, ChunkKind, ImageMode
 
 MAGIC = b"\x89DFC\r\n\x1a\n"
-VERSION = 3
-READ_VERSIONS = (2, 3)  # version 2: no symmetry field
+VERSION = 4
+READ_VERSIONS = (2, 3, 4)  # version 2: no symmetry field; version 3: no symmetry_max_t
+ALL_TIMESTEPS = 0xFFFF  # symmetry_max_t of a chain whose every network call is symmetrised
+#: The header body's fields after the timesteps, per version: seed, tile, [symmetry,
+#: [symmetry_max_t,]] num_chunks, checksum, palette length.
+_TAILS = {2: "<QHHIH", 3: "<QHBHIH", 4: "<QHBHHIH"}
 SCHEDULE_IDS = {"linear": 0, "cosine": 1}
 MODES = tuple(m.value for m in ImageMode)
 MAX_SIDE = 16384
@@ -86,6 +94,11 @@ class Header:
     checksum: int = 0
     palette: bytes = b""
     symmetry: int = 1
+    symmetry_max_t: int = ALL_TIMESTEPS
+
+    def symmetry_at(self, t: int) -> int:
+        """The self-ensemble of the network call at (original) timestep ``t``."""
+        return self.symmetry if t <= self.symmetry_max_t else 1
 
     @property
     def num_latent_steps(self) -> int:
@@ -111,6 +124,8 @@ class Header:
             raise FormatError(f"bad tile size {self.tile}")
         if self.symmetry not in SYMMETRIES:
             raise FormatError(f"bad network symmetry {self.symmetry} (one of {SYMMETRIES})")
+        if not 0 <= self.symmetry_max_t <= ALL_TIMESTEPS:
+            raise FormatError(f"bad symmetry_max_t {self.symmetry_max_t}")
         if self.num_chunks > self.num_latent_steps + 1:
             raise FormatError("header announces more chunks than coded steps")
         if (self.mode == "P") != (len(self.palette) > 0) or len(self.palette) % 3 or len(self.palette) > 768:
@@ -121,8 +136,8 @@ class Header:
         body = struct.pack("<IIB", self.width, self.height, MODES.index(self.mode)) + self.fingerprint
         body += struct.pack("<BHH", SCHEDULE_IDS[self.schedule], self.num_timesteps, len(self.timesteps))
         body += struct.pack(f"<{len(self.timesteps)}H", *self.timesteps)
-        body += struct.pack("<QHBHIH", self.seed, self.tile, self.symmetry, self.num_chunks, self.checksum,
-                            len(self.palette)) + self.palette
+        body += struct.pack(_TAILS[VERSION], self.seed, self.tile, self.symmetry, self.symmetry_max_t,
+                            self.num_chunks, self.checksum, len(self.palette)) + self.palette
         head = struct.pack("<BI", VERSION, len(body)) + body
         return MAGIC + head + struct.pack("<I", zlib.crc32(head))
 
@@ -217,13 +232,13 @@ def _parse_header_body(body: bytes, version: int = VERSION) -> Header:
         sched, T, k = struct.unpack_from("<BHH", body, 41)
         ts = struct.unpack_from(f"<{k}H", body, 46)
         pos = 46 + 2 * k
+        fields = list(struct.unpack_from(_TAILS[version], body, pos))
         if version == 2:  # no symmetry byte: the plain network
-            tail = "<QHHIH"
-            (seed, tile, nchunks, checksum, npal), symmetry = struct.unpack_from(tail, body, pos), 1
-        else:
-            tail = "<QHBHIH"
-            seed, tile, symmetry, nchunks, checksum, npal = struct.unpack_from(tail, body, pos)
-        pos += struct.calcsize(tail)
+            fields.insert(2, 1)
+        if version <= 3:  # the symmetry (if any) served every network call
+            fields.insert(3, ALL_TIMESTEPS)
+        seed, tile, symmetry, symmetry_max_t, nchunks, checksum, npal = fields
+        pos += struct.calcsize(_TAILS[version])
         palette = body[pos:pos + npal]
         if len(palette) != npal or pos + npal != len(body):
             raise FormatError("header body has the wrong length")
@@ -235,6 +250,6 @@ def _parse_header_body(body: bytes, version: int = VERSION) -> Header:
     if sched not in schedules:
         raise FormatError("unknown schedule in header")
     header = Header(width, height, MODES[mode], bytes(fp), schedules[sched], T, tuple(ts), seed,
-                    tile, nchunks, checksum, bytes(palette), symmetry)
+                    tile, nchunks, checksum, bytes(palette), symmetry, symmetry_max_t)
     header.validate()
     return header

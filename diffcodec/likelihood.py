@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .checkpoint import Prior
+from .container import ALL_TIMESTEPS
 from .data import to_tensor
 from .diffusion import VARIANCE_SOURCES
 from .errors import OptionError
@@ -30,13 +31,14 @@ class BoundTerms:
 
 
 def bits_per_dim(image: np.ndarray, prior: Prior, steps: int | Sequence[int] | None = None, seed: int = 0,
-                 progress=None, variance: str = "model", symmetry: int = 1) -> BoundTerms:
+                 progress=None, variance: str = "model", symmetry: int = 1,
+                 symmetry_max_t: int = ALL_TIMESTEPS) -> BoundTerms:
     """The variational bound of a uint8 H x W x 3 image under ``prior`` with the full chain
     (``steps=None``), one respaced to ``steps`` timesteps, or the given timesteps.  ``variance``:
     the model's own reverse variances (``model``: learned or fixed) or the analytic ones from the
     checkpoint's x_0 error table (``analytic``).  ``symmetry``: the network averaged over that many
-    of the square's symmetries (:func:`diffcodec.unet.forward_symmetrised`), as a file's header
-    may ask."""
+    of the square's symmetries (:func:`diffcodec.unet.forward_symmetrised`) at the timesteps up to
+    ``symmetry_max_t``, as a file's header may ask."""
     check_symmetry(symmetry)
     if variance not in VARIANCE_SOURCES:
         raise OptionError(f"variance must be one of {VARIANCE_SOURCES}")
@@ -46,8 +48,9 @@ def bits_per_dim(image: np.ndarray, prior: Prior, steps: int | Sequence[int] | N
     x = to_tensor(image)[None].to(prior.device)
     g = torch.Generator(device=prior.device).manual_seed(seed)
 
-    def model(x_t, s):
-        return forward_symmetrised(prior.net, x_t, s, symmetry, tile_pixels=math.inf)
+    def model(x_t, s):  # s: the original timestep scaled to [0, 1000)
+        t = int(round(float(s.reshape(-1)[0]) * prior.diffusion.num_timesteps / 1000.0))
+        return forward_symmetrised(prior.net, x_t, s, symmetry if t <= symmetry_max_t else 1, tile_pixels=math.inf)
 
     out = diffusion.calc_bpd_loop(model, x, generator=g, progress=progress)
     vb = out["vb"][0].numpy()

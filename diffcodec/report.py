@@ -46,6 +46,7 @@ class FileReport:
     seed: int
     tile: int
     symmetry: int
+    symmetry_max_t: int  # network calls at t <= this are symmetrised (65535: all)
     steps_in_file: int
     steps_announced: int
     truncated: bool
@@ -72,7 +73,7 @@ def file_report(data: bytes, name: str = "", max_pixels: int = fmt.DEFAULT_MAX_P
                             8 * cum / pixels, 8 * cum / dims, ideal, 8 * c.size / ideal if ideal > 0 else None))
     lossless = bool(parsed.chunks) and parsed.chunks[-1].kind.is_final
     return FileReport(name, len(data), h.width, h.height, h.mode, h.fingerprint.hex(), h.schedule, h.num_timesteps,
-                      list(h.timesteps), h.seed, h.tile, h.symmetry, len(parsed.chunks), h.num_chunks, parsed.truncated, lossless,
+                      list(h.timesteps), h.seed, h.tile, h.symmetry, h.symmetry_max_t, len(parsed.chunks), h.num_chunks, parsed.truncated, lossless,
                       parsed.header_size, sum(r.ideal_bits for r in rows) / dims, rows)
 
 

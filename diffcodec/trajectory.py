@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .checkpoint import Prior
+from .container import ALL_TIMESTEPS
 from .errors import OptionError
 from .diffusion import get_named_beta_schedule
 from .kinds import ChunkKind, LatentMethod
@@ -39,7 +40,8 @@ class EffortLevel:
     max_steps: int  # latent steps (network calls: one more)
     chunk_bits: int  # PFR's chunk size in bits of KL (0: no PFR at this effort)
     margin_bits: int  # PFR's search margin: a step searches about 2 ** (chunk + margin) candidates per dim
-    symmetry: int = 1  # each network call averaged over this many of the square's symmetries
+    symmetry: int = 1  # network calls averaged over this many of the square's symmetries ...
+    symmetry_max_t: int = ALL_TIMESTEPS  # ... those at timesteps t <= this
 
     @property
     def pfr(self) -> bool:
@@ -91,7 +93,8 @@ class Plan:
     margin_bits: int = 3
     expected_bits_per_dim: float = math.nan  # the cost model's total (nan when not planned)
     expected_steps: tuple[float, ...] = field(default=(), compare=False)  # per latent step; the last one includes the final step
-    symmetry: int = 1  # the network's self-ensemble (the effort's; the header records it)
+    symmetry: int = 1  # the network's self-ensemble (the effort's; the header records it) ...
+    symmetry_max_t: int = ALL_TIMESTEPS  # ... at the network calls of timesteps t <= this
 
 
 @dataclass(frozen=True)
@@ -228,7 +231,7 @@ def plan_chain(prior: Prior, pixels: int, opt: PlanOptions = PlanOptions(),
         plan = Plan(ts, tuple([fixed or ChunkKind.UQ] * (len(ts) - 1)), chunk_bits, margin)
     else:
         plan = _optimise(prior, pixels, opt, level, chunk_bits, margin, fixed, model)
-    return replace(plan, symmetry=level.symmetry)
+    return replace(plan, symmetry=level.symmetry, symmetry_max_t=level.symmetry_max_t)
 
 
 def _pfr_allowed(level: EffortLevel, chunk_bits: int, margin: int, fixed: ChunkKind | None) -> bool:

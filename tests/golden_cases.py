@@ -34,6 +34,8 @@ CASES = {
     "rgb_chanpred": ("RGB", dict(_UQ, tile=16), "astronaut", (48, 32)),
     # every network call averaged over the square's 8 symmetries (header version 3's field)
     "rgb_sym8": ("RGB", dict(_UQ, symmetry=8)),
+    # only the calls at t <= 400 (x_t at 336 and 4) averaged over 4 (header version 4's field)
+    "rgb_sym_low": ("RGB", dict(_UQ, symmetry=4, symmetry_max_t=400)),
 }
 
 

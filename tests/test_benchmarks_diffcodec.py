@@ -434,6 +434,21 @@ def test_sweep_steps_symmetry(images_dir, tmp_path, table_model_path):
     assert all(m["symmetry"] == r["symmetry"] for r in rows for m in r["per_image"].values())
 
 
+def test_sweep_steps_symmetry_max_t(images_dir, tmp_path, table_model_path):
+    """The symmetrised timesteps' axis: every call (65535) counts symmetry evaluations a call, a
+    threshold below the chain's timesteps none beyond the plain calls."""
+    out = tmp_path / "sweep.json"
+    assert sweep_steps.main(["--images", str(images_dir), "--crop", "16", "--limit", "1", "--model",
+                             str(table_model_path), "--effort", "1", "--t-min", "5", "--symmetry", "4",
+                             "--symmetry-max-t", "65535,4,5", "--out", str(out)]) == 0
+    rows = _strict(out)["rows"]
+    assert [r["symmetry_max_t"] for r in rows] == [65535, 4, 5]
+    calls = [r["network_calls"] for r in rows]
+    assert calls[0] == calls[1] == calls[2]
+    # every call; none (the lowest call is at t_min = 5); only the final step's call at t = 5
+    assert [r["network_evaluations"] for r in rows] == [4 * calls[0], calls[0], calls[0] + 3]
+
+
 def test_sweep_steps_pfr_chunk_and_margin(images_dir, tmp_path, table_model_path):
     out = tmp_path / "sweep.json"
     assert sweep_steps.main(["--images", str(images_dir), "--crop", "16", "--limit", "1", "--model",

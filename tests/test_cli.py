@@ -177,6 +177,15 @@ def test_symmetry_option(work, tiny_model_path):
     assert all(np.isfinite(bounds)) and bounds[0] != bounds[1]
     r = run("encode", work / "a.png", "-o", out, "--model", tiny_model_path, "--symmetry", 3, ok=False)
     assert r.exit_code != 0 and "symmetry" in r.output
+    # only the calls at t <= 400: the header and info say so, and the file decodes
+    r = run("encode", work / "a.png", "-o", out, "--model", tiny_model_path, "--steps", 3, "--symmetry", 4,
+            "--symmetry-max-t", 400)
+    assert "symmetry 4 at t <= 400" in r.output
+    assert json.loads(run("info", out, "--json").output)["symmetry_max_t"] == 400
+    run("decode", out, "-o", back, "--model", tiny_model_path, "-q")
+    np.testing.assert_array_equal(np.asarray(Image.open(back)), np.asarray(Image.open(work / "a.png")))
+    r = run("encode", work / "a.png", "-o", out, "--model", tiny_model_path, "--symmetry-max-t", -1, ok=False)
+    assert r.exit_code == 2 and "--symmetry-max-t" in r.output  # click's usage error
 
 
 def test_option_errors_are_one_line(work, tiny_model_path):

@@ -76,6 +76,30 @@ def test_symmetrised_network_round_trip(symmetry, tiny_prior, tiny_images):
         encode(img, tiny_prior, _opts(symmetry=3))
 
 
+def test_symmetry_at_low_timesteps_only(tiny_prior, tiny_images):
+    """symmetry_max_t averages only the network calls at t <= it: the calls counted, the bytes
+    between the plain file's and the all-symmetric one's, and a decoder told another threshold
+    (or every call) does not get the image back."""
+    img = Image.fromarray(tiny_images[1])
+    ts = encode(img, tiny_prior, _opts()).header.timesteps  # the chain the options give (STEPS + 1 timesteps)
+    cut = ts[1]  # the calls at x_t with t = ts[1] (the last latent step) and ts[0] (the final step)
+    res = encode(img, tiny_prior, _opts(symmetry=4, symmetry_max_t=cut))
+    full = encode(img, tiny_prior, _opts(symmetry=4))
+    h = parse(res.data).header
+    assert (h.symmetry, h.symmetry_max_t) == (4, cut) and full.header.symmetry_max_t == 0xFFFF
+    assert res.net_calls == full.net_calls == STEPS + 1
+    assert res.net_evaluations == (STEPS + 1) + 3 * 2 and full.net_evaluations == 4 * (STEPS + 1)
+    assert res.data != full.data
+    out = decode(res.data, tiny_prior)
+    assert out.lossless
+    np.testing.assert_array_equal(np.asarray(out.image), np.asarray(img))
+    for changes in (dict(symmetry_max_t=0xFFFF), dict(symmetry_max_t=ts[0])):
+        with pytest.raises(FormatError):
+            decode(_with_header(res.data, **changes), tiny_prior)
+    with pytest.raises(OptionError, match="symmetry_max_t"):
+        encode(img, tiny_prior, _opts(symmetry=2, symmetry_max_t=70000))
+
+
 def _with_header(data: bytes, **changes) -> bytes:
     parsed = parse(data)
     header = dataclasses.replace(parsed.header, **changes)

@@ -47,17 +47,20 @@ def make_file(n: int = 3) -> tuple[bytes, Header, list[Chunk]]:
 
 
 def raw_header(width=5, height=4, mode=1, fp=FP, sched=1, T=1000, ts=(0, 500, 999), k=None, seed=1,
-               tile=64, nchunks=0, checksum=0, palette=b"", npal=None, version=3, body_len=None, magic=MAGIC,
-               crc=None, extra=b"", symmetry=1) -> bytes:
+               tile=64, nchunks=0, checksum=0, palette=b"", npal=None, version=4, body_len=None, magic=MAGIC,
+               crc=None, extra=b"", symmetry=1, symmetry_max_t=0xFFFF) -> bytes:
     """Header bytes with any field values (no validation), with a correct CRC unless given;
-    ``version=2`` leaves out the symmetry byte, as version 2 files do."""
+    ``version=2`` leaves out the symmetry byte, as version 2 files do, ``version=3`` the
+    symmetry_max_t field."""
     body = struct.pack("<IIB", width, height, mode) + fp
     body += struct.pack("<BHH", sched, T, len(ts) if k is None else k) + struct.pack(f"<{len(ts)}H", *ts)
     npal = len(palette) if npal is None else npal
     if version == 2:
         body += struct.pack("<QHHIH", seed, tile, nchunks, checksum, npal)
-    else:
+    elif version == 3:
         body += struct.pack("<QHBHIH", seed, tile, symmetry, nchunks, checksum, npal)
+    else:
+        body += struct.pack("<QHBHHIH", seed, tile, symmetry, symmetry_max_t, nchunks, checksum, npal)
     body += palette + extra
     head = struct.pack("<BI", version, len(body) if body_len is None else body_len) + body
     return magic + head + struct.pack("<I", zlib.crc32(head) if crc is None else crc)
@@ -74,6 +77,8 @@ def raw_header(width=5, height=4, mode=1, fp=FP, sched=1, T=1000, ts=(0, 500, 99
     dict(mode="P", palette=bytes(range(48)), timesteps=tuple(range(0, 1000, 7)), num_chunks=143, tile=8),
     dict(mode="P", palette=bytes(768)),
     dict(symmetry=8),
+    dict(symmetry=4, symmetry_max_t=60),
+    dict(symmetry=2, symmetry_max_t=0),
 ])
 def test_header_round_trip(kw):
     header = make_header(**kw)
@@ -120,10 +125,20 @@ def test_version_2_headers_parse_with_symmetry_1():
     plain ones."""
     v2 = parse(raw_header(version=2, seed=7, tile=16)).header
     v3 = parse(raw_header(version=3, seed=7, tile=16)).header
-    assert v2 == v3 and v2.symmetry == 1 and (v2.seed, v2.tile) == (7, 16)
+    v4 = parse(raw_header(version=4, seed=7, tile=16)).header
+    assert v2 == v3 == v4 and v2.symmetry == 1 and (v2.seed, v2.tile) == (7, 16)
     same = dict(seed=1, num_chunks=0, checksum=0)  # raw_header's defaults
-    assert raw_header(version=3) == make_header(**same).to_bytes()  # the writer writes version 3
-    assert raw_header(version=3, symmetry=8) == make_header(**same, symmetry=8).to_bytes()
+    assert raw_header() == make_header(**same).to_bytes()  # the writer writes version 4
+    assert raw_header(symmetry=8, symmetry_max_t=60) == make_header(**same, symmetry=8, symmetry_max_t=60).to_bytes()
+
+
+def test_version_3_symmetry_serves_every_call():
+    """Version 3 had no symmetry_max_t: its symmetry averaged every network call, as 65535 says."""
+    h = parse(raw_header(version=3, symmetry=8)).header
+    assert h.symmetry == 8 and h.symmetry_max_t == 0xFFFF
+    assert [h.symmetry_at(t) for t in (0, 999, 65535)] == [8, 8, 8]
+    h4 = parse(raw_header(symmetry=4, symmetry_max_t=60)).header
+    assert [h4.symmetry_at(t) for t in (0, 60, 61, 999)] == [4, 4, 1, 1]
 
 
 def test_version_1_files_are_refused_by_name():
@@ -211,11 +226,12 @@ def _refused(data: bytes, match: str) -> None:
     (dict(body_len=65537), "header length"),
     (dict(body_len=60000), "truncated inside the header"),
     (dict(crc=0), "CRC"),
-    (dict(version=4), "version 4"),
+    (dict(version=5), "version 5"),
     (dict(symmetry=0), "symmetry"),
     (dict(symmetry=3), "symmetry"),
     (dict(symmetry=16), "symmetry"),
     (dict(version=2, extra=b"\1"), "wrong length"),  # a version 3 body labelled version 2
+    (dict(version=3, extra=b"\1\0"), "wrong length"),  # ... version 4 bodies are 2 bytes longer
     (dict(version=0), "version 0"),
     (dict(magic=b"\x89PNG\r\n\x1a\n"), "magic"),
     (dict(magic=b"\x89DFC\n\x1a\n\n"), "magic"),  # text-mode mangled
