@@ -100,6 +100,22 @@ def test_symmetry_at_low_timesteps_only(tiny_prior, tiny_images):
         encode(img, tiny_prior, _opts(symmetry=2, symmetry_max_t=70000))
 
 
+def test_bound_with_symmetry_at_low_timesteps_only(tiny_prior, tiny_images):
+    """The bound under a header's rule: the terms at t <= symmetry_max_t are the symmetric
+    network's, the others the plain network's (same noise draws)."""
+    from diffcodec.likelihood import bits_per_dim
+
+    img = tiny_images[2]
+    plain = bits_per_dim(img, tiny_prior, steps=5)
+    full = bits_per_dim(img, tiny_prior, steps=5, symmetry=4)
+    ts = plain.timesteps  # 0, 250, 500, 749, 999
+    part = bits_per_dim(img, tiny_prior, steps=5, symmetry=4, symmetry_max_t=int(ts[2]))
+    low = ts <= ts[2]
+    np.testing.assert_array_equal(part.per_step[low], full.per_step[low])
+    np.testing.assert_array_equal(part.per_step[~low], plain.per_step[~low])
+    assert not np.array_equal(full.per_step, plain.per_step)
+
+
 def _with_header(data: bytes, **changes) -> bytes:
     parsed = parse(data)
     header = dataclasses.replace(parsed.header, **changes)
