@@ -58,18 +58,22 @@ class EffortLevel:
 #: work a bigger chunk with a smaller margin codes shorter (PFR's overhead per chunk is about
 #: log2(KL + 1) bits, and a chunk whose KL outruns the margin still sends a near-exact sample):
 #: measured with ``benchmarks.sweep_steps --pfr`` on Kodak crops (README, "Designing the chain").
-#: From effort 6 on, each network call is averaged over 2, 4 or 8 of the square's symmetries
+#: From effort 6 on, network calls are averaged over 8 of the square's symmetries
 #: (:func:`diffcodec.unet.forward_symmetrised`): smaller files at that many times the network's
 #: time, in the encoder and the decoder alike (effort 5 keeps the plain call: the speed targets).
+#: Efforts 6-8 average only the calls at t <= 60 or 150, where the x_0 error sets a step's cost:
+#: on four Kodak crops (README, "Self-ensemble") the calls above t = 150 gave 0.002 bits/dim for
+#: half or more of the evaluations; effort 6 is effort 5's chain with the ensemble (3.692 bits/dim
+#: in 34 evaluations, where 16 steps with 2 symmetries everywhere gave 3.701 in 34).
 EFFORTS = {
     1: EffortLevel(4, 0, 0),
     2: EffortLevel(6, 0, 0),
     3: EffortLevel(8, 4, 2),
     4: EffortLevel(10, 5, 2),
     5: EffortLevel(12, 6, 2),
-    6: EffortLevel(16, 6, 3, symmetry=2),
-    7: EffortLevel(20, 10, 1, symmetry=4),
-    8: EffortLevel(28, 10, 2, symmetry=8),
+    6: EffortLevel(12, 6, 2, symmetry=8, symmetry_max_t=60),
+    7: EffortLevel(20, 10, 1, symmetry=8, symmetry_max_t=60),
+    8: EffortLevel(28, 10, 2, symmetry=8, symmetry_max_t=150),
     9: EffortLevel(40, 12, 2, symmetry=8),
 }
 

@@ -430,7 +430,7 @@ def test_sweep_steps_symmetry(images_dir, tmp_path, table_model_path):
     assert sweep_steps.main(["--images", str(images_dir), "--crop", "16", "--limit", "1", "--model",
                              str(table_model_path), "--effort", "1,6", "--symmetry", "plan,4", "--out", str(out)]) == 0
     rows = _strict(out)["rows"]
-    assert [(r["effort"], r["symmetry"]) for r in rows] == [(1, 1), (1, 4), (6, 2), (6, 4)]
+    assert [(r["effort"], r["symmetry"]) for r in rows] == [(1, 1), (1, 4), (6, 8), (6, 4)]
     assert all(m["symmetry"] == r["symmetry"] for r in rows for m in r["per_image"].values())
 
 

@@ -208,12 +208,14 @@ def test_isotonic_regression():
 
 
 def test_effort_sets_the_network_symmetry():
-    """Efforts 1-5 run the plain network, 6-9 a self-ensemble of 2, 4, 8, 8 symmetries (more
-    work, never less); the plan carries it for the header."""
+    """Efforts 1-5 run the plain network, 6-9 a self-ensemble of 8 symmetries at the calls up to
+    t = 60, 60, 150 and at every call; the plan carries it for the header."""
     prior = _toy_prior(30)
-    sym = [plan_chain(prior, 1000, PlanOptions(effort=e)).symmetry for e in range(1, 10)]
-    assert sym == [EFFORTS[e].symmetry for e in range(1, 10)] == [1, 1, 1, 1, 1, 2, 4, 8, 8]
-    assert plan_chain(prior, 1000, PlanOptions(effort=7, timesteps=(2, 9, 29))).symmetry == 4  # forced chains too
+    plans = [plan_chain(prior, 1000, PlanOptions(effort=e)) for e in range(1, 10)]
+    assert [p.symmetry for p in plans] == [EFFORTS[e].symmetry for e in range(1, 10)] == [1] * 5 + [8] * 4
+    assert [p.symmetry_max_t for p in plans][5:] == [60, 60, 150, 0xFFFF]
+    forced = plan_chain(prior, 1000, PlanOptions(effort=7, timesteps=(2, 9, 29)))  # forced chains too
+    assert (forced.symmetry, forced.symmetry_max_t) == (8, 60)
 
 
 @pytest.mark.parametrize("effort", [1, 3, 5, 7])
@@ -227,7 +229,8 @@ def test_planned_chains_round_trip_and_every_prefix_decodes(effort, tiny_prior_w
     img = tiny_images[1]
     res = encode(img, prior, EncodeOptions(effort=effort, seed=3))
     assert res.header.timesteps == res.plan.timesteps and res.lossless
-    assert res.header.symmetry == EFFORTS[effort].symmetry
+    assert (res.header.symmetry, res.header.symmetry_max_t) == (EFFORTS[effort].symmetry,
+                                                                EFFORTS[effort].symmetry_max_t)
     if effort >= 3:  # PFR is planned for the high-noise steps, UQ for the last
         assert res.plan.coders[0] == ChunkKind.PFR and res.plan.coders[-1] == ChunkKind.UQ
     assert [s.kind.label.split("+")[0] for s in res.steps[:-1]] == [c.name.lower() for c in res.plan.coders]
