@@ -14,7 +14,7 @@ from diffcodec.checkpoint import Prior
 from diffcodec.diffusion import DiffusionConfig, analytic_variance, get_named_beta_schedule
 from diffcodec.errors import OptionError
 from diffcodec.kinds import ChunkKind, LatentMethod
-from diffcodec.trajectory import (DEFAULT_COSTS, EFFORTS, PlanOptions, _costs, even_timesteps, plan_chain,
+from diffcodec.trajectory import (DEFAULT_COSTS, EFFORTS, PLANNED_T_MIN, PlanOptions, _costs, even_timesteps, plan_chain,
                                   step_kl_matrix, uq_overhead)
 
 
@@ -88,7 +88,7 @@ def _brute_force(prior: Prior, K: int, method: LatentMethod, level, pixels: int)
     cost, last = costs.step, costs.last
     T = prior.diffusion.num_timesteps
     best = math.inf
-    for inner in itertools.combinations(range(T - 1), K):  # t_min .. t_{K}, then T - 1
+    for inner in itertools.combinations(range(PLANNED_T_MIN, T - 1), K):  # t_min .. t_{K}, then T - 1
         ts = list(inner) + [T - 1]
         total = sum(cost[ts[i - 1], ts[i]] for i in range(2, len(ts))) + last[ts[0], ts[1]]
         best = min(best, total)
@@ -122,6 +122,14 @@ def test_higher_effort_never_plans_a_larger_file():
     prior = _toy_prior(40, seed=5)
     costs = [plan_chain(prior, 10_000, PlanOptions(effort=e)).expected_bits_per_dim for e in range(1, 10)]
     assert all(b <= a + 1e-12 for a, b in zip(costs, costs[1:]))
+
+
+def test_the_planner_ends_at_t_min_1_unless_forced_to_0():
+    prior = _toy_prior(20, seed=1)
+    prior.xstart_mse[0] *= 1e-6  # a table whose step to t = 0 looks all but free
+    for effort in (1, 5, 9):
+        assert plan_chain(prior, 1000, PlanOptions(effort=effort)).timesteps[0] == PLANNED_T_MIN == 1
+        assert plan_chain(prior, 1000, PlanOptions(effort=effort, t_min=0)).timesteps[0] == 0
 
 
 def test_forced_options():
