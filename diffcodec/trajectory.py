@@ -138,7 +138,8 @@ DEFAULT_COSTS = CostModel()
 #: Ending the chain at t = 0 never paid in a real file although the cost model ranks it level or
 #: better: four 128 px Kodak crops, effort 5, model e9466d11: t_min 0 3.839 against 1 3.835
 #: bits/dim; model c472d480: 3.741+ against 3.739; effort 9, model 016ca309: 3.6175 against
-#: 3.5988 (the model predicted 0.0006 in favour of 0).  On kodim07's crop the cost model put the
+#: 3.5988 (the model predicted 0.0006 in favour of 0); effort 8 on two 256 px Kodak crops: 3.6163
+#: against 3.6036 (predicted level to 0.001).  On kodim07's crop the cost model put the
 #: last UQ step and the final step 0.161 bits/dim cheaper from t = 0; the file saved 0.128.
 PLANNED_T_MIN = 1
 
