@@ -307,7 +307,9 @@ def _optimise(prior: Prior, pixels: int, opt: PlanOptions, level: EffortLevel, c
     total = np.full(K + 1, np.inf)
     ends = np.zeros(K + 1, dtype=np.int64)
     starts = np.zeros(K + 1, dtype=np.int64)
-    allowed_end = np.arange(T) >= PLANNED_T_MIN if opt.t_min is None else (np.arange(T) == opt.t_min)
+    # the floor gives way only where a forced step count cannot fit above it (T - 1 steps end at 0)
+    floor = PLANNED_T_MIN if opt.steps is None else min(PLANNED_T_MIN, T - 1 - K)
+    allowed_end = np.arange(T) >= floor if opt.t_min is None else (np.arange(T) == opt.t_min)
     for k in range(1, K + 1):
         step = best[k - 1][None, :] + cost  # [s, t]
         arg[k] = step.argmin(axis=1)

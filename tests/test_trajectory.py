@@ -130,6 +130,9 @@ def test_the_planner_ends_at_t_min_1_unless_forced_to_0():
     for effort in (1, 5, 9):
         assert plan_chain(prior, 1000, PlanOptions(effort=effort)).timesteps[0] == PLANNED_T_MIN == 1
         assert plan_chain(prior, 1000, PlanOptions(effort=effort, t_min=0)).timesteps[0] == 0
+    # forced to as many steps as the chain has timesteps, the only chain ends at 0
+    assert plan_chain(prior, 1000, PlanOptions(steps=19)).timesteps == tuple(range(20))
+    assert plan_chain(prior, 1000, PlanOptions(steps=18)).timesteps[0] == 1
 
 
 def test_forced_options():
