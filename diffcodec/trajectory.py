@@ -211,12 +211,17 @@ def final_bits(mse: np.ndarray, model: CostModel = DEFAULT_COSTS) -> np.ndarray:
 # ----------------------------------------------------------------------------- planning
 
 
+def _check_fits(num_timesteps: int, steps: int | None, t_min: int) -> None:
+    """Refuse a forced t_min outside the chain, or more forced steps than fit above it."""
+    if not 0 <= t_min < num_timesteps - 1 or (steps is not None and steps > num_timesteps - 1 - t_min):
+        raise OptionError(f"cannot fit {steps} steps between t={t_min} and T-1={num_timesteps - 1}")
+
+
 def even_timesteps(num_timesteps: int, steps: int, t_min: int = 0) -> tuple[int, ...]:
     """``steps`` latent steps evenly spaced from t_min to T - 1 (steps + 1 timesteps)."""
     if steps < 1:
         raise OptionError("at least one coded step is needed")
-    if not 0 <= t_min < num_timesteps - 1 or steps > num_timesteps - 1 - t_min:
-        raise OptionError(f"cannot fit {steps} steps between t={t_min} and T-1={num_timesteps - 1}")
+    _check_fits(num_timesteps, steps, t_min)
     ts = np.round(np.linspace(t_min, num_timesteps - 1, steps + 1)).astype(int)
     return tuple(int(t) for t in ts)
 
@@ -298,6 +303,8 @@ def _optimise(prior: Prior, pixels: int, opt: PlanOptions, level: EffortLevel, c
     pfr_ok = _pfr_allowed(level, chunk_bits, margin, fixed)
     costs = _costs(prior, kl, pfr_ok, fixed, chunk_bits, pixels, model)
     cost, last = costs.step, costs.last
+    if opt.t_min is not None:
+        _check_fits(T, opt.steps, opt.t_min)
     K = opt.steps or level.max_steps
     K = min(K, T - 1)
     # best[k, s]: cheapest way from T - 1 down to s in k steps (not counting the final step)

@@ -141,6 +141,9 @@ def test_forced_options():
     assert plan.timesteps[0] == 4 and len(plan.timesteps) == 4
     plan = plan_chain(prior, 100, PlanOptions(timesteps=(2, 9, 29), method=LatentMethod.UQ))
     assert plan.timesteps == (2, 9, 29) and plan.coders == (ChunkKind.UQ, ChunkKind.UQ)
+    for t_min, steps in [(20, 10), (29, None), (-1, None)]:  # more steps than fit above t_min, or outside
+        with pytest.raises(OptionError):
+            plan_chain(prior, 100, PlanOptions(t_min=t_min, steps=steps))
     for bad in [(2, 9), (9, 2, 29), (-1, 29), (29,)]:
         with pytest.raises(OptionError):
             plan_chain(prior, 100, PlanOptions(timesteps=bad))
