@@ -1,38 +1,39 @@
 """The .dfc container: byte layout, writing, and defensive parsing.
 
-All integers are little-endian.  A file is a header followed by one chunk per coded step.
+All integers are little-endian; ``varint`` is an unsigned LEB128 varint (:mod:`diffcodec.varint`:
+7 bits a byte, low group first, minimal).  A file is a header followed by one chunk per coded
+step.  This describes version 5; what earlier versions differ in follows each table.
 
 Header::
 
     offset  size  field
     0       8     magic  b"\\x89DFC\\r\\n\\x1a\\n"  (PNG-style: catches text-mode mangling)
-    8       1     version (4; version 3 is read as symmetry_max_t = 65535, version 2 as
-                  symmetry 1; version 1 is refused with a message naming it)
-    9       4     header body length B (u32, at most 65536)
-    13      B     header body (below)
-    13+B    4     CRC-32 of bytes 8 .. 13+B
+    8       1     version (5; 2, 3 and 4 are read, see below; version 1 is refused with a
+                  message naming it)
+    9       v     header body length B (varint, at most 65536)
+    9+v     B     header body (below)
+    9+v+B   4     CRC-32 of bytes 8 .. 9+v+B
 
 Header body::
 
-    u32 width, u32 height           1 .. 16384 each, at most 2**26 pixels
+    varint width, varint height     1 .. 16384 each, at most 2**26 pixels
     u8  mode                        0 = L, 1 = RGB, 2 = P (palette), 3 = 1 (bilevel)
     32  model fingerprint           SHA-256 digest of the prior (see checkpoint.py)
     u8  schedule                    0 = linear, 1 = cosine (must match the model)
-    u16 num_timesteps               T of the model's chain
-    u16 K, then K x u16             the chain's timesteps, strictly increasing, < T:
+    varint num_timesteps            T of the model's chain (1 .. 65535)
+    varint K, then K varints        the chain's timesteps, strictly increasing, < T: the first,
+                                    then each one's difference from the one before (>= 1);
                                     timesteps[-1] is x_T, timesteps[0] the last latent
     u64 seed                        shared randomness (x_T, dithers, PFR candidates)
-    u16 tile                        side-information tile size in pixels (0 = whole image)
+    varint tile                     side-information tile size in pixels (0 = whole image)
     u8  symmetry                    the network is averaged over this many of the square's
-                                    symmetries (1, 2, 4 or 8: diffcodec.unet.forward_symmetrised);
-                                    absent in version 2 (= 1)
-    u16 symmetry_max_t              only the network calls at timesteps t <= this are averaged
+                                    symmetries (1, 2, 4 or 8: diffcodec.unet.forward_symmetrised)
+    varint symmetry_max_t           only the network calls at timesteps t <= this are averaged
                                     (the steps whose KL the x_0 error dominates); the others are
-                                    plain calls.  65535: every call.  Absent before version 4
-                                    (= 65535)
-    u16 num_chunks                  chunks the encoder wrote (fewer than K means lossy)
+                                    plain calls.  65535: every call
+    varint num_chunks               chunks the encoder wrote (fewer than K + 1 means lossy)
     u32 checksum                    CRC-32 of the original pixels (mode-native bytes)
-    u16 P, then P bytes             palette (RGB triples) for mode P, else P = 0
+    varint P, then P bytes          palette (RGB triples) for mode P, else P = 0
 
 Chunk (one per coded step, in order)::
 
@@ -40,12 +41,20 @@ Chunk (one per coded step, in order)::
                                     3 = final (x_0) step, 4 = final step, channel-predicted,
                                     5 = UQ step, channel-predicted, 6 = UQ step, context
                                     (checkerboard), 7 = final step, context (kinds.ChunkKind)
-    u16 index                       0, 1, 2, ... in order; chunk K - 1 is the final step
-    u32 payload length N            at most 2**30
-    f32 ideal bits                  the step's KL (latent) or decoder NLL (final) under the
-                                    model's analytic variances, in bits (informational)
-    N-4 coder payload               documented in diffcodec/coders/{uq,pfr,final,chanpred}.py
-    u32 CRC-32 of kind .. payload
+    varint N                        payload length, at most 2**30
+    varint ideal                    the step's KL (latent) or decoder NLL (final) under the
+                                    model's analytic variances, in eighths of a bit
+                                    (informational)
+    N   coder payload               documented in diffcodec/coders/{uq,pfr,final,chanpred}.py
+    u32 CRC-32 of (u16 index) + kind .. payload, index = 0, 1, 2, ... the chunk's place (not
+                                    stored: a chunk out of place fails its CRC)
+
+Versions 2-4 (read, never written) use fixed-width fields: the body length is a u32; width and
+height u32; T, K, the timesteps (absolute), tile, symmetry_max_t, num_chunks and P u16; a chunk
+is u8 kind, u16 index, u32 N' (= 4 + payload length), f32 ideal bits, the payload, and the
+CRC-32 of kind .. payload; the coders' payloads hold u32 lengths and counts and one range coder
+per channel or pass (their modules say how).  Version 4 is version 5's fields so; version 3 has
+no symmetry_max_t (read as 65535); version 2 no symmetry byte either (read as 1).
 
 A file cut inside a chunk parses up to the last complete chunk and reports ``truncated``; a
 complete chunk whose CRC fails, a bad magic, version or header raises :class:`FormatError`.
@@ -53,16 +62,19 @@ complete chunk whose CRC fails, a bad magic, version or header raises :class:`Fo
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from dataclasses import dataclass, field
 
 from .errors import FormatError
 from .kinds import SYMMETRIES, ChunkKind, ImageMode
+from .varint import Truncated, read_uvarint, uvarint
 
 MAGIC = b"\x89DFC\r\n\x1a\n"
-VERSION = 4
-READ_VERSIONS = (2, 3, 4)  # version 2: no symmetry field; version 3: no symmetry_max_t
+VERSION = 5
+READ_VERSIONS = (2, 3, 4, 5)  # 2: no symmetry field; 3: no symmetry_max_t; 2-4: fixed-width fields
+COMPACT = 5  # the first version with varint fields and one range coder per step payload
 ALL_TIMESTEPS = 0xFFFF  # symmetry_max_t of a chain whose every network call is symmetrised
 #: The header body's fields after the timesteps, per version: seed, tile, [symmetry,
 #: [symmetry_max_t,]] num_chunks, checksum, palette length.
@@ -76,7 +88,7 @@ MAX_PIXELS = 2**26  # the format's limit
 DEFAULT_MAX_PIXELS = 25_000_000
 MAX_HEADER = 65536
 MAX_PAYLOAD = 2**30
-_CHUNK_HEAD = struct.Struct("<BHI")
+_CHUNK_HEAD = struct.Struct("<BHI")  # versions 2-4: kind, index, length of (ideal + payload)
 
 
 @dataclass
@@ -95,6 +107,12 @@ class Header:
     palette: bytes = b""
     symmetry: int = 1
     symmetry_max_t: int = ALL_TIMESTEPS
+    version: int = field(default=VERSION, compare=False)  # the layout it was read from (to_bytes writes VERSION)
+
+    @property
+    def compact(self) -> bool:
+        """The coders' payloads have version 5's layouts (varints, one range coder per step)."""
+        return self.version >= COMPACT
 
     def symmetry_at(self, t: int) -> int:
         """The self-ensemble of the network call at (original) timestep ``t``."""
@@ -132,13 +150,16 @@ class Header:
             raise FormatError("bad palette")
 
     def to_bytes(self) -> bytes:
+        """The header in the current version's layout (whatever version it was read from)."""
         self.validate()
-        body = struct.pack("<IIB", self.width, self.height, MODES.index(self.mode)) + self.fingerprint
-        body += struct.pack("<BHH", SCHEDULE_IDS[self.schedule], self.num_timesteps, len(self.timesteps))
-        body += struct.pack(f"<{len(self.timesteps)}H", *self.timesteps)
-        body += struct.pack(_TAILS[VERSION], self.seed, self.tile, self.symmetry, self.symmetry_max_t,
-                            self.num_chunks, self.checksum, len(self.palette)) + self.palette
-        head = struct.pack("<BI", VERSION, len(body)) + body
+        ts = self.timesteps
+        body = uvarint(self.width) + uvarint(self.height) + bytes([MODES.index(self.mode)]) + self.fingerprint
+        body += bytes([SCHEDULE_IDS[self.schedule]]) + uvarint(self.num_timesteps) + uvarint(len(ts))
+        body += b"".join(uvarint(d) for d in (ts[0],) + tuple(b - a for a, b in zip(ts, ts[1:])))
+        body += struct.pack("<Q", self.seed) + uvarint(self.tile) + bytes([self.symmetry])
+        body += uvarint(self.symmetry_max_t) + uvarint(self.num_chunks) + struct.pack("<I", self.checksum)
+        body += uvarint(len(self.palette)) + self.palette
+        head = bytes([VERSION]) + uvarint(len(body)) + body
         return MAGIC + head + struct.pack("<I", zlib.crc32(head))
 
 
@@ -146,17 +167,30 @@ class Header:
 class Chunk:
     kind: ChunkKind
     index: int
-    ideal_bits: float
+    ideal_bits: float  # stored in eighths of a bit (a f32 before version 5)
     payload: bytes  # the coder's payload
+    version: int = field(default=VERSION, compare=False)  # the layout it was read in (to_bytes writes VERSION)
+
+    def _framed(self) -> bytes:
+        """kind .. payload in the current layout (what the CRC covers after the index)."""
+        ideal = float(self.ideal_bits)
+        eighths = round(8 * min(ideal, 2.0**57)) if math.isfinite(ideal) and ideal > 0 else 0
+        return bytes([int(self.kind)]) + uvarint(len(self.payload)) + uvarint(eighths) + self.payload
 
     def to_bytes(self) -> bytes:
-        body = struct.pack("<f", self.ideal_bits) + self.payload
-        head = _CHUNK_HEAD.pack(int(self.kind), self.index, len(body)) + body
-        return head + struct.pack("<I", zlib.crc32(head))
+        body = self._framed()
+        return body + struct.pack("<I", _chunk_crc(self.index, body))
 
     @property
     def size(self) -> int:
-        return _CHUNK_HEAD.size + 4 + 4 + len(self.payload)
+        """Its bytes in the file (in the layout it was read in)."""
+        if self.version < COMPACT:
+            return _CHUNK_HEAD.size + 4 + 4 + len(self.payload)
+        return len(self._framed()) + 4
+
+
+def _chunk_crc(index: int, body) -> int:
+    return zlib.crc32(body, zlib.crc32(struct.pack("<H", index & 0xFFFF)))
 
 
 @dataclass
@@ -176,56 +210,150 @@ def parse(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Parsed:
     pos = len(MAGIC)
     if len(data) < pos + 5:
         raise FormatError("file truncated inside the header")
-    version, body_len = struct.unpack_from("<BI", data, pos)
+    version = data[pos]
     if version == 1:
         raise FormatError(".dfc version 1 (diffcodec 0.1) is no longer read: decode it with diffcodec 0.1, "
                           "or encode the original again")
     if version not in READ_VERSIONS:
         raise FormatError(f".dfc version {version} is not supported (this decoder reads {READ_VERSIONS})")
-    if body_len > MAX_HEADER:
-        raise FormatError("implausible header length")
-    end = pos + 5 + body_len
+    if version >= COMPACT:
+        try:
+            body_len, start = read_uvarint(data, pos + 1, "header length", MAX_HEADER)
+        except Truncated:
+            raise FormatError("file truncated inside the header") from None
+    else:
+        (body_len,) = struct.unpack_from("<I", data, pos + 1)
+        start = pos + 5
+        if body_len > MAX_HEADER:
+            raise FormatError("implausible header length")
+    end = start + body_len
     if len(data) < end + 4:
         raise FormatError("file truncated inside the header")
     (crc,) = struct.unpack_from("<I", data, end)
     if zlib.crc32(data[pos:end]) != crc:
         raise FormatError("header is corrupt (CRC mismatch)")
-    header = _parse_header_body(bytes(data[pos + 5:end]), version)
+    header = _parse_header_body(bytes(data[start:end]), version)
     if header.pixels > max_pixels:
         raise FormatError(f"image of {header.width}x{header.height} = {header.pixels / 1e6:.1f} megapixels is above "
                           f"the limit of {max_pixels / 1e6:.1f} (raise it with --max-pixels)")
     out = Parsed(header, header_size=end + 4)
     pos = end + 4
+    read_chunk = _read_chunk if version >= COMPACT else _read_chunk_v4
     while pos < len(data):
         if len(out.chunks) >= header.num_chunks:
             raise FormatError("trailing data after the last chunk")
-        if len(data) - pos < _CHUNK_HEAD.size:
+        chunk, pos = read_chunk(data, pos, len(out.chunks), header)
+        if chunk is None:
             out.truncated = True
             break
-        kind, index, n = _CHUNK_HEAD.unpack_from(data, pos)
-        if n > MAX_PAYLOAD or n < 4:
-            raise FormatError(f"chunk {len(out.chunks)} has an implausible length")
-        if len(data) - pos < _CHUNK_HEAD.size + n + 4:
-            out.truncated = True
-            break
-        (crc,) = struct.unpack_from("<I", data, pos + _CHUNK_HEAD.size + n)
-        if zlib.crc32(data[pos:pos + _CHUNK_HEAD.size + n]) != crc:
-            raise FormatError(f"chunk {len(out.chunks)} is corrupt (CRC mismatch)")
-        if index != len(out.chunks) or kind not in set(ChunkKind):
-            raise FormatError(f"chunk {len(out.chunks)} is out of order or of unknown kind")
-        kind = ChunkKind(kind)
-        if kind.is_final != (index == header.num_latent_steps):
-            raise FormatError(f"chunk {index} has the wrong kind")
-        (ideal,) = struct.unpack_from("<f", data, pos + _CHUNK_HEAD.size)
-        body = bytes(data[pos + _CHUNK_HEAD.size + 4:pos + _CHUNK_HEAD.size + n])
-        out.chunks.append(Chunk(kind, index, ideal, body))
-        pos += _CHUNK_HEAD.size + n + 4
+        out.chunks.append(chunk)
     if len(out.chunks) < header.num_chunks:
         out.truncated = True
     return out
 
 
+def _check_kind(kind: int, index: int, header: Header) -> ChunkKind:
+    if kind not in set(ChunkKind):
+        raise FormatError(f"chunk {index} is of unknown kind")
+    kind = ChunkKind(kind)
+    if kind.is_final != (index == header.num_latent_steps):
+        raise FormatError(f"chunk {index} has the wrong kind")
+    return kind
+
+
+def _read_chunk(data: memoryview, pos: int, index: int, header: Header) -> tuple[Chunk | None, int]:
+    """The version-5 chunk at ``pos`` (None if the data ends inside it) and the position after it."""
+    try:
+        n, p = read_uvarint(data, pos + 1, f"length of chunk {index}", MAX_PAYLOAD)
+        eighths, p = read_uvarint(data, p, f"ideal bits of chunk {index}", 2**61)
+    except Truncated:
+        return None, pos
+    if len(data) - p < n + 4:
+        return None, pos
+    (crc,) = struct.unpack_from("<I", data, p + n)
+    if _chunk_crc(index, data[pos:p + n]) != crc:
+        raise FormatError(f"chunk {index} is corrupt or out of place (CRC mismatch)")
+    kind = _check_kind(data[pos], index, header)
+    return Chunk(kind, index, eighths / 8.0, bytes(data[p:p + n])), p + n + 4
+
+
+def _read_chunk_v4(data: memoryview, pos: int, index: int, header: Header) -> tuple[Chunk | None, int]:
+    """A chunk of versions 2-4 (fixed-width framing)."""
+    if len(data) - pos < _CHUNK_HEAD.size:
+        return None, pos
+    kind, stored, n = _CHUNK_HEAD.unpack_from(data, pos)
+    if n > MAX_PAYLOAD or n < 4:
+        raise FormatError(f"chunk {index} has an implausible length")
+    if len(data) - pos < _CHUNK_HEAD.size + n + 4:
+        return None, pos
+    (crc,) = struct.unpack_from("<I", data, pos + _CHUNK_HEAD.size + n)
+    if zlib.crc32(data[pos:pos + _CHUNK_HEAD.size + n]) != crc:
+        raise FormatError(f"chunk {index} is corrupt (CRC mismatch)")
+    if stored != index:
+        raise FormatError(f"chunk {index} is out of order")
+    kind = _check_kind(kind, index, header)
+    (ideal,) = struct.unpack_from("<f", data, pos + _CHUNK_HEAD.size)
+    body = bytes(data[pos + _CHUNK_HEAD.size + 4:pos + _CHUNK_HEAD.size + n])
+    return Chunk(kind, index, ideal, body, header.version), pos + _CHUNK_HEAD.size + n + 4
+
+
 def _parse_header_body(body: bytes, version: int = VERSION) -> Header:
+    if version >= COMPACT:
+        header = _parse_compact_body(body)
+    else:
+        header = _parse_fixed_body(body, version)
+    header.validate()
+    return header
+
+
+def _parse_compact_body(body: bytes) -> Header:
+    try:
+        width, p = read_uvarint(body, 0, "width")  # u32: validate() names an implausible size
+        height, p = read_uvarint(body, p, "height")
+        if len(body) < p + 34:
+            raise Truncated("header body is truncated")
+        mode, fp, sched = body[p], body[p + 1:p + 33], body[p + 33]
+        T, p = read_uvarint(body, p + 34, "num_timesteps", 65535)
+        k, p = read_uvarint(body, p, "number of timesteps", 65535)
+        ts, t = [], -1
+        for i in range(k):
+            d, p = read_uvarint(body, p, "timestep", 65535)
+            t = d if i == 0 else t + d
+            ts.append(t)
+        if len(body) < p + 9:
+            raise Truncated("header body is truncated")
+        (seed,) = struct.unpack_from("<Q", body, p)
+        tile, p = read_uvarint(body, p + 8, "tile", 65535)
+        if len(body) < p + 1:
+            raise Truncated("header body is truncated")
+        symmetry = body[p]
+        symmetry_max_t, p = read_uvarint(body, p + 1, "symmetry_max_t", ALL_TIMESTEPS)
+        nchunks, p = read_uvarint(body, p, "num_chunks", 65535)
+        if len(body) < p + 4:
+            raise Truncated("header body is truncated")
+        (checksum,) = struct.unpack_from("<I", body, p)
+        npal, p = read_uvarint(body, p + 4, "palette length", MAX_HEADER)
+    except Truncated:
+        raise FormatError("header is truncated or malformed") from None
+    palette = body[p:p + npal]
+    if len(palette) != npal or p + npal != len(body):
+        raise FormatError("header body has the wrong length")
+    return _header(width, height, mode, fp, sched, T, ts, seed, tile, nchunks, checksum, palette, symmetry,
+                   symmetry_max_t, COMPACT)
+
+
+def _header(width, height, mode, fp, sched, T, ts, seed, tile, nchunks, checksum, palette, symmetry,
+            symmetry_max_t, version) -> Header:
+    if mode >= len(MODES):
+        raise FormatError(f"unknown image mode {mode}")
+    schedules = {v: k for k, v in SCHEDULE_IDS.items()}
+    if sched not in schedules:
+        raise FormatError("unknown schedule in header")
+    return Header(width, height, MODES[mode], bytes(fp), schedules[sched], T, tuple(ts), seed, tile, nchunks,
+                  checksum, bytes(palette), symmetry, symmetry_max_t, version)
+
+
+def _parse_fixed_body(body: bytes, version: int) -> Header:
     try:
         width, height, mode = struct.unpack_from("<IIB", body, 0)
         fp = body[9:41]
@@ -244,12 +372,5 @@ def _parse_header_body(body: bytes, version: int = VERSION) -> Header:
             raise FormatError("header body has the wrong length")
     except struct.error:
         raise FormatError("header is truncated or malformed") from None
-    if mode >= len(MODES):
-        raise FormatError(f"unknown image mode {mode}")
-    schedules = {v: k for k, v in SCHEDULE_IDS.items()}
-    if sched not in schedules:
-        raise FormatError("unknown schedule in header")
-    header = Header(width, height, MODES[mode], bytes(fp), schedules[sched], T, tuple(ts), seed,
-                    tile, nchunks, checksum, bytes(palette), symmetry, symmetry_max_t)
-    header.validate()
-    return header
+    return _header(width, height, mode, fp, sched, T, ts, seed, tile, nchunks, checksum, palette, symmetry,
+                   symmetry_max_t, version)

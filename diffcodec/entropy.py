@@ -109,40 +109,102 @@ def table_chunks(alphabet: np.ndarray) -> list[tuple[int, int, int]]:
     return out
 
 
+class TableEncoder:
+    """One range coder fed run after run of symbols under explicit tables (:meth:`encode` once
+    per pass of a step; format version 5 codes a step's passes in one stream)."""
+
+    def __init__(self) -> None:
+        self._encoder = constriction.stream.queue.RangeEncoder()
+        self._model = constriction.stream.model.Categorical(perfect=False)
+
+    def encode(self, chunks) -> "TableEncoder":
+        """``chunks`` yields (symbols [m], probabilities [m, width]) with 0 <= symbol < width.
+        Rows need not be normalised; zeros are allowed."""
+        for symbols, probs in chunks:
+            symbols = np.ascontiguousarray(symbols, dtype=np.int32)
+            if not symbols.size or probs.shape[1] < 2:
+                continue  # a one-symbol alphabet carries no information
+            if symbols.min() < 0 or symbols.max() >= probs.shape[1]:
+                raise ValueError("symbol outside its table")
+            self._encoder.encode(symbols, self._model, _rows(probs))
+        return self
+
+    def to_bytes(self) -> bytes:
+        return self._encoder.get_compressed().astype("<u4").tobytes()
+
+
+class TableDecoder:
+    """Inverse of :class:`TableEncoder`: :meth:`decode` once per :meth:`TableEncoder.encode`, in
+    the same order, then :meth:`finish`, which refuses a stream with data left over."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = bytes(data)
+        self._decoder = _decoder(self._data)
+        self._check = constriction.stream.queue.RangeEncoder()
+        self._model = constriction.stream.model.Categorical(perfect=False)
+
+    def decode(self, tables) -> np.ndarray:
+        """``tables`` yields the encoder's probability tables (it may be a generator that uses
+        the symbols decoded so far, passed back by ``send``)."""
+        out = []
+        for probs in tables:
+            if probs.shape[1] < 2:
+                out.append(np.zeros(probs.shape[0], dtype=np.int32))
+                continue
+            rows = _rows(probs)
+            try:
+                out.append(np.asarray(self._decoder.decode(self._model, rows), dtype=np.int32))
+            except (ValueError, RuntimeError, AssertionError) as e:
+                raise FormatError(f"entropy-coded stream is corrupt ({e})") from None
+            self._check.encode(out[-1], self._model, rows)
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int32)
+
+    def finish(self) -> None:
+        _check_exact(self._check, self._data)
+
+
 def encode_tables(chunks) -> bytes:
-    """Range-code symbols under explicit tables: ``chunks`` yields (symbols [m], probabilities
-    [m, width]) with 0 <= symbol < width.  Rows need not be normalised; zeros are allowed."""
-    encoder = constriction.stream.queue.RangeEncoder()
-    model = constriction.stream.model.Categorical(perfect=False)
-    for symbols, probs in chunks:
-        symbols = np.ascontiguousarray(symbols, dtype=np.int32)
-        if not symbols.size or probs.shape[1] < 2:
-            continue  # a one-symbol alphabet carries no information
-        if symbols.min() < 0 or symbols.max() >= probs.shape[1]:
-            raise ValueError("symbol outside its table")
-        encoder.encode(symbols, model, _rows(probs))
-    return encoder.get_compressed().astype("<u4").tobytes()
+    """Range-code symbols under explicit tables, one stream (:meth:`TableEncoder.encode`)."""
+    return TableEncoder().encode(chunks).to_bytes()
 
 
 def decode_tables(data: bytes, tables) -> np.ndarray:
-    """Inverse of :func:`encode_tables`: ``tables`` yields the same probability tables (it may
-    be a generator that uses the symbols decoded so far, passed back by ``send``)."""
-    decoder = _decoder(data)
-    check = constriction.stream.queue.RangeEncoder()
-    model = constriction.stream.model.Categorical(perfect=False)
-    out = []
-    for probs in tables:
-        if probs.shape[1] < 2:
-            out.append(np.zeros(probs.shape[0], dtype=np.int32))
-            continue
-        rows = _rows(probs)
-        try:
-            out.append(np.asarray(decoder.decode(model, rows), dtype=np.int32))
-        except (ValueError, RuntimeError, AssertionError) as e:
-            raise FormatError(f"entropy-coded stream is corrupt ({e})") from None
-        check.encode(out[-1], model, rows)
-    _check_exact(check, data)
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.int32)
+    """Inverse of :func:`encode_tables` (:meth:`TableDecoder.decode`), the stream consumed exactly."""
+    decoder = TableDecoder(data)
+    out = decoder.decode(tables)
+    decoder.finish()
+    return out
+
+
+def code_passes(passes) -> bytes:
+    """One stream for a step's passes (each an iterable of :meth:`TableEncoder.encode` chunks),
+    in order (format version 5; versions 2-4 had one stream a pass)."""
+    encoder = TableEncoder()
+    for chunks in passes:
+        encoder.encode(chunks)
+    return encoder.to_bytes()
+
+
+class PassStreams:
+    """The decoder's view of a step's passes (channels, or checkerboard passes x channels): one
+    stream each (format versions 2-4) or one stream for them all (version 5, ``len(streams) ==
+    1``); :meth:`decode` them in order, then :meth:`finish`."""
+
+    def __init__(self, streams: list[bytes], passes: int) -> None:
+        if len(streams) not in (1, passes):
+            raise FormatError(f"a step needs {passes} streams or one, not {len(streams)}")
+        self._merged = TableDecoder(streams[0]) if len(streams) == 1 else None
+        self._streams, self._next = streams, 0
+
+    def decode(self, tables) -> np.ndarray:
+        if self._merged is not None:
+            return self._merged.decode(tables)
+        self._next += 1
+        return decode_tables(self._streams[self._next - 1], tables)
+
+    def finish(self) -> None:
+        if self._merged is not None:
+            self._merged.finish()
 
 
 def _rows(probs: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ from diffcodec.codec import EncodeOptions, decode, encode
 from diffcodec.container import MAGIC, Chunk, Header, Parsed, parse
 from diffcodec.errors import DiffcodecError, FormatError
 from diffcodec.kinds import ChunkKind, LatentMethod
+from diffcodec.varint import uvarint
 
 UQ, PFR, FINAL, FINAL_PRED = ChunkKind.UQ, ChunkKind.PFR, ChunkKind.FINAL, ChunkKind.FINAL_PRED
 
@@ -47,14 +48,22 @@ def make_file(n: int = 3) -> tuple[bytes, Header, list[Chunk]]:
 
 
 def raw_header(width=5, height=4, mode=1, fp=FP, sched=1, T=1000, ts=(0, 500, 999), k=None, seed=1,
-               tile=64, nchunks=0, checksum=0, palette=b"", npal=None, version=4, body_len=None, magic=MAGIC,
+               tile=64, nchunks=0, checksum=0, palette=b"", npal=None, version=5, body_len=None, magic=MAGIC,
                crc=None, extra=b"", symmetry=1, symmetry_max_t=0xFFFF) -> bytes:
     """Header bytes with any field values (no validation), with a correct CRC unless given;
-    ``version=2`` leaves out the symmetry byte, as version 2 files do, ``version=3`` the
-    symmetry_max_t field."""
+    ``version=4`` writes the fixed-width fields of versions 2-4, ``version=2`` leaves out the
+    symmetry byte, as version 2 files do, ``version=3`` the symmetry_max_t field."""
+    npal = len(palette) if npal is None else npal
+    if version >= 5:  # varints; timesteps as the first and its successors' differences
+        body = uvarint(width) + uvarint(height) + bytes([mode]) + fp + bytes([sched]) + uvarint(T)
+        body += uvarint(len(ts) if k is None else k)
+        body += b"".join(uvarint(d) for d in ts[:1] + tuple(b - a for a, b in zip(ts, ts[1:])))
+        body += struct.pack("<Q", seed) + uvarint(tile) + bytes([symmetry]) + uvarint(symmetry_max_t)
+        body += uvarint(nchunks) + struct.pack("<I", checksum) + uvarint(npal) + palette + extra
+        head = bytes([version]) + uvarint(len(body) if body_len is None else body_len) + body
+        return magic + head + struct.pack("<I", zlib.crc32(head) if crc is None else crc)
     body = struct.pack("<IIB", width, height, mode) + fp
     body += struct.pack("<BHH", sched, T, len(ts) if k is None else k) + struct.pack(f"<{len(ts)}H", *ts)
-    npal = len(palette) if npal is None else npal
     if version == 2:
         body += struct.pack("<QHHIH", seed, tile, nchunks, checksum, npal)
     elif version == 3:
@@ -117,7 +126,7 @@ def test_chunks_round_trip():
     assert parsed.header_size + sum(c.size for c in parsed.chunks) == len(data)
     for c in chunks:
         assert c.size == len(c.to_bytes())
-    assert [c.ideal_bits for c in parsed.chunks] == [100.0, 101.0, 102.0]  # exact in f32
+    assert [c.ideal_bits for c in parsed.chunks] == [100.0, 101.0, 102.0]  # exact in eighths of a bit
 
 
 def test_version_2_headers_parse_with_symmetry_1():
@@ -126,9 +135,11 @@ def test_version_2_headers_parse_with_symmetry_1():
     v2 = parse(raw_header(version=2, seed=7, tile=16)).header
     v3 = parse(raw_header(version=3, seed=7, tile=16)).header
     v4 = parse(raw_header(version=4, seed=7, tile=16)).header
-    assert v2 == v3 == v4 and v2.symmetry == 1 and (v2.seed, v2.tile) == (7, 16)
+    v5 = parse(raw_header(seed=7, tile=16)).header
+    assert v2 == v3 == v4 == v5 and v2.symmetry == 1 and (v2.seed, v2.tile) == (7, 16)
+    assert [h.version for h in (v2, v3, v4, v5)] == [2, 3, 4, 5] and [h.compact for h in (v4, v5)] == [False, True]
     same = dict(seed=1, num_chunks=0, checksum=0)  # raw_header's defaults
-    assert raw_header() == make_header(**same).to_bytes()  # the writer writes version 4
+    assert raw_header() == make_header(**same).to_bytes()  # the writer writes version 5
     assert raw_header(symmetry=8, symmetry_max_t=60) == make_header(**same, symmetry=8, symmetry_max_t=60).to_bytes()
 
 
@@ -208,13 +219,20 @@ def _refused(data: bytes, match: str) -> None:
     (dict(T=0), "schedule"),
     (dict(ts=tuple(range(1001))), "timesteps"),  # more timesteps than T
     (dict(ts=(0, 500, 500)), "timesteps"),
-    (dict(ts=(10, 5, 999)), "timesteps"),
+    (dict(ts=(10, 5, 999), version=4), "timesteps"),  # (version 5 stores differences: none is negative)
     (dict(ts=(0, 1000)), "timesteps"),
     (dict(ts=(0, 65535)), "timesteps"),
     (dict(ts=()), "timesteps"),
     (dict(ts=(999,)), "timesteps"),
     (dict(ts=(0, 999), k=60000), "truncated or malformed"),  # K larger than the body
-    (dict(ts=(0, 999), k=1), "wrong length"),  # K smaller than the body
+    (dict(ts=(0, 999), k=60000, version=4), "truncated or malformed"),
+    (dict(ts=(0, 999), k=1, version=4), "wrong length"),  # K smaller than the body
+    (dict(ts=(0, 999), k=70000), "number of timesteps"),
+    (dict(ts=(0, 2**40)), "timestep"),
+    (dict(T=70000), "num_timesteps"),
+    (dict(tile=2**20), "tile"),
+    (dict(symmetry_max_t=70000), "symmetry_max_t"),
+    (dict(nchunks=70000), "num_chunks"),
     (dict(tile=3), "tile"),
     (dict(nchunks=4), "chunks"),
     (dict(npal=60000), "wrong length"),
@@ -225,13 +243,17 @@ def _refused(data: bytes, match: str) -> None:
     (dict(body_len=2**32 - 1), "header length"),
     (dict(body_len=65537), "header length"),
     (dict(body_len=60000), "truncated inside the header"),
+    (dict(body_len=2**32 - 1, version=4), "header length"),
+    (dict(body_len=65537, version=4), "header length"),
+    (dict(body_len=60000, version=4), "truncated inside the header"),
     (dict(crc=0), "CRC"),
-    (dict(version=5), "version 5"),
+    (dict(version=6), "version 6"),
     (dict(symmetry=0), "symmetry"),
     (dict(symmetry=3), "symmetry"),
     (dict(symmetry=16), "symmetry"),
     (dict(version=2, extra=b"\1"), "wrong length"),  # a version 3 body labelled version 2
     (dict(version=3, extra=b"\1\0"), "wrong length"),  # ... version 4 bodies are 2 bytes longer
+    (dict(version=4, extra=b"\0"), "wrong length"),
     (dict(version=0), "version 0"),
     (dict(magic=b"\x89PNG\r\n\x1a\n"), "magic"),
     (dict(magic=b"\x89DFC\n\x1a\n\n"), "magic"),  # text-mode mangled
@@ -260,11 +282,13 @@ def test_hostile_header_field_flips_with_valid_crc():
 
 @pytest.mark.parametrize("case,match", [
     ("huge_chunk", "implausible length"),
-    ("short_chunk", "implausible length"),
+    ("overlong_length", "implausible length"),
+    ("non_minimal_length", "not minimally encoded"),
     ("bad_crc", "chunk 0 is corrupt"),
     ("bad_crc_last", "chunk 2 is corrupt"),
-    ("wrong_index", "out of order"),
-    ("unknown_kind", "out of order or of unknown kind"),
+    ("wrong_index", "out of place"),
+    ("swapped", "chunk 0 is corrupt or out of place"),
+    ("unknown_kind", "unknown kind"),
     ("predicted_final_too_early", "wrong kind"),
     ("final_too_early", "wrong kind"),
     ("latent_last", "wrong kind"),
@@ -276,10 +300,13 @@ def test_hostile_chunks(case, match):
     hb = header.to_bytes()
     cb = [c.to_bytes() for c in chunks]
     if case == "huge_chunk":
-        cb[0] = struct.pack("<BHI", UQ, 0, 2**31) + b"\0" * 20
-    elif case == "short_chunk":  # shorter than its ideal-bits field
-        head = struct.pack("<BHI", UQ, 0, 3) + b"\0" * 3
-        cb[0] = head + struct.pack("<I", zlib.crc32(head))
+        cb[0] = bytes([UQ]) + uvarint(2**31) + b"\0" * 20
+    elif case == "overlong_length":  # a varint longer than a u32's five bytes
+        cb[0] = bytes([UQ]) + b"\x80" * 6 + b"\0" * 20
+    elif case == "non_minimal_length":  # 8 as 0x88 0x00: every value has one encoding
+        cb[0] = bytes([UQ]) + b"\x88\x00" + b"\0" * 20
+    elif case == "swapped":  # two valid chunks in each other's places
+        cb[0], cb[1] = cb[1], cb[0]
     elif case == "bad_crc":
         cb[0] = cb[0][:-1] + bytes([cb[0][-1] ^ 1])
     elif case == "bad_crc_last":
@@ -287,8 +314,8 @@ def test_hostile_chunks(case, match):
     elif case == "wrong_index":
         cb[1] = Chunk(UQ, 2, 0.0, chunks[1].payload).to_bytes()
     elif case == "unknown_kind":
-        body = struct.pack("<BHI", 9, 1, 8) + b"\0" * 8
-        cb[1] = body + struct.pack("<I", zlib.crc32(body))
+        body = bytes([9]) + uvarint(8) + uvarint(0) + b"\0" * 8
+        cb[1] = body + struct.pack("<I", zlib.crc32(body, zlib.crc32(struct.pack("<H", 1))))
     elif case == "final_too_early":
         cb[0] = Chunk(FINAL, 0, 0.0, chunks[0].payload).to_bytes()
     elif case == "predicted_final_too_early":
@@ -306,7 +333,7 @@ def test_large_but_plausible_chunk_length_reads_as_truncated():
     """A chunk announcing up to 2**30 bytes in a short file is a truncated file, not an error,
     and costs no allocation."""
     header = make_header()
-    data = header.to_bytes() + make_chunks(3)[0].to_bytes() + struct.pack("<BHI", UQ, 1, 2**30) + b"\0" * 9
+    data = header.to_bytes() + make_chunks(3)[0].to_bytes() + bytes([UQ]) + uvarint(2**30) + b"\0" * 9
     parsed = None
 
     def run():
@@ -345,16 +372,13 @@ def real_file(tiny_prior, tiny_images):
     return res.data, img
 
 
-def _fix_chunk_crc(data: bytearray, start: int) -> None:
-    (n,) = struct.unpack_from("<I", data, start + 3)
-    data[start + 7 + n:start + 11 + n] = struct.pack("<I", zlib.crc32(bytes(data[start:start + 7 + n])))
-
-
 def _mutations(data: bytes, parsed: Parsed, rng: np.random.Generator, count: int):
     """Random damage of every kind; half of it keeps every CRC valid so that it reaches the
     payload checks, the entropy decoder and the image checksum."""
     hsize = parsed.header_size
     starts = list(np.cumsum([hsize] + [c.size for c in parsed.chunks])[:-1])
+    h = parsed.header
+    ns = 3 * (1 if h.tile == 0 else -(-h.width // h.tile) * -(-h.height // h.tile))  # side-information codes
     for i in range(count):
         d = bytearray(data)
         kind = (0, 1, 2, 3, 0, 3, 4, 5, 6, 9)[i % 10]
@@ -377,24 +401,23 @@ def _mutations(data: bytes, parsed: Parsed, rng: np.random.Generator, count: int
             c = int(rng.integers(0, len(starts)))
             chunk = parsed.chunks[c]
             payload = bytearray(chunk.payload)
-            (ns,) = struct.unpack_from("<I", payload)
-            ns = min(ns, len(payload) - 4)  # a PFR payload does not start with the widths' count
+            side = ns + (4 if chunk.kind == PFR else 0)  # a PFR payload starts with 4 parameter bytes
             how = int(rng.integers(0, 5))
-            if how == 0:  # random bytes of the payload (count, widths, streams)
+            if how == 0:  # random bytes of the payload (widths, streams)
                 for pos in rng.integers(0, len(payload), int(rng.integers(1, 4))):
                     payload[pos] ^= int(rng.integers(1, 256))
-            elif how == 1 and ns:  # a width code
-                payload[4 + int(rng.integers(0, ns))] = int(rng.choice([0, 255, int(rng.integers(0, 256))]))
+            elif how == 1:  # a width (kappa) code
+                payload[side - 1 - int(rng.integers(0, ns))] = int(rng.choice([0, 255, int(rng.integers(0, 256))]))
             elif how == 2:  # the stream: random words, or cut to a shorter whole number of words
-                stream = bytes(payload[4 + ns:])
+                stream = bytes(payload[side:])
                 if rng.random() < 0.5 and stream:
                     stream = stream[:4 * int(rng.integers(0, len(stream) // 4))]
                 else:
                     stream = rng.integers(0, 256, len(stream) // 4 * 4 + 4 * int(rng.integers(0, 3)),
                                           dtype=np.uint8).tobytes()
-                payload = payload[:4 + ns] + stream
-            elif how == 3:  # the side information count
-                struct.pack_into("<I", payload, 0, int(rng.choice([0, 1, 2**31, int(rng.integers(0, 64))])))
+                payload = payload[:side] + stream
+            elif how == 3:  # cut inside the side information
+                payload = payload[:int(rng.integers(0, side + 1))]
             kinds = ((UQ, PFR, ChunkKind.UQ_PRED, ChunkKind.UQ_CTX) if not chunk.kind.is_final
                      else (FINAL, FINAL_PRED, ChunkKind.FINAL_CTX))
             new_kind = kinds[int(rng.integers(0, len(kinds)))] if how == 4 else chunk.kind  # another layout's payload
@@ -410,14 +433,14 @@ def test_fuzz_decoder_with_real_file(real_file, tiny_prior, monkeypatch):
     """1000 mutations of a real file: decode succeeds or raises a DiffcodecError, never any
     other exception (PanicException from the range coder included), and a lossless result is
     always the original image."""
-    import diffcodec.coders.uq as uq_coder
+    from diffcodec import entropy
 
     data, img = real_file
     parsed = parse(data)
     assert len(parsed.chunks) == 4
     calls = []
-    real_decode_tables = uq_coder.decode_tables
-    monkeypatch.setattr(uq_coder, "decode_tables", lambda *a, **k: calls.append(1) or real_decode_tables(*a, **k))
+    real_decode = entropy.TableDecoder.decode
+    monkeypatch.setattr(entropy.TableDecoder, "decode", lambda *a, **k: calls.append(1) or real_decode(*a, **k))
     rng = np.random.default_rng(20240607)
     failures, outcomes = [], {"ok": 0, "lossless": 0, "error": 0, "skipped": 0}
     for i, mutated in enumerate(_mutations(data, parsed, rng, 1000)):

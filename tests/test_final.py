@@ -22,7 +22,7 @@ CODER = FinalCoder()
 def _ctx(mu: np.ndarray, tile: int, lo=None, hi=None, mode: str = "RGB") -> StepContext:
     """A final step's context: the network's estimate ``mu`` in levels ([3, H, W])."""
     _, h, w = mu.shape
-    chain = SimpleNamespace(height=h, width=w, header=SimpleNamespace(tile=tile, mode=mode))
+    chain = SimpleNamespace(height=h, width=w, header=SimpleNamespace(tile=tile, mode=mode, compact=True))
     pred = {"pred_xstart": torch.from_numpy(mu / 127.5 - 1.0)[None]}
     ints = Intervals(mu.size, None if lo is None else lo.ravel(), None if hi is None else hi.ravel())
     return StepContext(chain, 0, 0, None, pred, ints)
@@ -87,8 +87,8 @@ def test_context_payload_is_pinned():
 
     sym, mu = _smooth_pixels(np.random.default_rng(7), 36, 44)
     out, kind = _round_trip(sym, mu, 16)
-    assert kind == ChunkKind.FINAL_CTX and len(out.payload) == 2760
-    assert hashlib.md5(out.payload).hexdigest() == "a42f7ffc38dc5805bf9eb12923e6bf91"
+    assert kind == ChunkKind.FINAL_CTX and len(out.payload) == 2712
+    assert hashlib.md5(out.payload).hexdigest() == "4df5246b25be3679f3a9dce2fe22dbb3"
 
 
 @pytest.mark.parametrize("tile", [0, 16])

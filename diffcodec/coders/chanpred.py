@@ -6,13 +6,17 @@ per-tile linear function of the residuals of the channels decoded before it:
 
 (a, b, c) are fitted by least squares per tile and sent as one byte each
 (:data:`diffcodec.sideinfo.COEF`).  The UQ and final steps' payloads share their layouts
-(:func:`join_payload`, :func:`split_payload`)::
+(:func:`join_payload`, :func:`split_payload`); S = tiles x coded channels, P = 3 x tiles::
 
-    plain:      u32 S, S x u8 widths | one range-coded stream (multiple of 4 bytes)
-    predicted:  u32 S, S x u8 widths | u32 P, P x u8 predictor codes (a, b, c per tile)
-                | 3 x (u32 W, W bytes: one channel's stream)
-    context:    u32 S, S x u8 widths | u32 P, P x u8 predictor codes | u32 6, 6 x u8 spatial block
-                | 6 x (u32 W, W bytes: one pass's channel: anchors' 0, 1, 2, then the others')
+    plain:      S x u8 widths | one range-coded stream (the rest: a multiple of 4 bytes)
+    predicted:  S x u8 widths | P x u8 predictor codes (a, b, c per tile)
+                | one range-coded stream: channel 0's symbols, then 1's, then 2's
+    context:    S x u8 widths | P x u8 predictor codes | 6 x u8 spatial block
+                | one range-coded stream: the six passes in order (anchors' channels 0, 1, 2,
+                then the others')
+
+Format versions 2-4 put a u32 count before the widths, the predictor codes and the spatial
+block, and gave each channel (pass) its own stream, each after its u32 length.
 
 (the context layout: :mod:`diffcodec.coders.spatial`).  In the final step r_c is the decoded
 residual v_c - m_c; in a UQ step it is the residual the receiver can estimate once channel c's cell is known: the mean
@@ -21,7 +25,6 @@ of channel c's belief restricted to its new interval, minus m_c (:func:`interval
 
 from __future__ import annotations
 
-import struct
 from enum import IntEnum
 from typing import NamedTuple
 
@@ -123,31 +126,34 @@ SPATIAL_BYTES = 6
 
 def side_bits(layout: Layout, predictor_bytes: int) -> int:
     """What a layout sends besides its symbols and the width codes, as the encoder counts it
-    when it compares layouts: predictor codes, the extra fields' lengths and one flushed word per
-    extra stream."""
+    when it compares layouts: predictor codes and the spatial block (all layouts have one
+    stream, flushed once)."""
     if layout == Layout.PLAIN:
         return 0
-    if layout == Layout.PREDICTED:
-        return 8 * (predictor_bytes + 12) + 2 * 32
-    return 8 * (predictor_bytes + 4 + SPATIAL_BYTES + 24) + 5 * 32
+    return 8 * (predictor_bytes + (SPATIAL_BYTES if layout == Layout.CONTEXT else 0))
 
 
-def join_payload(widths: bytes, streams: list[bytes], predictors: bytes | None = None,
-                 spatial: bytes | None = None) -> bytes:
-    """A step's payload: the plain layout (one stream, no predictors), the predicted one (three
-    streams) or the context one (a spatial block too, six streams)."""
-    head = struct.pack("<I", len(widths)) + widths
-    if predictors is None:
-        return head + streams[0]
-    head += struct.pack("<I", len(predictors)) + predictors
-    if spatial is not None:
-        head += struct.pack("<I", len(spatial)) + spatial
-    return head + b"".join(struct.pack("<I", len(s)) + s for s in streams)
+def join_payload(widths: bytes, stream: bytes, predictors: bytes = b"", spatial: bytes = b"") -> bytes:
+    """A step's payload in the current layout: the plain layout (no predictors), the predicted
+    one, or the context one (a spatial block too); one stream for every pass."""
+    return widths + predictors + spatial + stream
 
 
-def split_payload(payload: bytes, codes: int, layout: Layout, step: str) -> Payload:
+def split_payload(payload: bytes, codes: int, layout: Layout, step: str, compact: bool = True) -> Payload:
     """The fields of a payload whose side information holds ``codes`` bytes each; any other
-    shape is a FormatError naming ``step``."""
+    shape is a FormatError naming ``step``.  ``streams`` holds one stream (``compact``: format
+    version 5) or one per pass (versions 2-4, read only)."""
+    if compact:
+        sizes = (codes, codes if layout != Layout.PLAIN else 0, SPATIAL_BYTES if layout == Layout.CONTEXT else 0)
+        if len(payload) < sum(sizes):
+            raise FormatError(f"{step} payload is shorter than its side information")
+        fields, pos = [], 0
+        for size in sizes:
+            fields.append(bytes(payload[pos:pos + size]))
+            pos += size
+        if (len(payload) - pos) % 4:
+            raise FormatError(f"{step} stream is not a whole number of words")
+        return Payload(fields[0], fields[1], fields[2], [bytes(payload[pos:])])
     pos, widths = take_field(payload, 0, codes, "widths")
     predictors = spatial = b""
     if layout == Layout.PLAIN:

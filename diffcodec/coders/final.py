@@ -17,13 +17,17 @@ range coder's) and codes the smaller.  A grey image's three chain channels hold 
 same level, so its one coded channel uses the mean of their estimates and the intersection of
 their intervals.
 
-Payloads::
+Payloads (format version 5; S = tiles x coded channels, P = 3 x tiles)::
 
-    plain:      u32 S, S x u8 widths | range-coded v - lo of every coded dimension
-    predicted:  u32 S, S x u8 widths | u32 P, P x u8 predictor codes (a, b, c per tile)
-                | 3 x (u32 W, W bytes: range-coded v - lo of one channel)
-    context:    u32 S, S x u8 widths | u32 P, P x u8 predictor codes | u32 6, 6 x u8 spatial block
-                | 6 x (u32 W, W bytes: v - lo of one pass's channel, pixels in raster order)
+    plain:      S x u8 widths | range-coded v - lo of every coded dimension
+    predicted:  S x u8 widths | P x u8 predictor codes (a, b, c per tile)
+                | one range-coded stream: v - lo of channel 0, then 1, then 2
+    context:    S x u8 widths | P x u8 predictor codes | 6 x u8 spatial block
+                | one range-coded stream: v - lo of the six passes in order (pixels in raster
+                order within a pass)
+
+Versions 2-4 put u32 counts before the side-information fields and gave each channel (pass)
+its own stream after its u32 length (:mod:`diffcodec.coders.chanpred`).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..entropy import decode_tables, encode_tables, table_chunks
+from ..entropy import PassStreams, code_passes, table_chunks
 from ..errors import FormatError
 from ..intervals import fit_belief_widths, level_mass, restricted_cost
 from ..kinds import ChunkKind
@@ -57,14 +61,14 @@ def level_tables(lo: np.ndarray, hi: np.ndarray, mean: np.ndarray, std: np.ndarr
         yield np.where(valid, mass, 0.0)
 
 
-def _code(symbols, lo, hi, mean, std) -> bytes:
+def _runs(symbols, lo, hi, mean, std):
+    """(symbols, table) of each run of dimensions (a pass for :func:`code_passes`)."""
     width = hi.astype(np.int32) - lo + 1
-    chunks = ((symbols[s:e], t) for (s, e, _), t in zip(table_chunks(width), level_tables(lo, hi, mean, std)))
-    return encode_tables(chunks)
+    return ((symbols[s:e], t) for (s, e, _), t in zip(table_chunks(width), level_tables(lo, hi, mean, std)))
 
 
-def _decode(stream, lo, hi, mean, std) -> np.ndarray:
-    sym = decode_tables(stream, level_tables(lo, hi, mean, std))
+def _decode(streams: PassStreams, lo, hi, mean, std) -> np.ndarray:
+    sym = streams.decode(level_tables(lo, hi, mean, std))
     if len(sym) != len(lo) or (sym > hi - lo).any():  # int32: levels and widths fit
         raise FormatError("final step decodes to levels outside their intervals: the stream is corrupt")
     return lo + sym
@@ -127,55 +131,62 @@ class FinalCoder:
             kind = min(symbol_bits, key=lambda k: symbol_bits[k] + side_bits(LAYOUTS[k], len(pred_codes)))
         if kind == ChunkKind.FINAL_CTX:
             fields = Payload(ctx_widths, pred_codes, ctx_block, [])
-            streams = [_code(v[step.c][step.sel] - lo[step.c][step.sel], lo[step.c][step.sel], hi[step.c][step.sel],
-                             m_, std) for step, m_, std in spatial.context_beliefs(mean, ctx_known, fields, grid)]
-            payload, bits = join_payload(ctx_widths, streams, pred_codes, ctx_block), 8 * sum(len(s) for s in streams)
+            stream = code_passes(_runs(v[step.c][step.sel] - lo[step.c][step.sel], lo[step.c][step.sel],
+                                       hi[step.c][step.sel], m_, std)
+                                 for step, m_, std in spatial.context_beliefs(mean, ctx_known, fields, grid))
+            payload = join_payload(ctx_widths, stream, pred_codes, ctx_block)
         elif kind == ChunkKind.FINAL:
-            stream = _code((v - lo).ravel(), lo.ravel(), hi.ravel(), mean.ravel(), grid.flat_values(codes, SCALE))
-            payload, bits = join_payload(codes, [stream]), 8 * len(stream)
+            stream = code_passes([_runs((v - lo).ravel(), lo.ravel(), hi.ravel(), mean.ravel(),
+                                        grid.flat_values(codes, SCALE))])
+            payload = join_payload(codes, stream)
         else:
-            streams = [_code((v[c] - lo[c]).ravel(), lo[c].ravel(), hi[c].ravel(), means[c].ravel(),
-                             grid.channel_values(scale_codes, SCALE, c).ravel()) for c in range(3)]
-            payload, bits = join_payload(scale_codes, streams, pred_codes), 8 * sum(len(s) for s in streams)
+            stream = code_passes(_runs((v[c] - lo[c]).ravel(), lo[c].ravel(), hi[c].ravel(), means[c].ravel(),
+                                       grid.channel_values(scale_codes, SCALE, c).ravel()) for c in range(3))
+            payload = join_payload(scale_codes, stream, pred_codes)
+        bits = 8 * len(stream)
         return StepOutput(payload, ctx.intervals, pixels=v.astype(np.uint8), coded_bits=bits,
                           stats={"kind": kind, "channel_prediction": kind != ChunkKind.FINAL, **sizes})
 
     @staticmethod
-    def split(payload: bytes, kind: ChunkKind, grid: TileGrid) -> Payload:
+    def split(payload: bytes, kind: ChunkKind, grid: TileGrid, compact: bool = True) -> Payload:
         """The payload's fields, checked against the tile grid."""
         if kind != ChunkKind.FINAL and grid.c != 3:
             raise FormatError("a channel-predicted final step needs an RGB image")
-        return split_payload(payload, grid.size, LAYOUTS[kind], "final step")
+        return split_payload(payload, grid.size, LAYOUTS[kind], "final step", compact)
 
     def check(self, payload: bytes, header, kind: ChunkKind) -> None:
         channels = 1 if header.mode in ("L", "1") else 3
-        self.split(payload, kind, TileGrid(channels, header.height, header.width, header.tile))
+        self.split(payload, kind, TileGrid(channels, header.height, header.width, header.tile), header.compact)
 
     def decode(self, ctx: StepContext, payload: bytes, kind: ChunkKind = ChunkKind.FINAL) -> StepOutput:
         channels = 1 if ctx.chain.header.mode in ("L", "1") else 3
         grid, mean, lo, hi = self.setup(ctx, channels)
-        fields = self.split(payload, kind, grid)
-        codes, pred_codes, streams = fields.widths, fields.predictors, fields.streams
+        fields = self.split(payload, kind, grid, ctx.chain.header.compact)
+        codes, pred_codes = fields.widths, fields.predictors
         if kind == ChunkKind.FINAL_CTX:
+            streams = PassStreams(fields.streams, 2 * grid.c)
             v = np.zeros(mean.shape, dtype=np.uint8)
             known = spatial.Known.exact(mean.shape)
-            for (step, m_, std), stream in zip(spatial.context_beliefs(mean, known, fields, grid), streams):
+            for step, m_, std in spatial.context_beliefs(mean, known, fields, grid):
                 c, sel = step.c, step.sel
-                vc = _decode(stream, lo[c][sel], hi[c][sel], m_, std)
+                vc = _decode(streams, lo[c][sel], hi[c][sel], m_, std)
                 v[c][sel] = vc
                 known.fill(step, vc - mean[c][sel], vc, vc, mean[c][sel])
         elif kind == ChunkKind.FINAL:
-            v = _decode(streams[0], lo.ravel(), hi.ravel(), mean.ravel(), grid.flat_values(codes, SCALE))
+            streams = PassStreams(fields.streams, 1)
+            v = _decode(streams, lo.ravel(), hi.ravel(), mean.ravel(), grid.flat_values(codes, SCALE))
             v = v.reshape(mean.shape)
         else:
+            streams = PassStreams(fields.streams, 3)
             coef = coefficients(pred_codes, grid)
             v = np.zeros(mean.shape, dtype=np.uint8)
             resid = []  # v_c - m_c of the channels decoded so far
             for c in range(3):
                 m = predicted_mean(mean, resid, coef, c)
                 std = grid.channel_values(codes, SCALE, c)
-                vc = _decode(streams[c], lo[c].ravel(), hi[c].ravel(), m.ravel(), std.ravel())
+                vc = _decode(streams, lo[c].ravel(), hi[c].ravel(), m.ravel(), std.ravel())
                 v[c] = vc.reshape(m.shape)
                 if c < 2:
                     resid.append(vc.reshape(m.shape) - mean[c])
+        streams.finish()
         return StepOutput(payload, ctx.intervals, pixels=v.astype(np.uint8, copy=False))

@@ -43,18 +43,21 @@ Everything random comes from :mod:`diffcodec.philox` (exact integer words on any
 search runs on any torch device in candidate blocks of at most ``max_elements`` entries.  A
 PFR step leaves the pixels' feasible intervals as they are (its sample is not a cell).
 
-Payload::
+Payload (format version 5)::
 
     u8  chunk_bits                  1 .. 20: target KL per chunk in bits
     u8  margin                      0 .. 7: search margin; every n* < 2**H,
                                     H = chunk_bits + margin + 4
     u8  offset code, u8 std code    index model: b ~ N(e + (offset - 128) / 8, (std / 16)^2) on
                                     [0, H], e = the chunk's expected KL in bits; std code >= 1
-    u32 S, then S x u8              kappa codes (prior width, one per tile per channel)
-    u32 W, then W bytes             range-coded b = floor(log2(n* + 1)), one per chunk in the
+    S x u8                          kappa codes (prior width, one per tile per channel:
+                                    S = tiles x 3)
+    varint W, then W bytes          range-coded b = floor(log2(n* + 1)), one per chunk in the
                                     layout's order (multiple of 4 bytes)
     rest                            raw bits: the b low bits of n* + 1 of each chunk in turn,
                                     most significant first, zero-padded to a whole byte
+
+Versions 2-4 have a u32 S before the kappa codes and a u32 W.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ import torch
 from .. import philox
 from ..entropy import decode_gaussian, encode_gaussian, pack_bits, unpack_bits
 from ..errors import FormatError
+from ..varint import read_uvarint, uvarint
 from ..kinds import ChunkKind
 from ..sideinfo import INDEX_OFFSET, INDEX_STD, KAPPA as KAPPA_CODES, TileGrid as Grid
 from .base import EncodeTarget, StepContext, StepOutput
@@ -541,12 +545,14 @@ class PfrPayload:
     raw: bytes
 
     def to_bytes(self) -> bytes:
-        return struct.pack("<BBBBI", self.chunk_bits, self.margin, self.offset_code, self.std_code,
-                           len(self.kappa_codes)) + self.kappa_codes \
-            + struct.pack("<I", len(self.stream)) + self.stream + self.raw
+        """The current (version 5) layout."""
+        return struct.pack("<BBBB", self.chunk_bits, self.margin, self.offset_code, self.std_code) \
+            + self.kappa_codes + uvarint(len(self.stream)) + self.stream + self.raw
 
     @classmethod
-    def from_bytes(cls, data: bytes, expected_codes: int) -> "PfrPayload":
+    def from_bytes(cls, data: bytes, expected_codes: int, compact: bool = True) -> "PfrPayload":
+        if compact:
+            return cls._from_compact(data, expected_codes)
         if len(data) < 8:
             raise FormatError("PFR step payload too short")
         cbits, margin, offset, std, n = struct.unpack_from("<BBBBI", data)
@@ -558,6 +564,18 @@ class PfrPayload:
         if w % 4 or len(data) < 12 + n + w:
             raise FormatError("PFR step payload has a bad index stream length")
         return cls(cbits, margin, offset, std, data[8:8 + n], data[12 + n:12 + n + w], data[12 + n + w:])
+
+    @classmethod
+    def _from_compact(cls, data: bytes, n: int) -> "PfrPayload":
+        if len(data) < 5 + n:
+            raise FormatError("PFR step payload is shorter than its side information")
+        cbits, margin, offset, std = data[:4]
+        if not (1 <= cbits <= MAX_CHUNK_BITS and margin <= MAX_MARGIN and std >= 1):
+            raise FormatError("PFR step payload has implausible coding parameters")
+        w, pos = read_uvarint(data, 4 + n, "PFR index stream length", len(data))
+        if w % 4 or len(data) < pos + w:
+            raise FormatError("PFR step payload has a bad index stream length")
+        return cls(cbits, margin, offset, std, bytes(data[4:4 + n]), bytes(data[pos:pos + w]), bytes(data[pos + w:]))
 
 
 class PfrCoder:
@@ -577,11 +595,11 @@ class PfrCoder:
                           stats=step.stats)
 
     def check(self, payload: bytes, header, kind: ChunkKind = ChunkKind.PFR) -> None:
-        PfrPayload.from_bytes(payload, Grid(3, header.height, header.width, header.tile).size)
+        PfrPayload.from_bytes(payload, Grid(3, header.height, header.width, header.tile).size, header.compact)
 
     def decode(self, ctx: StepContext, payload: bytes, kind: ChunkKind = ChunkKind.PFR) -> StepOutput:
         chain = ctx.chain
-        p = PfrPayload.from_bytes(payload, chain.grid.size)
+        p = PfrPayload.from_bytes(payload, chain.grid.size, chain.header.compact)
         order = chain.memo("pfr_order", lambda: group_order(chain.grid, chain.key))
         x = decode_step(p, ctx.pred["mean"][0].double(), math.sqrt(ctx.coefs[2]), chain.grid, chain.key,
                         ctx.index, chain.device, order)

@@ -25,14 +25,18 @@ Two layouts, the encoder keeps the shorter:
 Plain universal quantization pays ~0.25 bits/dim over the step's KL at high KL (a uniform
 cell coded under a Gaussian); restricted beliefs recover it in the final step.
 
-Payloads::
+Payloads (format version 5; S = tiles x 3 channels, P = 3 x tiles)::
 
-    plain:      u32 S, S x u8 widths s = 2 ** ((code - 160) / 8) levels (tile x channel)
+    plain:      S x u8 widths s = 2 ** ((code - 160) / 8) levels (tile x channel)
                 | range-coded k - k(lo) of every dimension in C, H, W order (Categorical tables)
-    predicted:  u32 S, S x u8 widths | u32 P, P x u8 predictor codes (a, b, c per tile)
-                | 3 x (u32 W, W bytes: range-coded k - k(lo) of one channel)
-    context:    u32 S, S x u8 widths | u32 P, P x u8 predictor codes | u32 6, 6 x u8 spatial block
-                | 6 x (u32 W, W bytes: k - k(lo) of one pass's channel, pixels in raster order)
+    predicted:  S x u8 widths | P x u8 predictor codes (a, b, c per tile)
+                | one range-coded stream: k - k(lo) of channel 0, then 1, then 2
+    context:    S x u8 widths | P x u8 predictor codes | 6 x u8 spatial block
+                | one range-coded stream: k - k(lo) of the six passes in order (pixels in
+                raster order within a pass)
+
+Versions 2-4 put u32 counts before the side-information fields and gave each channel (pass)
+its own stream after its u32 length (:mod:`diffcodec.coders.chanpred`).
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ import math
 import numpy as np
 import torch
 
-from ..entropy import decode_tables, encode_tables, table_chunks
+from ..entropy import PassStreams, code_passes, table_chunks
 from ..errors import FormatError
 from ..intervals import Intervals, Quantizer, fit_belief_widths, level_mass, restricted_cost
 from ..kinds import ChunkKind
@@ -161,29 +165,27 @@ class UqCoder:
         symbol_bits = {ChunkKind.UQ: plain_bits, ChunkKind.UQ_PRED: pred_bits, ChunkKind.UQ_CTX: ctx_bits}
         kind = min(symbol_bits, key=lambda k: symbol_bits[k] + side_bits(LAYOUTS[k], len(pred_codes)))
 
-        def stream(mean: np.ndarray, std_: np.ndarray, dims: slice) -> bytes:
+        def runs(mean: np.ndarray, std_: np.ndarray, dims: slice):
+            """(symbols k - k(lo), table) of each run of ``dims``."""
             tables = symbol_tables(q, k_lo, alphabet, ints.lo, ints.hi, mean, std_, dims)
-            runs = table_chunks(alphabet[dims])
-            first = dims.start  # symbols k - k(lo), run by run
-            return encode_tables((k[first + a:first + b] - k_lo[first + a:first + b], t)
-                                 for (a, b, _), t in zip(runs, tables))
+            first = dims.start
+            for (a, b, _), t in zip(table_chunks(alphabet[dims]), tables):
+                yield k[first + a:first + b] - k_lo[first + a:first + b], t
 
         if kind == ChunkKind.UQ_CTX:
-            streams = self._context_streams(q, k, k_lo, alphabet, ints, m, ctx_known,
-                                            Payload(ctx_widths, pred_codes, ctx_block, []), grid)
-            payload = join_payload(ctx_widths, streams, pred_codes, ctx_block)
-            coded = 8 * sum(len(s) for s in streams)
+            stream = self._context_stream(q, k, k_lo, alphabet, ints, m, ctx_known,
+                                          Payload(ctx_widths, pred_codes, ctx_block, []), grid)
+            payload = join_payload(ctx_widths, stream, pred_codes, ctx_block)
         elif kind == ChunkKind.UQ_PRED:
             # the refit left a unchanged (it reads only channel 0's residual), so channel 1's mean
             # under the final codes is the one its residual was estimated with
-            streams = [stream(channel_mean(c).reshape(-1), g1.channel_values(width_codes[c], SCALE, 0).reshape(-1),
-                              slice(c * n, (c + 1) * n)) for c in range(3)]
-            payload = join_payload(b"".join(width_codes), streams, pred_codes)
-            coded = 8 * sum(len(s) for s in streams)
+            stream = code_passes(runs(channel_mean(c).reshape(-1), g1.channel_values(width_codes[c], SCALE, 0).reshape(-1),
+                                      slice(c * n, (c + 1) * n)) for c in range(3))
+            payload = join_payload(b"".join(width_codes), stream, pred_codes)
         else:
-            plain = stream(q.m, grid.flat_values(codes, SCALE), slice(0, len(v)))
-            payload = join_payload(codes, [plain])
-            coded = 8 * len(plain)
+            stream = code_passes([runs(q.m, grid.flat_values(codes, SCALE), slice(0, len(v)))])
+            payload = join_payload(codes, stream)
+        coded = 8 * len(stream)
         stats = {"kind": kind, "plain_symbol_bits": plain_bits, "predicted_symbol_bits": pred_bits,
                  "context_symbol_bits": ctx_bits,
                  "mean_alphabet": float(alphabet.mean()), "mean_log2_width": new.mean_log2_width()}
@@ -191,16 +193,19 @@ class UqCoder:
         return StepOutput(payload, new, x=self._next_x(ctx, delta, q, k), coded_bits=coded, stats=stats)
 
     @staticmethod
-    def _context_streams(q: Quantizer, k, k_lo, alphabet, ints: Intervals, m, known: spatial.Known, fields: Payload,
-                         grid: TileGrid) -> list[bytes]:
-        """The context layout's six streams (``known`` as the fit left it: every pass's values)."""
-        out = []
-        for step, mean, std in spatial.context_beliefs(m.reshape(known.resid.shape), known, fields, grid):
-            d = step.dims
-            _, tables = _pass_tables(q, k_lo, alphabet, ints, d, mean, std)
-            sym = k[d] - k_lo[d]
-            out.append(encode_tables((sym[a:b], t) for (a, b, _), t in zip(table_chunks(alphabet[d]), tables)))
-        return out
+    def _context_stream(q: Quantizer, k, k_lo, alphabet, ints: Intervals, m, known: spatial.Known, fields: Payload,
+                        grid: TileGrid) -> bytes:
+        """The context layout's stream, its six passes in order (``known`` as the fit left it:
+        every pass's values)."""
+
+        def passes():
+            for step, mean, std in spatial.context_beliefs(m.reshape(known.resid.shape), known, fields, grid):
+                d = step.dims
+                _, tables = _pass_tables(q, k_lo, alphabet, ints, d, mean, std)
+                sym = k[d] - k_lo[d]
+                yield ((sym[a:b], t) for (a, b, _), t in zip(table_chunks(alphabet[d]), tables))
+
+        return code_passes(passes())
 
     @staticmethod
     def _decode_context(q: Quantizer, k_lo, alphabet, ints: Intervals, fields: Payload, grid: TileGrid) -> np.ndarray:
@@ -208,38 +213,43 @@ class UqCoder:
         m = q.m.reshape(grid.c, grid.h, grid.w)
         known = spatial.Known.zeros(m.shape)
         symbols = np.empty(len(k_lo), dtype=np.int32)
-        for (step, mean, std), stream in zip(spatial.context_beliefs(m, known, fields, grid), fields.streams):
+        streams = PassStreams(fields.streams, 2 * grid.c)
+        for step, mean, std in spatial.context_beliefs(m, known, fields, grid):
             d = step.dims
             sub, tables = _pass_tables(q, k_lo, alphabet, ints, d, mean, std)
-            sym = decode_tables(stream, tables)
+            sym = streams.decode(tables)
             if len(sym) != len(d) or (sym >= alphabet[d]).any():
                 raise FormatError("UQ step decodes to symbols outside their cells: the stream is corrupt")
             symbols[d] = sym
             cell = sub.cells(k_lo[d] + sym, Intervals(len(d), ints.lo[d], ints.hi[d]))
             mc = m[step.c][step.sel]
             known.fill(step, interval_residual(cell.lo, cell.hi, mean, std, mc), cell.lo, cell.hi, mc)
+        streams.finish()
         return symbols
 
     @staticmethod
-    def split(payload: bytes, grid: TileGrid, kind: ChunkKind = ChunkKind.UQ) -> Payload:
+    def split(payload: bytes, grid: TileGrid, kind: ChunkKind = ChunkKind.UQ, compact: bool = True) -> Payload:
         """The payload's fields, checked against the tile grid."""
-        return split_payload(payload, grid.size, LAYOUTS[kind], "UQ step")
+        return split_payload(payload, grid.size, LAYOUTS[kind], "UQ step", compact)
 
     def check(self, payload: bytes, header, kind: ChunkKind = ChunkKind.UQ) -> None:
-        self.split(payload, TileGrid(3, header.height, header.width, header.tile), kind)
+        self.split(payload, TileGrid(3, header.height, header.width, header.tile), kind, header.compact)
 
     def decode(self, ctx: StepContext, payload: bytes, kind: ChunkKind = ChunkKind.UQ) -> StepOutput:
         grid = ctx.chain.grid
-        fields = self.split(payload, grid, kind)
+        fields = self.split(payload, grid, kind, ctx.chain.header.compact)
         codes, pred_codes, streams = fields.widths, fields.predictors, fields.streams
         delta, q, k_lo, alphabet = self._setup(ctx)
         ints = ctx.intervals
         if kind == ChunkKind.UQ_CTX:
             symbols = self._decode_context(q, k_lo, alphabet, ints, fields, grid)
         elif kind == ChunkKind.UQ:
-            symbols = decode_tables(streams[0], symbol_tables(q, k_lo, alphabet, ints.lo, ints.hi, q.m,
-                                                              grid.flat_values(codes, SCALE), slice(0, len(k_lo))))
+            plain = PassStreams(streams, 1)
+            symbols = plain.decode(symbol_tables(q, k_lo, alphabet, ints.lo, ints.hi, q.m,
+                                                 grid.flat_values(codes, SCALE), slice(0, len(k_lo))))
+            plain.finish()
         else:
+            channels = PassStreams(streams, 3)
             n = grid.h * grid.w
             m = q.m.reshape(grid.c, grid.h, grid.w)
             coef = coefficients(pred_codes, grid)
@@ -249,11 +259,12 @@ class UqCoder:
                 dims = slice(c * n, (c + 1) * n)
                 mean_c = predicted_mean(m, resid, coef, c).reshape(-1)
                 std_c = grid.channel_values(codes, SCALE, c).reshape(-1)
-                sym = decode_tables(streams[c], symbol_tables(q, k_lo, alphabet, ints.lo, ints.hi, mean_c, std_c, dims))
+                sym = channels.decode(symbol_tables(q, k_lo, alphabet, ints.lo, ints.hi, mean_c, std_c, dims))
                 if len(sym) != n or (sym >= alphabet[dims]).any():
                     raise FormatError("UQ step decodes to symbols outside their cells: the stream is corrupt")
                 symbols[dims] = sym
                 if c == 2:
+                    channels.finish()
                     break  # no channel is predicted from channel 2
                 kc = k_lo[dims] + sym
                 clo = np.maximum(q.first(kc, dims), ints.lo[dims])
