@@ -168,3 +168,79 @@ def fit_tile_codes(grid: TileGrid, start: np.ndarray, cost: Callable[[np.ndarray
 def codes_array(codes: bytes, grid: TileGrid) -> np.ndarray:
     """Per-tile codes as an int64 [C, gh, gw] array."""
     return np.frombuffer(codes, dtype=np.uint8).astype(np.int64).reshape(grid.c, grid.gh, grid.gw)
+
+
+#: Order of the exp-Golomb code of the side-information differences (format version 5).
+GOLOMB_K = 2
+_MAX_ZEROS = (510 + (1 << GOLOMB_K)).bit_length() - GOLOMB_K - 1  # the longest prefix a code in 0..255 needs
+
+
+def pack_fields(fields: Iterable[bytes]) -> bytes:
+    """A step's side-information fields (byte codes: widths, predictor codes, ...) as one
+    bit-packed block, most significant bit first: per non-empty field its first code in 8 bits,
+    then each code's difference from the one before it, zigzagged (0, -1, 1, -2, ... -> 0, 1, 2,
+    3, ...), in order-:data:`GOLOMB_K` exp-Golomb; zero-padded to a whole byte.  Neighbouring
+    tiles' codes differ by a few steps, so a code takes ~4-5 bits instead of 8."""
+    bits: list[str] = []
+    for field in fields:
+        codes = list(field)
+        if not codes:
+            continue
+        bits.append(f"{codes[0]:08b}")
+        for prev, code in zip(codes, codes[1:]):
+            d = code - prev
+            v = (2 * d if d >= 0 else -2 * d - 1) + (1 << GOLOMB_K)
+            n = v.bit_length()
+            bits.append("0" * (n - GOLOMB_K - 1) + format(v, "b"))
+    s = "".join(bits)
+    s += "0" * (-len(s) % 8)
+    return int(s, 2).to_bytes(len(s) // 8, "big") if s else b""
+
+
+def unpack_fields(data: bytes, sizes: Iterable[int], what: str = "side information") -> tuple[list[bytes], int]:
+    """Inverse of :func:`pack_fields` for fields of ``sizes`` codes: (the fields, bytes read).
+    A block the data cannot hold, a prefix no code in 0..255 needs or a code outside 0..255 is
+    a :class:`~diffcodec.errors.FormatError`; the work is bounded by the data's length."""
+    from .errors import FormatError
+
+    sizes = [int(n) for n in sizes]
+    least = sum(8 + (n - 1) * (GOLOMB_K + 1) for n in sizes if n)  # every difference 0
+    if 8 * len(data) < least:
+        raise FormatError(f"step payload is shorter than its {what}")
+    bits = np.unpackbits(np.frombuffer(bytes(data[:(least + _longest(sizes) + 7) // 8]), dtype=np.uint8))
+    pos, out = 0, []
+
+    def take(n: int) -> int:
+        nonlocal pos
+        if pos + n > len(bits):
+            raise FormatError(f"step payload ends inside its {what}")
+        v = 0
+        for b in bits[pos:pos + n]:
+            v = (v << 1) | int(b)
+        pos += n
+        return v
+
+    for n in sizes:
+        if not n:
+            out.append(b"")
+            continue
+        code = take(8)
+        codes = [code]
+        for _ in range(n - 1):
+            zeros = 0
+            while take(1) == 0:
+                zeros += 1
+                if zeros > _MAX_ZEROS:
+                    raise FormatError(f"step payload has a corrupt {what} (an overlong code)")
+            v = ((1 << (zeros + GOLOMB_K)) | take(zeros + GOLOMB_K)) - (1 << GOLOMB_K)
+            code += v // 2 if v % 2 == 0 else -(v + 1) // 2
+            if not 0 <= code <= 255:
+                raise FormatError(f"step payload has a corrupt {what} (a code outside 0..255)")
+            codes.append(code)
+        out.append(bytes(codes))
+    return out, (pos + 7) // 8
+
+
+def _longest(sizes: list[int]) -> int:
+    """The most bits a block of ``sizes`` codes can take beyond every difference being 0."""
+    return sum(max(0, n - 1) for n in sizes) * 2 * _MAX_ZEROS

@@ -397,6 +397,9 @@ def test_determinism_and_seeds(tiny_prior, tiny_images):
 def test_oracle_prior_latents_cost_nothing(tiny_prior, tiny_images):
     """With a network that knows x_0 (NeuralCompression's bits-back test), the latent steps carry
     no information: their entropy-coded streams must cost ~0 bits, and the file is still lossless."""
+    from diffcodec.coders.chanpred import Layout, split_payload
+    from diffcodec.sideinfo import pack_fields
+
     img = tiny_images[0]
     dims = img.size
     prior = oracle_prior(img)
@@ -407,9 +410,12 @@ def test_oracle_prior_latents_cost_nothing(tiny_prior, tiny_images):
     side_bits = sum(8 * s.bytes - s.coded_bits for s in latent)  # chunk framing, ideal bits, scale codes
     assert all(s.coded_bits <= 32 for s in latent), stream_bits  # at most the range coder's one closing word
     # fixed overhead only: kind (1), the payload length (a one-byte varint), the step's ideal
-    # bits (a varint of eighths of a bit), the CRC (4) and 3 codes (one tile)
-    ideal = [len(uvarint(round(8 * c.ideal_bits))) for c in parse(res.data).chunks[:4]]
-    assert side_bits == 8 * sum(1 + 1 + v + 4 + 3 for v in ideal)
+    # bits (a varint of eighths of a bit), the CRC (4) and 3 width codes (one tile), bit-packed
+    chunks = parse(res.data).chunks[:4]
+    ideal = [len(uvarint(round(8 * c.ideal_bits))) for c in chunks]
+    codes = [len(pack_fields([split_payload(c.payload, 3, Layout.PLAIN, "UQ step").widths])) for c in chunks]
+    assert all(n == 2 for n in codes)  # 8 bits, then two small differences
+    assert side_bits == 8 * sum(1 + 1 + v + 4 + n for v, n in zip(ideal, codes))
     assert res.preview_rmse[1] < 1.0  # the oracle's x_0 estimate is exact after one step
     grey = np.sqrt(np.mean((img.astype(np.float64) - 128.0) ** 2))  # x_T: the flat mid-grey preview
     assert res.prior_rmse == pytest.approx(grey)
@@ -508,6 +514,7 @@ def test_tiled_side_information(tile, tiny_prior, tiny_images):
     import diffcodec.coders.final as final_coder
     import diffcodec.coders.uq as uq_coder
     from diffcodec.coders.chanpred import split_payload
+    from diffcodec.sideinfo import pack_fields
 
     img = tiny_images[2]  # 37 x 23: partial tiles on both edges
     res = encode(img, tiny_prior, _opts(tile=tile))
@@ -515,10 +522,12 @@ def test_tiled_side_information(tile, tiny_prior, tiny_images):
     assert parsed.header.tile == tile
     n_tiles = (-(-23 // tile)) * (-(-37 // tile)) if tile else 1
     layouts = {**uq_coder.LAYOUTS, **final_coder.LAYOUTS}
-    for c in parsed.chunks:  # the widths (one per tile and channel) lead every payload
-        assert len(split_payload(c.payload, 3 * n_tiles, layouts[c.kind], "step").widths) == 3 * n_tiles
-        with pytest.raises(FormatError):  # and a payload is refused against another tile grid
-            split_payload(c.payload[:3 * n_tiles - 1], 3 * n_tiles, layouts[c.kind], "step")
+    for c in parsed.chunks:  # the widths (one per tile and channel) lead every payload, packed
+        fields = split_payload(c.payload, 3 * n_tiles, layouts[c.kind], "step")
+        assert len(fields.widths) == 3 * n_tiles
+        side = len(pack_fields([fields.widths, fields.predictors, fields.spatial]))
+        with pytest.raises(FormatError):  # a payload cut inside its side information is refused
+            split_payload(c.payload[:side - 1], 3 * n_tiles, layouts[c.kind], "step")
     out = decode(res.data, tiny_prior)
     np.testing.assert_array_equal(np.asarray(out.image), img)
 

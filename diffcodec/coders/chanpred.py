@@ -6,17 +6,20 @@ per-tile linear function of the residuals of the channels decoded before it:
 
 (a, b, c) are fitted by least squares per tile and sent as one byte each
 (:data:`diffcodec.sideinfo.COEF`).  The UQ and final steps' payloads share their layouts
-(:func:`join_payload`, :func:`split_payload`); S = tiles x coded channels, P = 3 x tiles::
+(:func:`join_payload`, :func:`split_payload`); S = tiles x coded channels, P = 3 x tiles, the
+side-information fields (S widths, P predictor codes, the 6-byte spatial block; those the layout
+has) bit-packed as one block (:func:`diffcodec.sideinfo.pack_fields`: a field's first code in 8
+bits, then exp-Golomb differences), then one range-coded stream (the rest of the payload, a
+multiple of 4 bytes):
 
-    plain:      S x u8 widths | one range-coded stream (the rest: a multiple of 4 bytes)
-    predicted:  S x u8 widths | P x u8 predictor codes (a, b, c per tile)
-                | one range-coded stream: channel 0's symbols, then 1's, then 2's
-    context:    S x u8 widths | P x u8 predictor codes | 6 x u8 spatial block
-                | one range-coded stream: the six passes in order (anchors' channels 0, 1, 2,
-                then the others')
+    plain:      side information (widths) | stream: every dimension's symbol
+    predicted:  side information (widths, predictor codes (a, b, c per tile))
+                | stream: channel 0's symbols, then 1's, then 2's
+    context:    side information (widths, predictor codes, spatial block)
+                | stream: the six passes in order (anchors' channels 0, 1, 2, then the others')
 
-Format versions 2-4 put a u32 count before the widths, the predictor codes and the spatial
-block, and gave each channel (pass) its own stream, each after its u32 length.
+Format versions 2-4 sent each field as bytes after a u32 count and gave each channel (pass) its
+own stream, each after its u32 length.
 
 (the context layout: :mod:`diffcodec.coders.spatial`).  In the final step r_c is the decoded
 residual v_c - m_c; in a UQ step it is the residual the receiver can estimate once channel c's cell is known: the mean
@@ -32,7 +35,7 @@ import numpy as np
 
 from ..errors import FormatError
 from ..intervals import normal_mass
-from ..sideinfo import COEF, TileGrid
+from ..sideinfo import COEF, TileGrid, pack_fields, unpack_fields
 from .base import take_field
 
 _SQRT_2PI = np.sqrt(2 * np.pi)
@@ -124,19 +127,20 @@ STREAMS = {Layout.PLAIN: 1, Layout.PREDICTED: 3, Layout.CONTEXT: 6}
 SPATIAL_BYTES = 6
 
 
-def side_bits(layout: Layout, predictor_bytes: int) -> int:
+def side_bits(layout: Layout, predictors: bytes, spatial: bytes = b"") -> int:
     """What a layout sends besides its symbols and the width codes, as the encoder counts it
-    when it compares layouts: predictor codes and the spatial block (all layouts have one
-    stream, flushed once)."""
+    when it compares layouts: its predictor codes and spatial block as packed alone (all
+    layouts have one stream, flushed once)."""
     if layout == Layout.PLAIN:
         return 0
-    return 8 * (predictor_bytes + (SPATIAL_BYTES if layout == Layout.CONTEXT else 0))
+    return 8 * len(pack_fields([predictors, spatial if layout == Layout.CONTEXT else b""]))
 
 
 def join_payload(widths: bytes, stream: bytes, predictors: bytes = b"", spatial: bytes = b"") -> bytes:
     """A step's payload in the current layout: the plain layout (no predictors), the predicted
-    one, or the context one (a spatial block too); one stream for every pass."""
-    return widths + predictors + spatial + stream
+    one, or the context one (a spatial block too), its side information packed
+    (:func:`diffcodec.sideinfo.pack_fields`); one stream for every pass."""
+    return pack_fields([widths, predictors, spatial]) + stream
 
 
 def split_payload(payload: bytes, codes: int, layout: Layout, step: str, compact: bool = True) -> Payload:
@@ -145,12 +149,7 @@ def split_payload(payload: bytes, codes: int, layout: Layout, step: str, compact
     version 5) or one per pass (versions 2-4, read only)."""
     if compact:
         sizes = (codes, codes if layout != Layout.PLAIN else 0, SPATIAL_BYTES if layout == Layout.CONTEXT else 0)
-        if len(payload) < sum(sizes):
-            raise FormatError(f"{step} payload is shorter than its side information")
-        fields, pos = [], 0
-        for size in sizes:
-            fields.append(bytes(payload[pos:pos + size]))
-            pos += size
+        fields, pos = unpack_fields(payload, sizes, f"{step}'s side information")
         if (len(payload) - pos) % 4:
             raise FormatError(f"{step} stream is not a whole number of words")
         return Payload(fields[0], fields[1], fields[2], [bytes(payload[pos:])])

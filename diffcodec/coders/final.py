@@ -17,17 +17,18 @@ range coder's) and codes the smaller.  A grey image's three chain channels hold 
 same level, so its one coded channel uses the mean of their estimates and the intersection of
 their intervals.
 
-Payloads (format version 5; S = tiles x coded channels, P = 3 x tiles)::
+Payloads (format version 5; S = tiles x coded channels, P = 3 x tiles; the side information
+bit-packed, :mod:`diffcodec.coders.chanpred`)::
 
-    plain:      S x u8 widths | range-coded v - lo of every coded dimension
-    predicted:  S x u8 widths | P x u8 predictor codes (a, b, c per tile)
+    plain:      S widths | range-coded v - lo of every coded dimension
+    predicted:  S widths, P predictor codes (a, b, c per tile)
                 | one range-coded stream: v - lo of channel 0, then 1, then 2
-    context:    S x u8 widths | P x u8 predictor codes | 6 x u8 spatial block
+    context:    S widths, P predictor codes, 6-byte spatial block
                 | one range-coded stream: v - lo of the six passes in order (pixels in raster
                 order within a pass)
 
-Versions 2-4 put u32 counts before the side-information fields and gave each channel (pass)
-its own stream after its u32 length (:mod:`diffcodec.coders.chanpred`).
+Versions 2-4 sent the side information as bytes after u32 counts and gave each channel (pass)
+its own stream after its u32 length.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ class FinalCoder:
                 lambda c, sel, mean_, std: v[c][sel] - mean[c][sel])
             symbol_bits = {ChunkKind.FINAL: sizes["plain_symbol_bits"], ChunkKind.FINAL_PRED: sizes["predicted_symbol_bits"],
                            ChunkKind.FINAL_CTX: sizes["context_symbol_bits"]}
-            kind = min(symbol_bits, key=lambda k: symbol_bits[k] + side_bits(LAYOUTS[k], len(pred_codes)))
+            kind = min(symbol_bits, key=lambda k: symbol_bits[k] + side_bits(LAYOUTS[k], pred_codes, ctx_block))
         if kind == ChunkKind.FINAL_CTX:
             fields = Payload(ctx_widths, pred_codes, ctx_block, [])
             stream = code_passes(_runs(v[step.c][step.sel] - lo[step.c][step.sel], lo[step.c][step.sel],

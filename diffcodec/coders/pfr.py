@@ -50,14 +50,15 @@ Payload (format version 5)::
                                     H = chunk_bits + margin + 4
     u8  offset code, u8 std code    index model: b ~ N(e + (offset - 128) / 8, (std / 16)^2) on
                                     [0, H], e = the chunk's expected KL in bits; std code >= 1
-    S x u8                          kappa codes (prior width, one per tile per channel:
-                                    S = tiles x 3)
+    packed S codes                  kappa codes (prior width, one per tile per channel:
+                                    S = tiles x 3), bit-packed as one side-information field
+                                    (:func:`diffcodec.sideinfo.pack_fields`)
     varint W, then W bytes          range-coded b = floor(log2(n* + 1)), one per chunk in the
                                     layout's order (multiple of 4 bytes)
     rest                            raw bits: the b low bits of n* + 1 of each chunk in turn,
                                     most significant first, zero-padded to a whole byte
 
-Versions 2-4 have a u32 S before the kappa codes and a u32 W.
+Versions 2-4 have a u32 S, then the S kappa codes as bytes, and a u32 W.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ from ..entropy import decode_gaussian, encode_gaussian, pack_bits, unpack_bits
 from ..errors import FormatError
 from ..varint import read_uvarint, uvarint
 from ..kinds import ChunkKind
-from ..sideinfo import INDEX_OFFSET, INDEX_STD, KAPPA as KAPPA_CODES, TileGrid as Grid
+from ..sideinfo import INDEX_OFFSET, INDEX_STD, KAPPA as KAPPA_CODES, TileGrid as Grid, pack_fields, unpack_fields
 from .base import EncodeTarget, StepContext, StepOutput
 
 KAPPA = KAPPA_CODES.value(np.arange(256))  # bits/dim of each code
@@ -547,7 +548,7 @@ class PfrPayload:
     def to_bytes(self) -> bytes:
         """The current (version 5) layout."""
         return struct.pack("<BBBB", self.chunk_bits, self.margin, self.offset_code, self.std_code) \
-            + self.kappa_codes + uvarint(len(self.stream)) + self.stream + self.raw
+            + pack_fields([self.kappa_codes]) + uvarint(len(self.stream)) + self.stream + self.raw
 
     @classmethod
     def from_bytes(cls, data: bytes, expected_codes: int, compact: bool = True) -> "PfrPayload":
@@ -567,15 +568,19 @@ class PfrPayload:
 
     @classmethod
     def _from_compact(cls, data: bytes, n: int) -> "PfrPayload":
-        if len(data) < 5 + n:
-            raise FormatError("PFR step payload is shorter than its side information")
+        if len(data) < 5:
+            raise FormatError("PFR step payload too short")
         cbits, margin, offset, std = data[:4]
         if not (1 <= cbits <= MAX_CHUNK_BITS and margin <= MAX_MARGIN and std >= 1):
             raise FormatError("PFR step payload has implausible coding parameters")
-        w, pos = read_uvarint(data, 4 + n, "PFR index stream length", len(data))
+        (codes,), used = unpack_fields(data[4:], [n], "PFR side information")
+        try:
+            w, pos = read_uvarint(data, 4 + used, "PFR index stream length", len(data))
+        except FormatError:
+            raise FormatError("PFR step payload has a bad index stream length") from None
         if w % 4 or len(data) < pos + w:
             raise FormatError("PFR step payload has a bad index stream length")
-        return cls(cbits, margin, offset, std, bytes(data[4:4 + n]), bytes(data[pos:pos + w]), bytes(data[pos + w:]))
+        return cls(cbits, margin, offset, std, codes, bytes(data[pos:pos + w]), bytes(data[pos + w:]))
 
 
 class PfrCoder:

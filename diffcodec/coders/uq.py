@@ -25,18 +25,19 @@ Two layouts, the encoder keeps the shorter:
 Plain universal quantization pays ~0.25 bits/dim over the step's KL at high KL (a uniform
 cell coded under a Gaussian); restricted beliefs recover it in the final step.
 
-Payloads (format version 5; S = tiles x 3 channels, P = 3 x tiles)::
+Payloads (format version 5; S = tiles x 3 channels, P = 3 x tiles; the side information
+bit-packed, :mod:`diffcodec.coders.chanpred`)::
 
-    plain:      S x u8 widths s = 2 ** ((code - 160) / 8) levels (tile x channel)
+    plain:      S widths s = 2 ** ((code - 160) / 8) levels (tile x channel)
                 | range-coded k - k(lo) of every dimension in C, H, W order (Categorical tables)
-    predicted:  S x u8 widths | P x u8 predictor codes (a, b, c per tile)
+    predicted:  S widths, P predictor codes (a, b, c per tile)
                 | one range-coded stream: k - k(lo) of channel 0, then 1, then 2
-    context:    S x u8 widths | P x u8 predictor codes | 6 x u8 spatial block
+    context:    S widths, P predictor codes, 6-byte spatial block
                 | one range-coded stream: k - k(lo) of the six passes in order (pixels in
                 raster order within a pass)
 
-Versions 2-4 put u32 counts before the side-information fields and gave each channel (pass)
-its own stream after its u32 length (:mod:`diffcodec.coders.chanpred`).
+Versions 2-4 sent the side information as bytes after u32 counts and gave each channel (pass)
+its own stream after its u32 length.
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ class UqCoder:
             grid, spatial.Cells(m, vv, lo, hi, nlo, nhi), pred_codes,
             lambda c, sel, mean, std: interval_residual(nlo[c][sel], nhi[c][sel], mean, std, m[c][sel]))
         symbol_bits = {ChunkKind.UQ: plain_bits, ChunkKind.UQ_PRED: pred_bits, ChunkKind.UQ_CTX: ctx_bits}
-        kind = min(symbol_bits, key=lambda k: symbol_bits[k] + side_bits(LAYOUTS[k], len(pred_codes)))
+        kind = min(symbol_bits, key=lambda k: symbol_bits[k] + side_bits(LAYOUTS[k], pred_codes, ctx_block))
 
         def runs(mean: np.ndarray, std_: np.ndarray, dims: slice):
             """(symbols k - k(lo), table) of each run of ``dims``."""
