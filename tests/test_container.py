@@ -471,3 +471,14 @@ def test_decoded_file_is_the_encoded_image(real_file, tiny_prior):
     res = decode(data, tiny_prior)
     assert isinstance(res.image, Image.Image) and res.lossless and not res.truncated
     np.testing.assert_array_equal(np.asarray(res.image), img)
+
+
+def test_fuzz_script_runs(tiny_model_path):
+    """bin/fuzz.py (the long campaign's harness) on a few mutations of files from the tiny model."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("fuzz", Path(__file__).resolve().parents[1] / "bin" / "fuzz.py")
+    fuzz = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fuzz)
+    assert fuzz.main(["--iterations", "16", "--model", str(tiny_model_path), "--size", "16", "--effort", "1"]) == 0
