@@ -171,22 +171,23 @@ class Chunk:
     payload: bytes  # the coder's payload
     version: int = field(default=VERSION, compare=False)  # the layout it was read in (to_bytes writes VERSION)
 
-    def _framed(self) -> bytes:
-        """kind .. payload in the current layout (what the CRC covers after the index)."""
+    def _head(self) -> bytes:
+        """kind, payload length and ideal eighths of a bit: the current layout's bytes before
+        the payload."""
         ideal = float(self.ideal_bits)
         eighths = round(8 * min(ideal, 2.0**57)) if math.isfinite(ideal) and ideal > 0 else 0
-        return bytes([int(self.kind)]) + uvarint(len(self.payload)) + uvarint(eighths) + self.payload
+        return bytes([int(self.kind)]) + uvarint(len(self.payload)) + uvarint(eighths)
 
     def to_bytes(self) -> bytes:
-        body = self._framed()
+        body = self._head() + self.payload
         return body + struct.pack("<I", _chunk_crc(self.index, body))
 
     @property
     def size(self) -> int:
-        """Its bytes in the file (in the layout it was read in)."""
+        """Its bytes in the file (in the layout it was read in), without copying the payload."""
         if self.version < COMPACT:
             return _CHUNK_HEAD.size + 4 + 4 + len(self.payload)
-        return len(self._framed()) + 4
+        return len(self._head()) + len(self.payload) + 4
 
 
 def _chunk_crc(index: int, body) -> int:

@@ -14,6 +14,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from .errors import FormatError
+
 
 @dataclass(frozen=True)
 class ByteQuantizer:
@@ -201,8 +203,6 @@ def unpack_fields(data: bytes, sizes: Iterable[int], what: str = "side informati
     """Inverse of :func:`pack_fields` for fields of ``sizes`` codes: (the fields, bytes read).
     A block the data cannot hold, a prefix no code in 0..255 needs or a code outside 0..255 is
     a :class:`~diffcodec.errors.FormatError`; the work is bounded by the data's length."""
-    from .errors import FormatError
-
     sizes = [int(n) for n in sizes]
     least = sum(8 + (n - 1) * (GOLOMB_K + 1) for n in sizes if n)  # every difference 0
     if 8 * len(data) < least:
