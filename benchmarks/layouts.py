@@ -1,11 +1,12 @@
 """What each payload layout of the UQ and final steps costs on real files: the encoder estimates
-the plain, channel-predicted and context (checkerboard) layouts of every such step from their
-symbols' -log2 p and codes the smallest (``diffcodec.coders.uq`` / ``final``); this encodes
-images and reports, per step and in total, the three estimates and the bytes coded.
+the plain, channel-predicted, context (checkerboard) and texture (context with widths per class
+of activity) layouts of every such step from their symbols' -log2 p and codes the smallest
+(``diffcodec.coders.uq`` / ``final``); this encodes images and reports, per step and in total,
+the four estimates and the bytes coded.
 
 Usage (from the repository root)::
 
-    python -m benchmarks.layouts --images <folder> --out benchmarks/results/context/kodak4_128.json \\
+    python -m benchmarks.layouts --images <folder> --out benchmarks/results/texture/kodak4_128.json \\
         [--crop 128] [--limit 4] [--effort 5] [--model M] [--seed 0]
 
 ``--crop 0`` codes the whole images.  A layout's estimate excludes its side information and
@@ -22,7 +23,7 @@ from benchmarks.common import load_images, provenance, write_json
 from diffcodec.checkpoint import load_prior
 from diffcodec.codec import EncodeOptions, encode
 
-LAYOUTS = ("plain", "predicted", "context")
+LAYOUTS = ("plain", "predicted", "context", "texture")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,13 +2,13 @@
 
 All integers are little-endian; ``varint`` is an unsigned LEB128 varint (:mod:`diffcodec.varint`:
 7 bits a byte, low group first, minimal).  A file is a header followed by one chunk per coded
-step.  This describes version 5; what earlier versions differ in follows each table.
+step.  This describes version 6; what earlier versions differ in follows each table.
 
 Header::
 
     offset  size  field
     0       8     magic  b"\\x89DFC\\r\\n\\x1a\\n"  (PNG-style: catches text-mode mangling)
-    8       1     version (5; 2, 3 and 4 are read, see below; version 1 is refused with a
+    8       1     version (6; 2, 3, 4 and 5 are read, see below; version 1 is refused with a
                   message naming it)
     9       v     header body length B (varint, at most 65536)
     9+v     B     header body (below)
@@ -40,7 +40,9 @@ Chunk (one per coded step, in order)::
     u8  kind                        1 = UQ latent step, 2 = PFR latent step,
                                     3 = final (x_0) step, 4 = final step, channel-predicted,
                                     5 = UQ step, channel-predicted, 6 = UQ step, context
-                                    (checkerboard), 7 = final step, context (kinds.ChunkKind)
+                                    (checkerboard), 7 = final step, context, 8 = UQ step,
+                                    texture classes, 9 = final step, texture classes
+                                    (kinds.ChunkKind)
     varint N                        payload length, at most 2**30
     varint ideal                    the step's KL (latent) or decoder NLL (final) under the
                                     model's analytic variances, in eighths of a bit
@@ -49,7 +51,8 @@ Chunk (one per coded step, in order)::
     u32 CRC-32 of (u16 index) + kind .. payload, index = 0, 1, 2, ... the chunk's place (not
                                     stored: a chunk out of place fails its CRC)
 
-Versions 2-4 (read, never written) use fixed-width fields: the body length is a u32; width and
+Version 5 (read, never written) is version 6 without chunk kinds 8 and 9 (a version-5 file
+holding one is refused).  Versions 2-4 (read, never written) use fixed-width fields: the body length is a u32; width and
 height u32; T, K, the timesteps (absolute), tile, symmetry_max_t, num_chunks and P u16; a chunk
 is u8 kind, u16 index, u32 N' (= 4 + payload length), f32 ideal bits, the payload, and the
 CRC-32 of kind .. payload; the coders' payloads hold u32 lengths and counts and one range coder
@@ -72,8 +75,8 @@ from .kinds import SYMMETRIES, ChunkKind, ImageMode
 from .varint import Truncated, read_uvarint, uvarint
 
 MAGIC = b"\x89DFC\r\n\x1a\n"
-VERSION = 5
-READ_VERSIONS = (2, 3, 4, 5)  # 2: no symmetry field; 3: no symmetry_max_t; 2-4: fixed-width fields
+VERSION = 6
+READ_VERSIONS = (2, 3, 4, 5, 6)  # 2: no symmetry field; 3: no symmetry_max_t; 2-4: fixed-width fields
 COMPACT = 5  # the first version with varint fields and one range coder per step payload
 ALL_TIMESTEPS = 0xFFFF  # symmetry_max_t of a chain whose every network call is symmetrised
 #: The header body's fields after the timesteps, per version: seed, tile, [symmetry,
@@ -257,6 +260,8 @@ def _check_kind(kind: int, index: int, header: Header) -> ChunkKind:
     if kind not in set(ChunkKind):
         raise FormatError(f"chunk {index} is of unknown kind")
     kind = ChunkKind(kind)
+    if header.version < kind.since:
+        raise FormatError(f"chunk {index} is of a kind that format version {header.version} does not have")
     if kind.is_final != (index == header.num_latent_steps):
         raise FormatError(f"chunk {index} has the wrong kind")
     return kind
@@ -300,14 +305,14 @@ def _read_chunk_v4(data: memoryview, pos: int, index: int, header: Header) -> tu
 
 def _parse_header_body(body: bytes, version: int = VERSION) -> Header:
     if version >= COMPACT:
-        header = _parse_compact_body(body)
+        header = _parse_compact_body(body, version)
     else:
         header = _parse_fixed_body(body, version)
     header.validate()
     return header
 
 
-def _parse_compact_body(body: bytes) -> Header:
+def _parse_compact_body(body: bytes, version: int) -> Header:
     try:
         width, p = read_uvarint(body, 0, "width")  # u32: validate() names an implausible size
         height, p = read_uvarint(body, p, "height")
@@ -340,7 +345,7 @@ def _parse_compact_body(body: bytes) -> Header:
     if len(palette) != npal or p + npal != len(body):
         raise FormatError("header body has the wrong length")
     return _header(width, height, mode, fp, sched, T, ts, seed, tile, nchunks, checksum, palette, symmetry,
-                   symmetry_max_t, COMPACT)
+                   symmetry_max_t, version)
 
 
 def _header(width, height, mode, fp, sched, T, ts, seed, tile, nchunks, checksum, palette, symmetry,

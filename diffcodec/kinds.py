@@ -17,15 +17,23 @@ class ChunkKind(IntEnum):
     UQ_PRED = 5  # latent step: UQ with channels predicted from the ones decoded before them
     UQ_CTX = 6  # latent step: UQ_PRED's anchors, then the checkerboard's others predicted from them
     FINAL_CTX = 7  # x_0: FINAL_PRED's anchors, then the checkerboard's others predicted from them
+    UQ_TEX = 8  # latent step: UQ_CTX with widths scaled per texture class (format version 6)
+    FINAL_TEX = 9  # x_0: FINAL_CTX with widths scaled per texture class (format version 6)
 
     @property
     def is_final(self) -> bool:
-        return self in (ChunkKind.FINAL, ChunkKind.FINAL_PRED, ChunkKind.FINAL_CTX)
+        return self in (ChunkKind.FINAL, ChunkKind.FINAL_PRED, ChunkKind.FINAL_CTX, ChunkKind.FINAL_TEX)
+
+    @property
+    def since(self) -> int:
+        """The first format version that has this kind."""
+        return 6 if self in (ChunkKind.UQ_TEX, ChunkKind.FINAL_TEX) else 2
 
     @property
     def label(self) -> str:
         return {ChunkKind.UQ: "uq", ChunkKind.UQ_PRED: "uq+chan", ChunkKind.PFR: "pfr", ChunkKind.FINAL: "final",
-                ChunkKind.FINAL_PRED: "final+chan", ChunkKind.UQ_CTX: "uq+ctx", ChunkKind.FINAL_CTX: "final+ctx"}[self]
+                ChunkKind.FINAL_PRED: "final+chan", ChunkKind.UQ_CTX: "uq+ctx", ChunkKind.FINAL_CTX: "final+ctx",
+                ChunkKind.UQ_TEX: "uq+tex", ChunkKind.FINAL_TEX: "final+tex"}[self]
 
 
 class LatentMethod(str, Enum):

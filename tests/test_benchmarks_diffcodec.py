@@ -403,7 +403,7 @@ def test_xstart_error_benchmark(images_dir, tmp_path, tiny_model_path, table_mod
 
 
 def test_layouts_benchmark(images_dir, tmp_path, table_model_path):
-    """Per UQ and final step the three layouts' estimates; the step coded the smallest (its side
+    """Per UQ and final step the four layouts' estimates; the step coded the smallest (its side
     information aside), and its coded bits within 1 % + a few words of that estimate."""
     from benchmarks import layouts
 
@@ -412,15 +412,15 @@ def test_layouts_benchmark(images_dir, tmp_path, table_model_path):
                          "--effort", "2", "--out", str(out)]) == 0
     doc = _strict(out)
     assert doc["steps"] and {r["image"] for r in doc["steps"]} == set(SIZES)
-    labels = {"uq": "plain", "uq+chan": "predicted", "uq+ctx": "context",
-              "final": "plain", "final+chan": "predicted", "final+ctx": "context"}
+    labels = {"uq": "plain", "uq+chan": "predicted", "uq+ctx": "context", "uq+tex": "texture",
+              "final": "plain", "final+chan": "predicted", "final+ctx": "context", "final+tex": "texture"}
     for r in doc["steps"]:
         chosen = r[labels[r["kind"]]]
         w, h = SIZES[r["image"]]
         dims = 3 * w * h
         # what a layout sends besides its symbols on one tile: at most 3 predictor codes, the
-        # spatial block, lengths and flushed words (diffcodec.coders.uq's comparison)
-        assert chosen <= min(r[k] for k in layouts.LAYOUTS) + (8 * (3 + 4 + 6 + 24) + 5 * 32) / dims
+        # spatial and texture blocks, lengths and flushed words (diffcodec.coders.uq's comparison)
+        assert chosen <= min(r[k] for k in layouts.LAYOUTS) + (8 * (3 + 4 + 6 + 24 + 24) + 5 * 32) / dims
         assert abs(r["coded"] - chosen) <= 0.01 * chosen + 6 * 32 / dims
     assert doc["summary"]["coded"] <= doc["summary"]["file_bits_per_dim"]
 

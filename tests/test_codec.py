@@ -636,18 +636,27 @@ def chan_file():
 
 def test_uq_steps_take_the_layout_estimated_shortest(chan_file):
     res, img, prior = chan_file
+    from diffcodec.coders.chanpred import side_bits
+    from diffcodec.coders.uq import LAYOUTS, UqCoder
+    from diffcodec.sideinfo import TileGrid
+
+    parsed = parse(res.data)
+    grid = TileGrid(3, parsed.header.height, parsed.header.width, parsed.header.tile)
     kinds = [s.kind for s in res.steps[:-1]]
-    assert ChunkKind.UQ_CTX in kinds
-    for s in res.steps[:-1]:  # the layout estimated shorter; its streams within 1 % + a word each of -log2 p
+    assert set(kinds) & {ChunkKind.UQ_CTX, ChunkKind.UQ_TEX}
+    for s, chunk in zip(res.steps[:-1], parsed.chunks):
+        # the layout estimated shortest; its streams within 1 % + a word each of -log2 p
         bits = {ChunkKind.UQ: s.extra["plain_symbol_bits"], ChunkKind.UQ_PRED: s.extra["predicted_symbol_bits"],
-                ChunkKind.UQ_CTX: s.extra["context_symbol_bits"]}
-        # one tile: 3 predictor codes; context: their length, the spatial block, six stream lengths
-        total = {ChunkKind.UQ: bits[ChunkKind.UQ], ChunkKind.UQ_PRED: bits[ChunkKind.UQ_PRED] + 8 * (3 + 12) + 64,
-                 ChunkKind.UQ_CTX: bits[ChunkKind.UQ_CTX] + 8 * (3 + 4 + 6 + 24) + 5 * 32}
-        assert s.kind == min(total, key=total.get)
+                ChunkKind.UQ_CTX: s.extra["context_symbol_bits"], ChunkKind.UQ_TEX: s.extra["texture_symbol_bits"]}
+        total = s.extra["layout_bits"]
+        assert set(total) == set(bits) and s.kind == min(total, key=total.get)
+        assert all(0 <= total[k] - bits[k] <= 8 * 64 for k in bits)  # one tile's side information at most
         assert abs(s.coded_bits - bits[s.kind]) <= 0.01 * bits[s.kind] + 6 * 32
+        # what the chosen layout sends besides its symbols is what the encoder counted for it
+        fields = UqCoder.split(chunk.payload, grid, s.kind)
+        assert total[s.kind] - bits[s.kind] == side_bits(LAYOUTS[s.kind], fields.predictors, fields.spatial, fields.texture)
     # the checkerboard's others are predicted from their anchors: the layout pays on this photo
-    ctx = [s for s in res.steps[:-1] if s.kind == ChunkKind.UQ_CTX]
+    ctx = [s for s in res.steps[:-1] if s.kind in (ChunkKind.UQ_CTX, ChunkKind.UQ_TEX)]
     assert all(s.extra["context_symbol_bits"] < 0.97 * s.extra["predicted_symbol_bits"] for s in ctx)
     np.testing.assert_array_equal(np.asarray(decode(res.data, prior).image), img)
 
@@ -719,11 +728,12 @@ def test_coders_hold_few_image_sized_arrays(case, monkeypatch):
         out = decode(res.data, prior)
     finally:
         tracemalloc.stop()
-    assert out.lossless and [s.kind for s in res.steps][-1] == (ChunkKind.FINAL if case == "analytic"
-                                                                else ChunkKind.FINAL_CTX)
-    assert ChunkKind.UQ_CTX in [s.kind for s in res.steps]  # the context layout ran (the largest)
+    # the texture layout (the largest: the context layout's fit and its own) ran in every step
+    assert out.lossless and [s.kind for s in res.steps][-1] == ChunkKind.FINAL_TEX
+    assert ChunkKind.UQ_TEX in [s.kind for s in res.steps]
     # measured here: UQ decode 8.1, final encode 9.2 / decode 2.2 (previous coders 11.7, 11.2, 5.5);
-    # the context layout's final decode 4.0 (two passes, a residual map);
+    # the context layout's final decode 4.0 (two passes, a residual map), the texture layout's 4.05
+    # (its class map);
     # the UQ encode (10.3, was 10.2 before the context layout) is not pinned: at this size its
     # fixed temporaries dominate
     limits = {("UqCoder", "decode"): 10.0, ("FinalCoder", "encode"): 10.5, ("FinalCoder", "decode"): 4.5}

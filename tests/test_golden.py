@@ -8,8 +8,8 @@ then check the diff of tests/golden/MD5SUMS and commit it with the files.  Files
 encoders stay, never regenerated, and must keep decoding: tests/golden/v2/ (format version 2),
 tests/golden/v3/ (version 3 before the context layout: channel-predicted UQ steps, UQ_PRED) and
 tests/golden/v3ctx/ (version 3 with the context layout, before symmetry_max_t: rgb_sym8's
-symmetry serves every network call) and tests/golden/v4/ (version 4: fixed-width fields, a stream
-per channel or pass).
+symmetry serves every network call), tests/golden/v4/ (version 4: fixed-width fields, a stream
+per channel or pass) and tests/golden/v5/ (version 5: before the texture layout).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ if os.environ.get("DIFFCODEC_REGEN_GOLDEN") == "1":
     _regenerate()
 MD5 = dict(reversed(line.split()) for line in (GOLDEN / "MD5SUMS").read_text().splitlines())
 #: Folders of files from earlier encoders, with the format version their files carry.
-LEGACY = {GOLDEN / "v2": 2, GOLDEN / "v3": 3, GOLDEN / "v3ctx": 3, GOLDEN / "v4": 4}
+LEGACY = {GOLDEN / "v2": 2, GOLDEN / "v3": 3, GOLDEN / "v3ctx": 3, GOLDEN / "v4": 4, GOLDEN / "v5": 5}
 LEGACY_MD5 = {folder: dict(reversed(line.split()) for line in (folder / "MD5SUMS").read_text().splitlines())
               for folder in LEGACY}
 

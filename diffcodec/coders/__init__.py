@@ -2,8 +2,8 @@
 
 * :mod:`~diffcodec.coders.uq` — latent steps by interval-consistent universal quantization;
 * :mod:`~diffcodec.coders.pfr` — latent steps by the Poisson functional representation;
-* :mod:`~diffcodec.coders.final` — the final step to x_0, plain, channel-predicted or with context
-  (:mod:`~diffcodec.coders.spatial`).
+* :mod:`~diffcodec.coders.final` — the final step to x_0, plain, channel-predicted, with context
+  (:mod:`~diffcodec.coders.spatial`) or with texture classes too (:mod:`~diffcodec.coders.texture`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from .uq import UqCoder
 
 _UQ, _FINAL = UqCoder(), FinalCoder()
 #: The coder of every chunk kind (read-only); a coder with two layouts owns two kinds.
-CODERS = MappingProxyType({ChunkKind.UQ: _UQ, ChunkKind.UQ_PRED: _UQ, ChunkKind.UQ_CTX: _UQ, ChunkKind.PFR: PfrCoder(),
-                           ChunkKind.FINAL: _FINAL, ChunkKind.FINAL_PRED: _FINAL, ChunkKind.FINAL_CTX: _FINAL})
+CODERS = MappingProxyType({ChunkKind.UQ: _UQ, ChunkKind.UQ_PRED: _UQ, ChunkKind.UQ_CTX: _UQ, ChunkKind.UQ_TEX: _UQ,
+                           ChunkKind.PFR: PfrCoder(), ChunkKind.FINAL: _FINAL, ChunkKind.FINAL_PRED: _FINAL,
+                           ChunkKind.FINAL_CTX: _FINAL, ChunkKind.FINAL_TEX: _FINAL})
 
 __all__ = ["CODERS", "Coder", "EncodeTarget", "StepContext", "StepOutput", "step_context"]

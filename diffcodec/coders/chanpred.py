@@ -17,11 +17,14 @@ multiple of 4 bytes):
                 | stream: channel 0's symbols, then 1's, then 2's
     context:    side information (widths, predictor codes, spatial block)
                 | stream: the six passes in order (anchors' channels 0, 1, 2, then the others')
+    texture:    side information (widths, predictor codes, spatial block, texture block)
+                | stream: as the context layout's (format version 6)
 
 Format versions 2-4 sent each field as bytes after a u32 count and gave each channel (pass) its
 own stream, each after its u32 length.
 
-(the context layout: :mod:`diffcodec.coders.spatial`).  In the final step r_c is the decoded
+(the context layout: :mod:`diffcodec.coders.spatial`; the texture layout:
+:mod:`diffcodec.coders.texture`).  In the final step r_c is the decoded
 residual v_c - m_c; in a UQ step it is the residual the receiver can estimate once channel c's cell is known: the mean
 of channel c's belief restricted to its new interval, minus m_c (:func:`interval_residual`).
 """
@@ -37,6 +40,7 @@ from ..errors import FormatError
 from ..intervals import normal_mass
 from ..sideinfo import COEF, TileGrid, pack_fields, unpack_fields
 from .base import take_field
+from .texture import TEXTURE_BYTES
 
 _SQRT_2PI = np.sqrt(2 * np.pi)
 
@@ -113,34 +117,38 @@ class Layout(IntEnum):
     PLAIN = 0  # every channel under its own mean, one stream
     PREDICTED = 1  # channels predicted from the ones before them, one stream per channel
     CONTEXT = 2  # and the checkerboard's others from their anchors (spatial), 2 x 3 streams
+    TEXTURE = 3  # the context layout with widths scaled per texture class (format version 6)
 
 
 class Payload(NamedTuple):
     widths: bytes  # per tile and channel
     predictors: bytes  # (a, b, c) per tile; empty in the plain layout
-    spatial: bytes  # the context layout's block (diffcodec.coders.spatial); else empty
+    spatial: bytes  # the context and texture layouts' block (diffcodec.coders.spatial); else empty
     streams: list[bytes]
+    texture: bytes = b""  # the texture layout's block (diffcodec.coders.texture); else empty
 
 
-STREAMS = {Layout.PLAIN: 1, Layout.PREDICTED: 3, Layout.CONTEXT: 6}
+STREAMS = {Layout.PLAIN: 1, Layout.PREDICTED: 3, Layout.CONTEXT: 6, Layout.TEXTURE: 6}
 #: Bytes of the context layout's spatial block (:mod:`diffcodec.coders.spatial`).
 SPATIAL_BYTES = 6
 
 
-def side_bits(layout: Layout, predictors: bytes, spatial: bytes = b"") -> int:
+def side_bits(layout: Layout, predictors: bytes, spatial: bytes = b"", texture: bytes = b"") -> int:
     """What a layout sends besides its symbols and the width codes, as the encoder counts it
-    when it compares layouts: its predictor codes and spatial block as packed alone (all
-    layouts have one stream, flushed once)."""
+    when it compares layouts: its predictor codes, spatial block and texture block as packed
+    alone (all layouts have one stream, flushed once)."""
     if layout == Layout.PLAIN:
         return 0
-    return 8 * len(pack_fields([predictors, spatial if layout == Layout.CONTEXT else b""]))
+    return 8 * len(pack_fields([predictors, spatial if layout >= Layout.CONTEXT else b"",
+                                texture if layout == Layout.TEXTURE else b""]))
 
 
-def join_payload(widths: bytes, stream: bytes, predictors: bytes = b"", spatial: bytes = b"") -> bytes:
+def join_payload(widths: bytes, stream: bytes, predictors: bytes = b"", spatial: bytes = b"",
+                 texture: bytes = b"") -> bytes:
     """A step's payload in the current layout: the plain layout (no predictors), the predicted
-    one, or the context one (a spatial block too), its side information packed
-    (:func:`diffcodec.sideinfo.pack_fields`); one stream for every pass."""
-    return pack_fields([widths, predictors, spatial]) + stream
+    one, the context one (a spatial block too) or the texture one (and a texture block), its side
+    information packed (:func:`diffcodec.sideinfo.pack_fields`); one stream for every pass."""
+    return pack_fields([widths, predictors, spatial, texture]) + stream
 
 
 def split_payload(payload: bytes, codes: int, layout: Layout, step: str, compact: bool = True) -> Payload:
@@ -148,11 +156,14 @@ def split_payload(payload: bytes, codes: int, layout: Layout, step: str, compact
     shape is a FormatError naming ``step``.  ``streams`` holds one stream (``compact``: format
     version 5) or one per pass (versions 2-4, read only)."""
     if compact:
-        sizes = (codes, codes if layout != Layout.PLAIN else 0, SPATIAL_BYTES if layout == Layout.CONTEXT else 0)
+        sizes = (codes, codes if layout != Layout.PLAIN else 0, SPATIAL_BYTES if layout >= Layout.CONTEXT else 0,
+                 TEXTURE_BYTES if layout == Layout.TEXTURE else 0)
         fields, pos = unpack_fields(payload, sizes, f"{step}'s side information")
         if (len(payload) - pos) % 4:
             raise FormatError(f"{step} stream is not a whole number of words")
-        return Payload(fields[0], fields[1], fields[2], [bytes(payload[pos:])])
+        return Payload(fields[0], fields[1], fields[2], [bytes(payload[pos:])], fields[3])
+    if layout == Layout.TEXTURE:
+        raise FormatError(f"{step} has the texture layout, which format versions 2-4 do not have")
     pos, widths = take_field(payload, 0, codes, "widths")
     predictors = spatial = b""
     if layout == Layout.PLAIN:

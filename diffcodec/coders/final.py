@@ -3,14 +3,16 @@
 Each pixel level v is coded with the probability a belief N(m, s^2) over levels gives it
 among the pixel's feasible levels [lo, hi] (what the universal-quantization steps left, see
 :mod:`diffcodec.intervals`): m is the network's prediction of x_0 from the last latent, s is
-side information per tile and channel.  Two layouts:
+side information per tile and channel.  Four layouts:
 
 * **plain** (chunk kind FINAL): every channel under its own mean m_c, one stream;
 * **channel-predicted** (kind FINAL_PRED, RGB only): channel 1 is coded with mean m_1 + a e_0
   and channel 2 with m_2 + b e_0 + c e_1, e_c = v_c - m_c (:mod:`diffcodec.coders.chanpred`);
   one stream per channel, decoded in order so e_0 and e_1 are known when needed;
 * **context** (kind FINAL_CTX, RGB only): the channel-predicted layout over a checkerboard's
-  anchors, then the other pixels predicted from their anchors too (:mod:`diffcodec.coders.spatial`).
+  anchors, then the other pixels predicted from their anchors too (:mod:`diffcodec.coders.spatial`);
+* **texture** (kind FINAL_TEX, RGB only, format version 6): the context layout with every width
+  scaled by its pixel's class of activity (:mod:`diffcodec.coders.texture`).
 
 The encoder fits them all, estimates their sizes from the levels' -log2 p (within a word of the
 range coder's) and codes the smaller.  A grey image's three chain channels hold the
@@ -26,6 +28,8 @@ bit-packed, :mod:`diffcodec.coders.chanpred`)::
     context:    S widths, P predictor codes, 6-byte spatial block
                 | one range-coded stream: v - lo of the six passes in order (pixels in raster
                 order within a pass)
+    texture:    S widths, P predictor codes, 6-byte spatial block, 24-byte texture block
+                | one range-coded stream, as the context layout's
 
 Versions 2-4 sent the side information as bytes after u32 counts and gave each channel (pass)
 its own stream after its u32 length.
@@ -47,7 +51,8 @@ from .chanpred import (Layout, Payload, coefficients, fit_coefficients, join_pay
                        split_payload)
 
 #: Each kind's payload layout.
-LAYOUTS = {ChunkKind.FINAL: Layout.PLAIN, ChunkKind.FINAL_PRED: Layout.PREDICTED, ChunkKind.FINAL_CTX: Layout.CONTEXT}
+LAYOUTS = {ChunkKind.FINAL: Layout.PLAIN, ChunkKind.FINAL_PRED: Layout.PREDICTED, ChunkKind.FINAL_CTX: Layout.CONTEXT,
+           ChunkKind.FINAL_TEX: Layout.TEXTURE}
 
 
 def level_tables(lo: np.ndarray, hi: np.ndarray, mean: np.ndarray, std: np.ndarray):
@@ -124,18 +129,28 @@ class FinalCoder:
             scale_codes = _fit_scales(grid, v, means, lo, hi)
             sizes["predicted_symbol_bits"] = sum(
                 _bits(v[c], means[c], grid.channel_values(scale_codes, SCALE, c), lo[c], hi[c]) for c in range(3))
-            sizes["context_symbol_bits"], ctx_widths, ctx_block, ctx_known = spatial.fit_context(
-                grid, spatial.Cells(mean, v, lo, hi, v, v), pred_codes,
-                lambda c, sel, mean_, std: v[c][sel] - mean[c][sel])
+            cells = spatial.Cells(mean, v, lo, hi, v, v)
+
+            def residual(c, sel, mean_, std):
+                return v[c][sel] - mean[c][sel]
+
+            fits = {ChunkKind.FINAL_CTX: spatial.fit_context(grid, cells, pred_codes, residual)}
+            fits[ChunkKind.FINAL_TEX] = spatial.fit_texture(grid, cells, fits[ChunkKind.FINAL_CTX], residual)
+            del cells
+            sizes["context_symbol_bits"] = fits[ChunkKind.FINAL_CTX].bits
+            sizes["texture_symbol_bits"] = fits[ChunkKind.FINAL_TEX].bits
             symbol_bits = {ChunkKind.FINAL: sizes["plain_symbol_bits"], ChunkKind.FINAL_PRED: sizes["predicted_symbol_bits"],
-                           ChunkKind.FINAL_CTX: sizes["context_symbol_bits"]}
-            kind = min(symbol_bits, key=lambda k: symbol_bits[k] + side_bits(LAYOUTS[k], pred_codes, ctx_block))
-        if kind == ChunkKind.FINAL_CTX:
-            fields = Payload(ctx_widths, pred_codes, ctx_block, [])
+                           ChunkKind.FINAL_CTX: sizes["context_symbol_bits"], ChunkKind.FINAL_TEX: sizes["texture_symbol_bits"]}
+            tex = fits[ChunkKind.FINAL_TEX]
+            totals = {k: b + side_bits(LAYOUTS[k], pred_codes, tex.block, tex.texture) for k, b in symbol_bits.items()}
+            kind = min(totals, key=totals.get)
+            sizes["layout_bits"] = totals
+        if LAYOUTS[kind] >= Layout.CONTEXT:
+            fit = fits[kind]
             stream = code_passes(_runs(v[step.c][step.sel] - lo[step.c][step.sel], lo[step.c][step.sel],
                                        hi[step.c][step.sel], m_, std)
-                                 for step, m_, std in spatial.context_beliefs(mean, ctx_known, fields, grid))
-            payload = join_payload(ctx_widths, stream, pred_codes, ctx_block)
+                                 for step, m_, std in spatial.context_beliefs(mean, fit.known, fit.payload, grid))
+            payload = join_payload(fit.widths, stream, pred_codes, fit.block, fit.texture)
         elif kind == ChunkKind.FINAL:
             stream = code_passes([_runs((v - lo).ravel(), lo.ravel(), hi.ravel(), mean.ravel(),
                                         grid.flat_values(codes, SCALE))])
@@ -164,7 +179,7 @@ class FinalCoder:
         grid, mean, lo, hi = self.setup(ctx, channels)
         fields = self.split(payload, kind, grid, ctx.chain.header.compact)
         codes, pred_codes = fields.widths, fields.predictors
-        if kind == ChunkKind.FINAL_CTX:
+        if LAYOUTS[kind] >= Layout.CONTEXT:
             streams = PassStreams(fields.streams, 2 * grid.c)
             v = np.zeros(mean.shape, dtype=np.uint8)
             known = spatial.Known.exact(mean.shape)

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..intervals import fit_belief_widths, restricted_cost
 from ..sideinfo import SCALE, ByteQuantizer, TileGrid
+from . import texture
 from .chanpred import SPATIAL_BYTES, Payload, coefficients, predicted_mean
 
 #: Weight of the axial-neighbour residual sum: (code - 128) / 256, in [-0.5, 0.496].
@@ -168,12 +169,28 @@ class Cells(NamedTuple):
     cell_hi: np.ndarray
 
 
-def fit_context(grid: TileGrid, cells: Cells, predictors: bytes, residual):
+class ContextFit(NamedTuple):
+    """A step's fitted context (or texture) layout: its symbols' bits, its side information and
+    the :class:`Known` residuals its streams are coded with (every pass's)."""
+
+    bits: float
+    widths: bytes
+    predictors: bytes
+    block: bytes  # the spatial block
+    texture: bytes  # the texture block (empty: the context layout)
+    known: Known
+
+    @property
+    def payload(self) -> Payload:
+        """The payload fields, without the stream."""
+        return Payload(self.widths, self.predictors, self.block, [], self.texture)
+
+
+def fit_context(grid: TileGrid, cells: Cells, predictors: bytes, residual) -> ContextFit:
     """Fit the context layout of a step (the channel predictor given): per tile the anchors'
     widths, per channel the others' weight and width offset.  ``residual(c, sel, mean, std)`` is
     what the receiver knows of channel c's residuals at the pixels ``sel`` once they are coded
-    under N(mean, std).  Returns (symbol bits, width codes, spatial block, the :class:`Known`
-    residuals the streams are coded with)."""
+    under N(mean, std)."""
     m, v, lo, hi, clo, chi = cells
     g1 = TileGrid(1, grid.h, grid.w, grid.tile)
     coef = coefficients(predictors, grid)
@@ -201,16 +218,62 @@ def fit_context(grid: TileGrid, cells: Cells, predictors: bytes, residual):
             std = std * float(OFFSET.value(offsets[-1]))
         total += float(restricted_cost(*cell, mean, std, 2.0**-24).sum())
         known.fill(step, residual(c, sel, mean, std), cell[0], cell[1], m[c][sel])
-    return total, b"".join(widths), block(weights, offsets), known
+    return ContextFit(total, b"".join(widths), predictors, block(weights, offsets), b"", known)
 
 
 def context_beliefs(m: np.ndarray, known: Known, fields: Payload, grid: TileGrid):
-    """Yield (pass, mean, std) of each stream of a context-layout payload in order; the caller
-    fills ``known`` at the pass's pixels before asking for the next (the encoder's is full)."""
+    """Yield (pass, mean, std) of each stream of a context- or texture-layout payload in order
+    (the texture layout: ``fields.texture`` not empty); the caller fills ``known`` at the pass's
+    pixels before asking for the next (the encoder's is full)."""
     coef = coefficients(fields.predictors, grid)
     weights, mults = unblock(fields.spatial)
+    classes = texture.classes(m) if fields.texture else None
+    scale = texture.multipliers(fields.texture) if fields.texture else None
     for step in passes(grid.c, grid.h, grid.w):
         feature = anchor_sum(known, step) if step.p == 1 else None
         mean = pass_mean(predicted_mean(m, known.resid, coef, step.c), feature, step, float(weights[step.c]))
         std = grid.channel_values(fields.widths, SCALE, step.c)[step.sel]
-        yield step, mean, (std * float(mults[step.c]) if step.p == 1 else std)
+        if step.p == 1:
+            std = std * float(mults[step.c])
+        if classes is not None:
+            std = std * scale[step.c][classes[step.sel]]
+        yield step, mean, std
+
+
+def fit_texture(grid: TileGrid, cells: Cells, fit: "ContextFit", residual) -> "ContextFit":
+    """The texture layout of a step from its context layout ``fit``: the multiplier of each
+    channel and class (:mod:`diffcodec.coders.texture`) minimising both passes' cost under the
+    context layout's means (on a subsample of large passes), then the step refitted with them
+    (the means of a UQ step's later passes move with the residuals its widths estimate).
+    ``residual`` as for :func:`fit_context`."""
+    m, v, lo, hi, clo, chi = cells
+    cls = texture.classes(m)
+    base = Payload(fit.widths, fit.predictors, fit.block, [])
+    samples: list[list[tuple]] = [[] for _ in range(grid.c)]
+    for step, mean, std in context_beliefs(m, fit.known, base, grid):
+        pick = slice(None, None, texture.sample_stride(len(mean)))
+        c, sel = step.c, step.sel
+        cell = tuple(a[sel][pick] for a in (clo[c], chi[c], lo[c], hi[c]))
+        samples[c].append((cell, mean[pick], std[pick], cls[sel][pick]))
+    codes = np.full((grid.c, texture.CLASSES), 128, dtype=np.uint8)
+    for c in range(grid.c):
+        for k in range(texture.CLASSES):
+            parts = []
+            for cell, mean, std, kk in samples[c]:
+                i = kk == k
+                parts.append(tuple(a[i] for a in cell) + (mean[i], std[i]))
+
+            def cost(mult: float) -> float:
+                return sum(float(restricted_cost(*p[:5], p[5] * mult, 2.0**-24).sum()) for p in parts)
+
+            codes[c, k] = texture.fit_code(cost)
+    del samples
+    fields = Payload(fit.widths, fit.predictors, fit.block, [], codes.tobytes())
+    known = Known.zeros(v.shape)
+    total = 0.0
+    for step, mean, std in context_beliefs(m, known, fields, grid):
+        c, sel = step.c, step.sel
+        cell = (clo[c][sel], chi[c][sel], lo[c][sel], hi[c][sel])
+        total += float(restricted_cost(*cell, mean, std, 2.0**-24).sum())
+        known.fill(step, residual(c, sel, mean, std), cell[0], cell[1], m[c][sel])
+    return ContextFit(total, fit.widths, fit.predictors, fit.block, fields.texture, known)

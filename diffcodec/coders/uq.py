@@ -14,13 +14,15 @@ cells are intervals of levels (:class:`diffcodec.intervals.Quantizer`).  So:
 * after the step the pixel's feasible interval is its symbol's cell within [lo, hi], and the
   next steps (and the final step) code under beliefs restricted to it.
 
-Two layouts, the encoder keeps the shorter:
+Four layouts, the encoder keeps the shortest:
 
 * **plain** (chunk kind UQ): every channel's belief centred on m, one stream;
 * **channel-predicted** (kind UQ_PRED): channels in order, each belief mean shifted by the
   residuals the receiver estimates for the channels before it (:mod:`diffcodec.coders.chanpred`);
 * **context** (kind UQ_CTX): the channel-predicted layout over a checkerboard's anchors, then the
-  other pixels predicted from their anchors too (:mod:`diffcodec.coders.spatial`).
+  other pixels predicted from their anchors too (:mod:`diffcodec.coders.spatial`);
+* **texture** (kind UQ_TEX, format version 6): the context layout with every width scaled by its
+  pixel's class of activity (:mod:`diffcodec.coders.texture`).
 
 Plain universal quantization pays ~0.25 bits/dim over the step's KL at high KL (a uniform
 cell coded under a Gaussian); restricted beliefs recover it in the final step.
@@ -35,6 +37,8 @@ bit-packed, :mod:`diffcodec.coders.chanpred`)::
     context:    S widths, P predictor codes, 6-byte spatial block
                 | one range-coded stream: k - k(lo) of the six passes in order (pixels in
                 raster order within a pass)
+    texture:    S widths, P predictor codes, 6-byte spatial block, 24-byte texture block
+                | one range-coded stream, as the context layout's
 
 Versions 2-4 sent the side information as bytes after u32 counts and gave each channel (pass)
 its own stream after its u32 length.
@@ -58,7 +62,8 @@ from .chanpred import (Layout, Payload, coefficients, fit_coefficients, interval
                        side_bits, split_payload)
 
 #: Each kind's payload layout.
-LAYOUTS = {ChunkKind.UQ: Layout.PLAIN, ChunkKind.UQ_PRED: Layout.PREDICTED, ChunkKind.UQ_CTX: Layout.CONTEXT}
+LAYOUTS = {ChunkKind.UQ: Layout.PLAIN, ChunkKind.UQ_PRED: Layout.PREDICTED, ChunkKind.UQ_CTX: Layout.CONTEXT,
+           ChunkKind.UQ_TEX: Layout.TEXTURE}
 
 def symbol_tables(q: Quantizer, k_lo: np.ndarray, alphabet: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                   mean: np.ndarray, std: np.ndarray, dims: slice):
@@ -160,11 +165,19 @@ class UqCoder:
                 pred_codes = fit_coefficients(targets, resid, grid)
         del targets
         # the context layout (checkerboard) starts from the channel predictor just fitted
-        ctx_bits, ctx_widths, ctx_block, ctx_known = spatial.fit_context(
-            grid, spatial.Cells(m, vv, lo, hi, nlo, nhi), pred_codes,
-            lambda c, sel, mean, std: interval_residual(nlo[c][sel], nhi[c][sel], mean, std, m[c][sel]))
-        symbol_bits = {ChunkKind.UQ: plain_bits, ChunkKind.UQ_PRED: pred_bits, ChunkKind.UQ_CTX: ctx_bits}
-        kind = min(symbol_bits, key=lambda k: symbol_bits[k] + side_bits(LAYOUTS[k], pred_codes, ctx_block))
+        cells = spatial.Cells(m, vv, lo, hi, nlo, nhi)
+
+        def residual(c, sel, mean, std):
+            return interval_residual(nlo[c][sel], nhi[c][sel], mean, std, m[c][sel])
+
+        fits = {ChunkKind.UQ_CTX: spatial.fit_context(grid, cells, pred_codes, residual)}
+        # the texture layout scales the context layout's widths per class of activity
+        fits[ChunkKind.UQ_TEX] = spatial.fit_texture(grid, cells, fits[ChunkKind.UQ_CTX], residual)
+        symbol_bits = {ChunkKind.UQ: plain_bits, ChunkKind.UQ_PRED: pred_bits,
+                       **{kind: fit.bits for kind, fit in fits.items()}}
+        tex = fits[ChunkKind.UQ_TEX]
+        totals = {k: b + side_bits(LAYOUTS[k], pred_codes, tex.block, tex.texture) for k, b in symbol_bits.items()}
+        kind = min(totals, key=totals.get)
 
         def runs(mean: np.ndarray, std_: np.ndarray, dims: slice):
             """(symbols k - k(lo), table) of each run of ``dims``."""
@@ -173,10 +186,10 @@ class UqCoder:
             for (a, b, _), t in zip(table_chunks(alphabet[dims]), tables):
                 yield k[first + a:first + b] - k_lo[first + a:first + b], t
 
-        if kind == ChunkKind.UQ_CTX:
-            stream = self._context_stream(q, k, k_lo, alphabet, ints, m, ctx_known,
-                                          Payload(ctx_widths, pred_codes, ctx_block, []), grid)
-            payload = join_payload(ctx_widths, stream, pred_codes, ctx_block)
+        if kind in fits:
+            fit = fits[kind]
+            stream = self._context_stream(q, k, k_lo, alphabet, ints, m, fit.known, fit.payload, grid)
+            payload = join_payload(fit.widths, stream, pred_codes, fit.block, fit.texture)
         elif kind == ChunkKind.UQ_PRED:
             # the refit left a unchanged (it reads only channel 0's residual), so channel 1's mean
             # under the final codes is the one its residual was estimated with
@@ -188,9 +201,10 @@ class UqCoder:
             payload = join_payload(codes, stream)
         coded = 8 * len(stream)
         stats = {"kind": kind, "plain_symbol_bits": plain_bits, "predicted_symbol_bits": pred_bits,
-                 "context_symbol_bits": ctx_bits,
+                 "context_symbol_bits": symbol_bits[ChunkKind.UQ_CTX], "texture_symbol_bits": symbol_bits[ChunkKind.UQ_TEX],
+                 "layout_bits": totals,
                  "mean_alphabet": float(alphabet.mean()), "mean_log2_width": new.mean_log2_width()}
-        del k_lo, alphabet, resid, ctx_known  # image-sized: gone before the next latent is made
+        del k_lo, alphabet, resid, fits, cells  # image-sized: gone before the next latent is made
         return StepOutput(payload, new, x=self._next_x(ctx, delta, q, k), coded_bits=coded, stats=stats)
 
     @staticmethod
@@ -242,7 +256,7 @@ class UqCoder:
         codes, pred_codes, streams = fields.widths, fields.predictors, fields.streams
         delta, q, k_lo, alphabet = self._setup(ctx)
         ints = ctx.intervals
-        if kind == ChunkKind.UQ_CTX:
+        if LAYOUTS[kind] >= Layout.CONTEXT:
             symbols = self._decode_context(q, k_lo, alphabet, ints, fields, grid)
         elif kind == ChunkKind.UQ:
             plain = PassStreams(streams, 1)
