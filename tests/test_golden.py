@@ -25,6 +25,7 @@ from PIL import Image
 from codec_fixtures import analytic_prior
 from diffcodec.codec import decode
 from diffcodec.container import parse
+from diffcodec.kinds import ChunkKind
 from golden_cases import CASES, encode_case
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -47,6 +48,13 @@ MD5 = dict(reversed(line.split()) for line in (GOLDEN / "MD5SUMS").read_text().s
 LEGACY = {GOLDEN / "v2": 2, GOLDEN / "v3": 3, GOLDEN / "v3ctx": 3, GOLDEN / "v4": 4, GOLDEN / "v5": 5}
 LEGACY_MD5 = {folder: dict(reversed(line.split()) for line in (folder / "MD5SUMS").read_text().splitlines())
               for folder in LEGACY}
+
+
+def test_texture_case_holds_the_texture_kinds():
+    """The golden files pin every chunk kind the encoder writes today, the texture layout's too."""
+    kinds = {c.kind for name in CASES for c in parse((GOLDEN / f"{name}.dfc").read_bytes()).chunks}
+    assert {ChunkKind.UQ, ChunkKind.PFR, ChunkKind.FINAL, ChunkKind.UQ_CTX, ChunkKind.UQ_TEX,
+            ChunkKind.FINAL_TEX} <= kinds
 
 
 @pytest.mark.parametrize("name", list(CASES))
