@@ -442,8 +442,8 @@ def _mutations(data: bytes, parsed: Parsed, rng: np.random.Generator, count: int
                 payload = payload[:side] + stream
             elif how == 3:  # cut inside the side information
                 payload = payload[:int(rng.integers(0, side + 1))]
-            kinds = ((UQ, PFR, ChunkKind.UQ_PRED, ChunkKind.UQ_CTX) if not chunk.kind.is_final
-                     else (FINAL, FINAL_PRED, ChunkKind.FINAL_CTX))
+            kinds = ((UQ, PFR, ChunkKind.UQ_PRED, ChunkKind.UQ_CTX, ChunkKind.UQ_TEX) if not chunk.kind.is_final
+                     else (FINAL, FINAL_PRED, ChunkKind.FINAL_CTX, ChunkKind.FINAL_TEX))
             new_kind = kinds[int(rng.integers(0, len(kinds)))] if how == 4 else chunk.kind  # another layout's payload
             d[starts[c]:starts[c] + chunk.size] = Chunk(new_kind, c, chunk.ideal_bits, bytes(payload)).to_bytes()
         else:  # CRC-valid damage of the header body (size fields kept small)

@@ -19,7 +19,7 @@ range coder's) and codes the smaller.  A grey image's three chain channels hold 
 same level, so its one coded channel uses the mean of their estimates and the intersection of
 their intervals.
 
-Payloads (format version 5; S = tiles x coded channels, P = 3 x tiles; the side information
+Payloads (format versions 5 and 6; S = tiles x coded channels, P = 3 x tiles; the side information
 bit-packed, :mod:`diffcodec.coders.chanpred`)::
 
     plain:      S widths | range-coded v - lo of every coded dimension

@@ -43,7 +43,7 @@ Everything random comes from :mod:`diffcodec.philox` (exact integer words on any
 search runs on any torch device in candidate blocks of at most ``max_elements`` entries.  A
 PFR step leaves the pixels' feasible intervals as they are (its sample is not a cell).
 
-Payload (format version 5)::
+Payload (format versions 5 and 6)::
 
     u8  chunk_bits                  1 .. 20: target KL per chunk in bits
     u8  margin                      0 .. 7: search margin; every n* < 2**H,
@@ -546,7 +546,7 @@ class PfrPayload:
     raw: bytes
 
     def to_bytes(self) -> bytes:
-        """The current (version 5) layout."""
+        """The current layout (versions 5 and 6)."""
         return struct.pack("<BBBB", self.chunk_bits, self.margin, self.offset_code, self.std_code) \
             + pack_fields([self.kappa_codes]) + uvarint(len(self.stream)) + self.stream + self.raw
 

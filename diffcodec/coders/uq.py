@@ -27,7 +27,7 @@ Four layouts, the encoder keeps the shortest:
 Plain universal quantization pays ~0.25 bits/dim over the step's KL at high KL (a uniform
 cell coded under a Gaussian); restricted beliefs recover it in the final step.
 
-Payloads (format version 5; S = tiles x 3 channels, P = 3 x tiles; the side information
+Payloads (format versions 5 and 6; S = tiles x 3 channels, P = 3 x tiles; the side information
 bit-packed, :mod:`diffcodec.coders.chanpred`)::
 
     plain:      S widths s = 2 ** ((code - 160) / 8) levels (tile x channel)
