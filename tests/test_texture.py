@@ -92,10 +92,13 @@ def test_multipliers_of_a_block():
     np.testing.assert_allclose(mult[2], 2.0 ** ((np.arange(8) - 8) / 8))
 
 
-@pytest.mark.parametrize("target", [-13.0, -5.2, 0.0, 0.4, 3.0, 9.9, 14.0])
+@pytest.mark.parametrize("target", [-130.0, -40.3, -13.0, -5.2, 0.0, 0.4, 3.0, 9.9, 14.0, 31.0, 200.0])
 def test_fit_code_finds_the_minimum_of_a_convex_cost(target):
-    """Coarse codes, then +-1 and +-2: the best code of a convex cost whose minimum lies within
-    the coarse grid's reach (+-14), ties to the smaller change."""
+    """Coarse codes, further out while the best is at an end, then +-1 and +-2: the best code of
+    a convex cost (clipped to the codes' range), ties to the smaller change."""
+    if abs(target) > 100:
+        assert texture.fit_code(lambda mult: (np.log2(mult) * 8 - target) ** 2) == (255 if target > 0 else 0)
+        return
     code = texture.fit_code(lambda mult: (np.log2(mult) * 8 - target) ** 2)
     assert code - 128 == int(np.floor(target + 0.5)) or abs(code - 128 - target) == 0.5
 

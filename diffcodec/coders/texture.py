@@ -33,7 +33,8 @@ BOX = 5
 TEXTURE_BYTES = 3 * CLASSES
 #: A class's width multiplier: 2 ** ((code - 128) / 8).
 MULTIPLIER = ByteQuantizer(128, 8.0)
-#: Codes (- 128) the encoder tries first, then +-1 and +-2 around the best.
+#: Codes (- 128) the encoder tries first (then further out while the best is at an end), then
+#: +-1 and +-2 around the best.
 COARSE = (-12, -8, -4, 0, 4, 8, 12)
 #: Pixels per pass and channel the encoder fits the multipliers on at most (an even subsample).
 FIT_SAMPLE = 1 << 16
@@ -81,14 +82,21 @@ def sample_stride(n: int) -> int:
 
 
 def fit_code(cost: Callable[[float], float]) -> int:
-    """The :data:`MULTIPLIER` code minimising ``cost(multiplier)``: :data:`COARSE`, then +-1 and
-    +-2 around the best (ties go to the smaller change)."""
+    """The :data:`MULTIPLIER` code minimising ``cost(multiplier)``: :data:`COARSE`, further out
+    by 4 while the best is the farthest tried (to the codes' ends), then +-1 and +-2 around the
+    best (ties go to the smaller change)."""
     seen = {d: cost(float(MULTIPLIER.value(128 + d))) for d in COARSE}
 
     def best() -> int:
         return min(seen, key=lambda d: (seen[d], abs(d)))
 
     b = best()
+    while b in (min(seen), max(seen)) and b != 0:
+        d = max(-128, min(127, b + (4 if b > 0 else -4)))
+        if d in seen:
+            break
+        seen[d] = cost(float(MULTIPLIER.value(128 + d)))
+        b = best()
     for d in (b - 2, b - 1, b + 1, b + 2):
         if -128 <= d <= 127 and d not in seen:
             seen[d] = cost(float(MULTIPLIER.value(128 + d)))
