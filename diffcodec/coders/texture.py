@@ -14,7 +14,7 @@ multiplied by ``2 ** ((t[c, k] - 128) / 8)`` for its channel c and class k:
   :data:`TEXTURE_BYTES` long) are fitted by the encoder on the real cost of both passes.
 
 Measured on four 128 px Kodak crops (shipped model, effort 5): the two UQ steps and the final step
-cost 0.004-0.06 bits/dim less each than with the context layout alone (README, "Texture classes").
+cost 0.001-0.06 bits/dim less each than with the context layout alone (README, "Texture classes").
 """
 
 from __future__ import annotations
