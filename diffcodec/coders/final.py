@@ -149,7 +149,8 @@ class FinalCoder:
             fit = fits[kind]
             stream = code_passes(_runs(v[step.c][step.sel] - lo[step.c][step.sel], lo[step.c][step.sel],
                                        hi[step.c][step.sel], m_, std)
-                                 for step, m_, std in spatial.context_beliefs(mean, fit.known, fit.payload, grid))
+                                 for step, m_, std in spatial.context_beliefs(mean, fit.known, fit.payload, grid,
+                                                                              fit.classes))
             payload = join_payload(fit.widths, stream, pred_codes, fit.block, fit.texture)
         elif kind == ChunkKind.FINAL:
             stream = code_passes([_runs((v - lo).ravel(), lo.ravel(), hi.ravel(), mean.ravel(),

@@ -179,6 +179,7 @@ class ContextFit(NamedTuple):
     block: bytes  # the spatial block
     texture: bytes  # the texture block (empty: the context layout)
     known: Known
+    classes: np.ndarray | None = None  # the texture layout's class map (texture.classes), made once
 
     @property
     def payload(self) -> Payload:
@@ -221,13 +222,17 @@ def fit_context(grid: TileGrid, cells: Cells, predictors: bytes, residual) -> Co
     return ContextFit(total, b"".join(widths), predictors, block(weights, offsets), b"", known)
 
 
-def context_beliefs(m: np.ndarray, known: Known, fields: Payload, grid: TileGrid):
+def context_beliefs(m: np.ndarray, known: Known, fields: Payload, grid: TileGrid, classes: np.ndarray | None = None):
     """Yield (pass, mean, std) of each stream of a context- or texture-layout payload in order
-    (the texture layout: ``fields.texture`` not empty); the caller fills ``known`` at the pass's
-    pixels before asking for the next (the encoder's is full)."""
+    (the texture layout: ``fields.texture`` not empty; ``classes`` its class map of ``m`` where the
+    caller made it already); the caller fills ``known`` at the pass's pixels before asking for the
+    next (the encoder's is full)."""
     coef = coefficients(fields.predictors, grid)
     weights, mults = unblock(fields.spatial)
-    classes = texture.classes(m) if fields.texture else None
+    if not fields.texture:
+        classes = None
+    elif classes is None:
+        classes = texture.classes(m)
     scale = texture.multipliers(fields.texture) if fields.texture else None
     for step in passes(grid.c, grid.h, grid.w):
         feature = anchor_sum(known, step) if step.p == 1 else None
@@ -248,9 +253,8 @@ def fit_texture(grid: TileGrid, cells: Cells, fit: "ContextFit", residual) -> "C
     ``residual`` as for :func:`fit_context`."""
     m, v, lo, hi, clo, chi = cells
     cls = texture.classes(m)
-    base = Payload(fit.widths, fit.predictors, fit.block, [])
     samples: list[list[tuple]] = [[] for _ in range(grid.c)]
-    for step, mean, std in context_beliefs(m, fit.known, base, grid):
+    for step, mean, std in context_beliefs(m, fit.known, fit.payload, grid):
         pick = slice(None, None, texture.sample_stride(len(mean)))
         c, sel = step.c, step.sel
         cell = tuple(a[sel][pick] for a in (clo[c], chi[c], lo[c], hi[c]))
@@ -268,12 +272,12 @@ def fit_texture(grid: TileGrid, cells: Cells, fit: "ContextFit", residual) -> "C
 
             codes[c, k] = texture.fit_code(cost)
     del samples
-    fields = Payload(fit.widths, fit.predictors, fit.block, [], codes.tobytes())
+    fields = fit.payload._replace(texture=codes.tobytes())
     known = Known.zeros(v.shape)
     total = 0.0
-    for step, mean, std in context_beliefs(m, known, fields, grid):
+    for step, mean, std in context_beliefs(m, known, fields, grid, cls):
         c, sel = step.c, step.sel
         cell = (clo[c][sel], chi[c][sel], lo[c][sel], hi[c][sel])
         total += float(restricted_cost(*cell, mean, std, 2.0**-24).sum())
         known.fill(step, residual(c, sel, mean, std), cell[0], cell[1], m[c][sel])
-    return ContextFit(total, fit.widths, fit.predictors, fit.block, fields.texture, known)
+    return ContextFit(total, fit.widths, fit.predictors, fit.block, fields.texture, known, cls)

@@ -188,7 +188,7 @@ class UqCoder:
 
         if kind in fits:
             fit = fits[kind]
-            stream = self._context_stream(q, k, k_lo, alphabet, ints, m, fit.known, fit.payload, grid)
+            stream = self._context_stream(q, k, k_lo, alphabet, ints, m, fit.known, fit.payload, grid, fit.classes)
             payload = join_payload(fit.widths, stream, pred_codes, fit.block, fit.texture)
         elif kind == ChunkKind.UQ_PRED:
             # the refit left a unchanged (it reads only channel 0's residual), so channel 1's mean
@@ -209,12 +209,12 @@ class UqCoder:
 
     @staticmethod
     def _context_stream(q: Quantizer, k, k_lo, alphabet, ints: Intervals, m, known: spatial.Known, fields: Payload,
-                        grid: TileGrid) -> bytes:
-        """The context layout's stream, its six passes in order (``known`` as the fit left it:
-        every pass's values)."""
+                        grid: TileGrid, classes: np.ndarray | None = None) -> bytes:
+        """The context (or texture) layout's stream, its six passes in order (``known`` as the fit
+        left it: every pass's values; ``classes`` the texture fit's class map)."""
 
         def passes():
-            for step, mean, std in spatial.context_beliefs(m.reshape(known.resid.shape), known, fields, grid):
+            for step, mean, std in spatial.context_beliefs(m.reshape(known.resid.shape), known, fields, grid, classes):
                 d = step.dims
                 _, tables = _pass_tables(q, k_lo, alphabet, ints, d, mean, std)
                 sym = k[d] - k_lo[d]
