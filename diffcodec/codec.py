@@ -63,6 +63,7 @@ class EncodeOptions:
     pfr_margin_bits: int | None = None  # PFR: search margin (None: the plan's)
     symmetry: int | None = None  # network calls averaged over 1, 2, 4 or 8 symmetries (None: the effort's) ...
     symmetry_max_t: int | None = None  # ... those at timesteps t <= this (None: the effort's; 65535: all)
+    every_layout: bool = False  # fit the checkerboard layouts of UQ and final steps above their size limit too (measurement)
 
     def plan_options(self) -> PlanOptions:
         return PlanOptions(effort=self.effort, method=LatentMethod(self.method), steps=self.steps,
@@ -153,7 +154,7 @@ def encode(image, prior: Prior, options: EncodeOptions | None = None,
     t_start = time.perf_counter()
     chain = CodedChain(prior, spec)
     target = EncodeTarget(np.ascontiguousarray(src.pixels.transpose(2, 0, 1)), src.coded_channels, plan.chunk_bits,
-                          plan.margin_bits)
+                          plan.margin_bits, opt.every_layout)
     grey = src.coded_channels == 1
     K = spec.num_latent_steps
     budget = None if opt.max_bpp is None else opt.max_bpp * w * h / 8.0

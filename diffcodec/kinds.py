@@ -19,21 +19,27 @@ class ChunkKind(IntEnum):
     FINAL_CTX = 7  # x_0: FINAL_PRED's anchors, then the checkerboard's others predicted from them
     UQ_TEX = 8  # latent step: UQ_CTX with widths scaled per texture class (format version 6)
     FINAL_TEX = 9  # x_0: FINAL_CTX with widths scaled per texture class (format version 6)
+    UQ_NBR = 10  # latent step: UQ_TEX's widths over 2 x 2 phases, each reading all channels' neighbours (version 7)
+    FINAL_NBR = 11  # x_0: FINAL_TEX's widths over 2 x 2 phases, each reading all channels' neighbours (version 7)
 
     @property
     def is_final(self) -> bool:
-        return self in (ChunkKind.FINAL, ChunkKind.FINAL_PRED, ChunkKind.FINAL_CTX, ChunkKind.FINAL_TEX)
+        return self in (ChunkKind.FINAL, ChunkKind.FINAL_PRED, ChunkKind.FINAL_CTX, ChunkKind.FINAL_TEX,
+                        ChunkKind.FINAL_NBR)
 
     @property
     def since(self) -> int:
         """The first format version that has this kind."""
+        if self in (ChunkKind.UQ_NBR, ChunkKind.FINAL_NBR):
+            return 7
         return 6 if self in (ChunkKind.UQ_TEX, ChunkKind.FINAL_TEX) else 2
 
     @property
     def label(self) -> str:
         return {ChunkKind.UQ: "uq", ChunkKind.UQ_PRED: "uq+chan", ChunkKind.PFR: "pfr", ChunkKind.FINAL: "final",
                 ChunkKind.FINAL_PRED: "final+chan", ChunkKind.UQ_CTX: "uq+ctx", ChunkKind.FINAL_CTX: "final+ctx",
-                ChunkKind.UQ_TEX: "uq+tex", ChunkKind.FINAL_TEX: "final+tex"}[self]
+                ChunkKind.UQ_TEX: "uq+tex", ChunkKind.FINAL_TEX: "final+tex", ChunkKind.UQ_NBR: "uq+nbr",
+                ChunkKind.FINAL_NBR: "final+nbr"}[self]
 
 
 class LatentMethod(str, Enum):

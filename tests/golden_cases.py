@@ -32,8 +32,9 @@ CASES = {
     # the context layout's UQ steps (UQ_CTX) win on this photo: their layout is pinned too (the
     # channel-predicted UQ_PRED steps this case had before are pinned by tests/golden/v3/)
     "rgb_chanpred": ("RGB", dict(_UQ, tile=16), "astronaut", (48, 32)),
-    # a larger crop of it, the chain ending at t = 20: the last UQ step and the final step take
-    # the texture layout (UQ_TEX, FINAL_TEX: format version 6)
+    # a larger crop of it, the chain ending at t = 20: the UQ steps take the neighbourhood layout
+    # (UQ_NBR: format version 7), the final step the texture layout (FINAL_TEX: version 6); the
+    # version-6 file (tests/golden/v6/) has UQ_TEX steps
     "rgb_texture": ("RGB", dict(_UQ, tile=64, t_min=20), "astronaut", (96, 64)),
     # every network call averaged over the square's 8 symmetries (header version 3's field)
     "rgb_sym8": ("RGB", dict(_UQ, symmetry=8)),

@@ -4,6 +4,7 @@ damaged payloads refused."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -70,25 +71,40 @@ def _layout_sizes(stats: dict, side_bytes: int) -> dict:
 
 
 @pytest.mark.parametrize("tile", [0, 16])
-def test_spatially_correlated_residuals_take_the_context_layout(tile):
+def test_spatially_correlated_residuals_take_the_neighbourhood_layout(tile):
     rng = np.random.default_rng(7)
     sym, mu = _smooth_pixels(rng, 36, 44)
     out, kind = _round_trip(sym, mu, tile)
-    assert kind == ChunkKind.FINAL_CTX
-    # half of the pixels are predicted from their neighbours: far fewer bits than channel prediction alone
+    assert kind == ChunkKind.FINAL_NBR
+    # half of the pixels predicted from their neighbours: far fewer bits than channel prediction
+    # alone; three quarters, from more neighbours (every channel's): fewer still
     assert out.stats["context_symbol_bits"] < 0.9 * out.stats["predicted_symbol_bits"]
-    assert abs(out.coded_bits - out.stats["context_symbol_bits"]) <= 0.01 * out.coded_bits + 6 * 32
+    assert out.stats["neighbours_symbol_bits"] < 0.96 * out.stats["context_symbol_bits"]
+    assert abs(out.coded_bits - out.stats["neighbours_symbol_bits"]) <= 0.01 * out.coded_bits + 6 * 32
+
+
+#: Context-layout payloads (tests/golden/payloads/): the checkerboard final step of
+#: ``_smooth_pixels(rng 7, 36, 44)`` at tile 16, as the encoders of format versions 5 and 6 wrote it.
+PAYLOADS = Path(__file__).resolve().parent / "golden" / "payloads"
+#: The neighbourhood-layout payload of the same step (format version 7).
+NBR_BYTES, NBR_MD5 = 2622, "6b4528e6635d81e24d0953d868b12c6e"
 
 
 def test_context_payload_is_pinned():
-    """The context layout's bytes (a golden payload, like tests/golden/ for whole files: the
-    analytic prior of those files leaves no spatial correlation for this layout to take)."""
+    """The layouts' bytes (golden payloads, like tests/golden/ for whole files: the analytic
+    prior of those files leaves no spatial correlation for these layouts to take): the
+    neighbourhood layout the encoder writes now, and the context layout's payload of earlier
+    encoders, which still decodes to its pixels."""
     import hashlib
 
     sym, mu = _smooth_pixels(np.random.default_rng(7), 36, 44)
     out, kind = _round_trip(sym, mu, 16)
-    assert kind == ChunkKind.FINAL_CTX and len(out.payload) == 2691
-    assert hashlib.md5(out.payload).hexdigest() == "22582cf0f9e29b8ca264fc1cc6da7ed1"
+    assert kind == ChunkKind.FINAL_NBR and len(out.payload) == NBR_BYTES
+    assert hashlib.md5(out.payload).hexdigest() == NBR_MD5
+    old = (PAYLOADS / "final_ctx_tile16.bin").read_bytes()
+    assert len(old) == 2691 and hashlib.md5(old).hexdigest() == "22582cf0f9e29b8ca264fc1cc6da7ed1"
+    back = CODER.decode(_ctx(mu, 16), old, ChunkKind.FINAL_CTX)
+    np.testing.assert_array_equal(back.pixels, sym)
 
 
 @pytest.mark.parametrize("tile", [0, 16])

@@ -9,7 +9,8 @@ encoders stay, never regenerated, and must keep decoding: tests/golden/v2/ (form
 tests/golden/v3/ (version 3 before the context layout: channel-predicted UQ steps, UQ_PRED) and
 tests/golden/v3ctx/ (version 3 with the context layout, before symmetry_max_t: rgb_sym8's
 symmetry serves every network call), tests/golden/v4/ (version 4: fixed-width fields, a stream
-per channel or pass) and tests/golden/v5/ (version 5: before the texture layout).
+per channel or pass), tests/golden/v5/ (version 5: before the texture layout) and tests/golden/v6/
+(version 6: before the neighbourhood layout).
 """
 
 from __future__ import annotations
@@ -45,16 +46,21 @@ if os.environ.get("DIFFCODEC_REGEN_GOLDEN") == "1":
     _regenerate()
 MD5 = dict(reversed(line.split()) for line in (GOLDEN / "MD5SUMS").read_text().splitlines())
 #: Folders of files from earlier encoders, with the format version their files carry.
-LEGACY = {GOLDEN / "v2": 2, GOLDEN / "v3": 3, GOLDEN / "v3ctx": 3, GOLDEN / "v4": 4, GOLDEN / "v5": 5}
+LEGACY = {GOLDEN / "v2": 2, GOLDEN / "v3": 3, GOLDEN / "v3ctx": 3, GOLDEN / "v4": 4, GOLDEN / "v5": 5, GOLDEN / "v6": 6}
 LEGACY_MD5 = {folder: dict(reversed(line.split()) for line in (folder / "MD5SUMS").read_text().splitlines())
               for folder in LEGACY}
 
 
-def test_texture_case_holds_the_texture_kinds():
-    """The golden files pin every chunk kind the encoder writes today, the texture layout's too."""
+def test_cases_hold_the_kinds_the_encoder_writes():
+    """The golden files pin the chunk kinds the encoder writes today, the neighbourhood layout's
+    UQ step too (its final step: test_final.py's golden payload; the analytic prior leaves the
+    final step's residuals no spatial correlation for it to take), and the earlier files the
+    texture kinds."""
     kinds = {c.kind for name in CASES for c in parse((GOLDEN / f"{name}.dfc").read_bytes()).chunks}
-    assert {ChunkKind.UQ, ChunkKind.PFR, ChunkKind.FINAL, ChunkKind.UQ_CTX, ChunkKind.UQ_TEX,
+    assert {ChunkKind.UQ, ChunkKind.PFR, ChunkKind.FINAL, ChunkKind.UQ_CTX, ChunkKind.UQ_NBR,
             ChunkKind.FINAL_TEX} <= kinds
+    v6 = {c.kind for name in LEGACY_MD5[GOLDEN / "v6"] for c in parse((GOLDEN / "v6" / name).read_bytes()).chunks}
+    assert {ChunkKind.UQ_TEX, ChunkKind.FINAL_TEX} <= v6
 
 
 @pytest.mark.parametrize("name", list(CASES))

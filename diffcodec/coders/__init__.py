@@ -17,9 +17,10 @@ from .pfr import PfrCoder
 from .uq import UqCoder
 
 _UQ, _FINAL = UqCoder(), FinalCoder()
-#: The coder of every chunk kind (read-only); a coder with two layouts owns two kinds.
+#: The coder of every chunk kind (read-only); a coder with several layouts owns a kind for each.
 CODERS = MappingProxyType({ChunkKind.UQ: _UQ, ChunkKind.UQ_PRED: _UQ, ChunkKind.UQ_CTX: _UQ, ChunkKind.UQ_TEX: _UQ,
-                           ChunkKind.PFR: PfrCoder(), ChunkKind.FINAL: _FINAL, ChunkKind.FINAL_PRED: _FINAL,
-                           ChunkKind.FINAL_CTX: _FINAL, ChunkKind.FINAL_TEX: _FINAL})
+                           ChunkKind.UQ_NBR: _UQ, ChunkKind.PFR: PfrCoder(), ChunkKind.FINAL: _FINAL,
+                           ChunkKind.FINAL_PRED: _FINAL, ChunkKind.FINAL_CTX: _FINAL, ChunkKind.FINAL_TEX: _FINAL,
+                           ChunkKind.FINAL_NBR: _FINAL})
 
 __all__ = ["CODERS", "Coder", "EncodeTarget", "StepContext", "StepOutput", "step_context"]

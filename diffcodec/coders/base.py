@@ -85,6 +85,7 @@ class EncodeTarget:
     coded_channels: int  # 1 for grey images (the final step codes one channel), else 3
     pfr_chunk_bits: int = 8
     pfr_margin_bits: int = 6
+    every_layout: bool = False  # fit the checkerboard layouts at any image size (to measure them)
 
     @property
     def flat_levels(self) -> np.ndarray:

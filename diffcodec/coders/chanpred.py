@@ -7,9 +7,10 @@ per-tile linear function of the residuals of the channels decoded before it:
 (a, b, c) are fitted by least squares per tile and sent as one byte each
 (:data:`diffcodec.sideinfo.COEF`).  The UQ and final steps' payloads share their layouts
 (:func:`join_payload`, :func:`split_payload`); S = tiles x coded channels, P = 3 x tiles, the
-side-information fields (S widths, P predictor codes, the 6-byte spatial block; those the layout
-has) bit-packed as one block (:func:`diffcodec.sideinfo.pack_fields`: a field's first code in 8
-bits, then exp-Golomb differences), then one range-coded stream (the rest of the payload, a
+side-information fields (S widths, P predictor codes, the spatial block (6 or 63 bytes), the
+texture block; those the layout has) bit-packed as one block
+(:func:`diffcodec.sideinfo.pack_fields`: a field's first code in 8 bits, then exp-Golomb
+differences), then one range-coded stream (the rest of the payload, a
 multiple of 4 bytes):
 
     plain:      side information (widths) | stream: every dimension's symbol
@@ -19,6 +20,9 @@ multiple of 4 bytes):
                 | stream: the six passes in order (anchors' channels 0, 1, 2, then the others')
     texture:    side information (widths, predictor codes, spatial block, texture block)
                 | stream: as the context layout's (format version 6)
+    neighbours: side information (widths, predictor codes, 63-byte spatial block, texture block)
+                | stream: the twelve passes in order (the 2 x 2 phases' channels 0, 1, 2;
+                format version 7)
 
 Format versions 2-4 sent each field as bytes after a u32 count and gave each channel (pass) its
 own stream, each after its u32 length.
@@ -118,6 +122,11 @@ class Layout(IntEnum):
     PREDICTED = 1  # channels predicted from the ones before them, one stream per channel
     CONTEXT = 2  # and the checkerboard's others from their anchors (spatial), 2 x 3 streams
     TEXTURE = 3  # the context layout with widths scaled per texture class (format version 6)
+    NEIGHBOURS = 4  # the texture layout's widths over 2 x 2 phases reading all channels' neighbours (version 7)
+
+    @property
+    def has_texture(self) -> bool:
+        return self >= Layout.TEXTURE
 
 
 class Payload(NamedTuple):
@@ -128,9 +137,9 @@ class Payload(NamedTuple):
     texture: bytes = b""  # the texture layout's block (diffcodec.coders.texture); else empty
 
 
-STREAMS = {Layout.PLAIN: 1, Layout.PREDICTED: 3, Layout.CONTEXT: 6, Layout.TEXTURE: 6}
-#: Bytes of the context layout's spatial block (:mod:`diffcodec.coders.spatial`).
-SPATIAL_BYTES = 6
+STREAMS = {Layout.PLAIN: 1, Layout.PREDICTED: 3, Layout.CONTEXT: 6, Layout.TEXTURE: 6, Layout.NEIGHBOURS: 12}
+#: Bytes of each layout's spatial block (:mod:`diffcodec.coders.spatial`: ``Scheme.block_bytes``).
+SPATIAL_BYTES = {Layout.PLAIN: 0, Layout.PREDICTED: 0, Layout.CONTEXT: 6, Layout.TEXTURE: 6, Layout.NEIGHBOURS: 63}
 
 
 def side_bits(layout: Layout, predictors: bytes, spatial: bytes = b"", texture: bytes = b"") -> int:
@@ -140,7 +149,7 @@ def side_bits(layout: Layout, predictors: bytes, spatial: bytes = b"", texture: 
     if layout == Layout.PLAIN:
         return 0
     return 8 * len(pack_fields([predictors, spatial if layout >= Layout.CONTEXT else b"",
-                                texture if layout == Layout.TEXTURE else b""]))
+                                texture if layout.has_texture else b""]))
 
 
 def join_payload(widths: bytes, stream: bytes, predictors: bytes = b"", spatial: bytes = b"",
@@ -156,14 +165,14 @@ def split_payload(payload: bytes, codes: int, layout: Layout, step: str, compact
     shape is a FormatError naming ``step``.  ``streams`` holds one stream (``compact``: format
     version 5) or one per pass (versions 2-4, read only)."""
     if compact:
-        sizes = (codes, codes if layout != Layout.PLAIN else 0, SPATIAL_BYTES if layout >= Layout.CONTEXT else 0,
-                 TEXTURE_BYTES if layout == Layout.TEXTURE else 0)
+        sizes = (codes, codes if layout != Layout.PLAIN else 0, SPATIAL_BYTES[layout],
+                 TEXTURE_BYTES if layout.has_texture else 0)
         fields, pos = unpack_fields(payload, sizes, f"{step}'s side information")
         if (len(payload) - pos) % 4:
             raise FormatError(f"{step} stream is not a whole number of words")
         return Payload(fields[0], fields[1], fields[2], [bytes(payload[pos:])], fields[3])
-    if layout == Layout.TEXTURE:
-        raise FormatError(f"{step} has the texture layout, which format versions 2-4 do not have")
+    if layout.has_texture:
+        raise FormatError(f"{step} has a layout that format versions 2-4 do not have")
     pos, widths = take_field(payload, 0, codes, "widths")
     predictors = spatial = b""
     if layout == Layout.PLAIN:
@@ -171,7 +180,7 @@ def split_payload(payload: bytes, codes: int, layout: Layout, step: str, compact
     else:
         pos, predictors = take_field(payload, pos, codes, "predictor codes")
         if layout == Layout.CONTEXT:
-            pos, spatial = take_field(payload, pos, SPATIAL_BYTES, "spatial block")
+            pos, spatial = take_field(payload, pos, SPATIAL_BYTES[layout], "spatial block")
         streams = []
         for _ in range(STREAMS[layout]):
             pos, s = take_field(payload, pos, None, "stream")

@@ -3,7 +3,7 @@
 Each pixel level v is coded with the probability a belief N(m, s^2) over levels gives it
 among the pixel's feasible levels [lo, hi] (what the universal-quantization steps left, see
 :mod:`diffcodec.intervals`): m is the network's prediction of x_0 from the last latent, s is
-side information per tile and channel.  Four layouts:
+side information per tile and channel.  Five layouts:
 
 * **plain** (chunk kind FINAL): every channel under its own mean m_c, one stream;
 * **channel-predicted** (kind FINAL_PRED, RGB only): channel 1 is coded with mean m_1 + a e_0
@@ -12,14 +12,18 @@ side information per tile and channel.  Four layouts:
 * **context** (kind FINAL_CTX, RGB only): the channel-predicted layout over a checkerboard's
   anchors, then the other pixels predicted from their anchors too (:mod:`diffcodec.coders.spatial`);
 * **texture** (kind FINAL_TEX, RGB only, format version 6): the context layout with every width
-  scaled by its pixel's class of activity (:mod:`diffcodec.coders.texture`).
+  scaled by its pixel's class of activity (:mod:`diffcodec.coders.texture`);
+* **neighbourhood** (kind FINAL_NBR, RGB only, format version 7): the texture layout's widths over
+  four passes, the 2 x 2 phases, each predicted from all three channels' decoded neighbours
+  (:mod:`diffcodec.coders.spatial`; the checkerboard layouts are fitted only up to 128 x 128
+  pixels).
 
 The encoder fits them all, estimates their sizes from the levels' -log2 p (within a word of the
 range coder's) and codes the smaller.  A grey image's three chain channels hold the
 same level, so its one coded channel uses the mean of their estimates and the intersection of
 their intervals.
 
-Payloads (format versions 5 and 6; S = tiles x coded channels, P = 3 x tiles; the side information
+Payloads (format versions 5-7; S = tiles x coded channels, P = 3 x tiles; the side information
 bit-packed, :mod:`diffcodec.coders.chanpred`)::
 
     plain:      S widths | range-coded v - lo of every coded dimension
@@ -30,6 +34,8 @@ bit-packed, :mod:`diffcodec.coders.chanpred`)::
                 order within a pass)
     texture:    S widths, P predictor codes, 6-byte spatial block, 24-byte texture block
                 | one range-coded stream, as the context layout's
+    neighbours: S widths, P predictor codes, 63-byte spatial block, 24-byte texture block
+                | one range-coded stream: v - lo of the twelve passes in order (version 7)
 
 Versions 2-4 sent the side information as bytes after u32 counts and gave each channel (pass)
 its own stream after its u32 length.
@@ -52,7 +58,7 @@ from .chanpred import (Layout, Payload, coefficients, fit_coefficients, join_pay
 
 #: Each kind's payload layout.
 LAYOUTS = {ChunkKind.FINAL: Layout.PLAIN, ChunkKind.FINAL_PRED: Layout.PREDICTED, ChunkKind.FINAL_CTX: Layout.CONTEXT,
-           ChunkKind.FINAL_TEX: Layout.TEXTURE}
+           ChunkKind.FINAL_TEX: Layout.TEXTURE, ChunkKind.FINAL_NBR: Layout.NEIGHBOURS}
 
 
 def level_tables(lo: np.ndarray, hi: np.ndarray, mean: np.ndarray, std: np.ndarray):
@@ -134,15 +140,18 @@ class FinalCoder:
             def residual(c, sel, mean_, std):
                 return v[c][sel] - mean[c][sel]
 
-            fits = {ChunkKind.FINAL_CTX: spatial.fit_context(grid, cells, pred_codes, residual)}
-            fits[ChunkKind.FINAL_TEX] = spatial.fit_texture(grid, cells, fits[ChunkKind.FINAL_CTX], residual)
+            fits = {}
+            if grid.h * grid.w <= spatial.CHECKERBOARD_UP_TO or target.every_layout:
+                fits[ChunkKind.FINAL_CTX] = spatial.fit_context(grid, cells, pred_codes, residual)
+                fits[ChunkKind.FINAL_TEX] = spatial.fit_texture(grid, cells, fits[ChunkKind.FINAL_CTX], residual)
+            fits[ChunkKind.FINAL_NBR] = spatial.fit_texture(
+                grid, cells, spatial.fit_context(grid, cells, pred_codes, residual, spatial.QUINCUNX), residual)
             del cells
-            sizes["context_symbol_bits"] = fits[ChunkKind.FINAL_CTX].bits
-            sizes["texture_symbol_bits"] = fits[ChunkKind.FINAL_TEX].bits
+            sizes.update({f"{LAYOUTS[k].name.lower()}_symbol_bits": fit.bits for k, fit in fits.items()})
             symbol_bits = {ChunkKind.FINAL: sizes["plain_symbol_bits"], ChunkKind.FINAL_PRED: sizes["predicted_symbol_bits"],
-                           ChunkKind.FINAL_CTX: sizes["context_symbol_bits"], ChunkKind.FINAL_TEX: sizes["texture_symbol_bits"]}
-            tex = fits[ChunkKind.FINAL_TEX]
-            totals = {k: b + side_bits(LAYOUTS[k], pred_codes, tex.block, tex.texture) for k, b in symbol_bits.items()}
+                           **{k: fit.bits for k, fit in fits.items()}}
+            totals = {k: b + (side_bits(LAYOUTS[k], pred_codes, fits[k].block, fits[k].texture) if k in fits
+                              else side_bits(LAYOUTS[k], pred_codes)) for k, b in symbol_bits.items()}
             kind = min(totals, key=totals.get)
             sizes["layout_bits"] = totals
         if LAYOUTS[kind] >= Layout.CONTEXT:
@@ -150,7 +159,7 @@ class FinalCoder:
             stream = code_passes(_runs(v[step.c][step.sel] - lo[step.c][step.sel], lo[step.c][step.sel],
                                        hi[step.c][step.sel], m_, std)
                                  for step, m_, std in spatial.context_beliefs(mean, fit.known, fit.payload, grid,
-                                                                              fit.classes))
+                                                                              fit.classes, fit.scheme))
             payload = join_payload(fit.widths, stream, pred_codes, fit.block, fit.texture)
         elif kind == ChunkKind.FINAL:
             stream = code_passes([_runs((v - lo).ravel(), lo.ravel(), hi.ravel(), mean.ravel(),
@@ -181,10 +190,11 @@ class FinalCoder:
         fields = self.split(payload, kind, grid, ctx.chain.header.compact)
         codes, pred_codes = fields.widths, fields.predictors
         if LAYOUTS[kind] >= Layout.CONTEXT:
-            streams = PassStreams(fields.streams, 2 * grid.c)
+            scheme = spatial.scheme_for(LAYOUTS[kind])
+            streams = PassStreams(fields.streams, scheme.passes * grid.c)
             v = np.zeros(mean.shape, dtype=np.uint8)
             known = spatial.Known.exact(mean.shape)
-            for step, m_, std in spatial.context_beliefs(mean, known, fields, grid):
+            for step, m_, std in spatial.context_beliefs(mean, known, fields, grid, scheme=scheme):
                 c, sel = step.c, step.sel
                 vc = _decode(streams, lo[c][sel], hi[c][sel], m_, std)
                 v[c][sel] = vc

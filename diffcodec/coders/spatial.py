@@ -1,9 +1,9 @@
-"""Spatial prediction in a checkerboard: the network's residuals are spatially correlated (it
-misses an edge over several pixels), so half of the pixels are coded first and the other half is
+"""Spatial prediction: the network's residuals are spatially correlated (it misses an edge over
+several pixels, in all three channels), so some pixels are coded first and the others are
 predicted from them.
 
-The *context* layout (chunk kinds UQ_CTX and FINAL_CTX, RGB only) codes a step's dimensions in
-two passes over a checkerboard:
+The *context* layout (chunk kinds UQ_CTX and FINAL_CTX, RGB only; format versions 3-7) codes a
+step's dimensions in two passes over a checkerboard (:data:`CHECKERBOARD`):
 
 * pass 0, the **anchors** (pixels with y + x even), channels in order, exactly as the
   channel-predicted layout does (:mod:`diffcodec.coders.chanpred`): belief mean
@@ -13,14 +13,30 @@ two passes over a checkerboard:
   axial neighbours (all anchors, known after pass 0; a missing neighbour at the border counts 0),
   and the tile's width times ``2 ** ((o_c - 128) / 8)``.
 
+The *neighbourhood* layout (kinds UQ_NBR and FINAL_NBR, format version 7, :data:`QUINCUNX`) codes
+four passes, the 2 x 2 phases (y % 2, x % 2) = (0, 0), (1, 1), (0, 1), (1, 0), channels in order
+within each; pass p > 0 adds to channel c's channel-predicted mean ``sum_g sum_k w[p, c, g, k] *
+S_g(r_k)``: for each neighbour sum g the pass reads and each channel k (all three), the sum of
+channel k's residuals at the offsets of g that landed on earlier passes (0 past the border):
+
+* pass 1 (1, 1): g = diagonal (the 4 diagonal pixels, all of pass 0): 3 weights a channel;
+* pass 2 (0, 1): axial (4: passes 0 and 1), knight (the 8 pixels a knight's move away: passes 0
+  and 1): 6 weights;
+* pass 3 (1, 0): axial, knight and diagonal (pass 2's): 9 weights;
+
+and its width is the tile's times ``2 ** ((o[p, c] - 128) / 8)``; every width also scales by the
+texture classes (:mod:`diffcodec.coders.texture`).  Its spatial block holds the 54 weight codes
+(pass, channel, sum, channel read) then the 9 offset codes (pass, channel): 63 bytes.
+
 A residual is what the receiver knows after the pixel's symbol: ``v - m_c`` in the final step;
 in a UQ step the channel predictor reads the mean of the belief restricted to the decoded cell
 minus ``m_c`` (:func:`diffcodec.coders.chanpred.interval_residual`), the spatial one the cell's
-midpoint minus ``m_c`` (:class:`Known`).  ``w_c`` and ``o_c`` are per image and
-channel, one byte each (:data:`WEIGHT`, :data:`OFFSET`), fitted by least squares and by the real
-cost.  Measured on kodim07 (shipped model, effort 5): the two UQ steps and the final step of a
-128 px crop cost 0.064, 0.041 and 0.020 bits/dim less than with channel prediction alone; the
-whole photo's file is 2.9 % smaller (README, "Spatial context").
+midpoint minus ``m_c`` (:class:`Known`).  The weights and offsets are per image, one byte each
+(:data:`WEIGHT`, :data:`OFFSET`), fitted by least squares and by the real cost.  Measured on
+kodim07 (shipped model, effort 5): the checkerboard made the two UQ steps and the final step of
+a 128 px crop 0.064, 0.041 and 0.020 bits/dim cheaper than channel prediction alone (README,
+"Spatial context"); the neighbourhood layout took four 128 px Kodak crops from 3.584 to 3.527
+bits/dim and the whole kodim07 photo from 3.132 to 3.051 (README, "Neighbourhood layout").
 """
 
 from __future__ import annotations
@@ -32,7 +48,7 @@ import numpy as np
 from ..intervals import fit_belief_widths, restricted_cost
 from ..sideinfo import SCALE, ByteQuantizer, TileGrid
 from . import texture
-from .chanpred import SPATIAL_BYTES, Payload, coefficients, predicted_mean
+from .chanpred import Layout, Payload, coefficients, predicted_mean
 
 #: Weight of the axial-neighbour residual sum: (code - 128) / 256, in [-0.5, 0.496].
 WEIGHT = ByteQuantizer(128, 256.0, log=False)
@@ -42,6 +58,11 @@ OFFSET = ByteQuantizer(128, 8.0)
 OFFSET_COARSE = (-24, -18, -12, -8, -4, 0, 4)
 #: Passes of more pixels than this search their width offset on every 4th pixel.
 OFFSET_SAMPLE_ABOVE = 1 << 15
+#: The encoders fit the checkerboard layouts (context, texture) besides the neighbourhood layout
+#: only on images of at most this many pixels, where their block, 57 bytes shorter, can pay for
+#: itself: above, they never won a step on four 128 px Kodak crops (shipped model, effort 5), and
+#: fitting them took ~15 % of a 256 px crop's encode.
+CHECKERBOARD_UP_TO = 128 * 128
 
 
 def anchors(h: int, w: int) -> np.ndarray:
@@ -62,11 +83,116 @@ def axial_sum(resid: np.ndarray) -> np.ndarray:
     return out
 
 
+def _offset_sum(resid: np.ndarray, offsets: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """[H, W] float64: the sum of ``resid`` at (y + dy, x + dx) over ``offsets`` (0 past the border)."""
+    r = np.asarray(resid, dtype=np.float64)
+    h, w = r.shape
+    out = np.zeros((h, w), dtype=np.float64)
+    for dy, dx in offsets:
+        ys, yd = slice(max(dy, 0), h + min(dy, 0)), slice(max(-dy, 0), h + min(-dy, 0))
+        xs, xd = slice(max(dx, 0), w + min(dx, 0)), slice(max(-dx, 0), w + min(-dx, 0))
+        out[yd, xd] += r[ys, xs]
+    return out
+
+
+DIAGONAL = ((-1, -1), (-1, 1), (1, -1), (1, 1))
+KNIGHT = ((-2, -1), (-2, 1), (-1, -2), (-1, 2), (1, -2), (1, 2), (2, -1), (2, 1))
+
+
+def diagonal_sum(resid: np.ndarray) -> np.ndarray:
+    """[H, W] float64: the sum of each pixel's four diagonal neighbours (0 past the border)."""
+    return _offset_sum(resid, DIAGONAL)
+
+
+def knight_sum(resid: np.ndarray) -> np.ndarray:
+    """[H, W] float64: the sum of the eight pixels a knight's move away (0 past the border)."""
+    return _offset_sum(resid, KNIGHT)
+
+
+#: The neighbour sums a pass's means may read, by name, and the offsets each sums over.
+NEIGHBOUR_SUMS = {"axial": axial_sum, "diagonal": diagonal_sum, "knight": knight_sum}
+NEIGHBOUR_OFFSETS = {"axial": ((-1, 0), (1, 0), (0, -1), (0, 1)), "diagonal": DIAGONAL, "knight": KNIGHT}
+#: The 2 x 2 phases (y % 2, x % 2) of the passes of :data:`QUINCUNX`, in coding order.
+PHASES = ((0, 0), (1, 1), (0, 1), (1, 0))
+
+
+def _phase_sum(resid: np.ndarray, p: int, offsets: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """[ceil((H - py) / 2), ceil((W - px) / 2)] float64: at each pixel of phase p = (py, px), the
+    sum of ``resid`` at the offsets that land on a phase coded before p (0 past the border and
+    elsewhere): the masked neighbour sum, read on the quarter-size phase images."""
+    py, px = PHASES[p]
+    h, w = resid.shape
+    out = np.zeros(((h - py + 1) // 2, (w - px + 1) // 2), dtype=np.float64)
+    for dy, dx in offsets:
+        qy, qx = (py + dy) % 2, (px + dx) % 2
+        if (qy, qx) not in PHASES[:p]:
+            continue
+        src = resid[qy::2, qx::2]
+        sy, sx = (py + dy - qy) // 2, (px + dx - qx) // 2  # out[i, j] reads src[i + sy, j + sx]
+        i0, i1 = max(0, -sy), min(out.shape[0], src.shape[0] - sy)
+        j0, j1 = max(0, -sx), min(out.shape[1], src.shape[1] - sx)
+        if i1 > i0 and j1 > j0:
+            out[i0:i1, j0:j1] += src[i0 + sy:i1 + sy, j0 + sx:j1 + sx]
+    return out
+
+
+class Scheme(NamedTuple):
+    """How a context layout splits a step's pixels into passes and predicts them: the pixels of
+    pass p > 0 read, per channel, the neighbour sums ``groups[p]`` of the residuals decoded in the
+    passes before p (of every channel when ``cross``, else of their own channel only), each with
+    its weight.  Pass 0 reads no neighbour."""
+
+    name: str
+    passes: int  # 2: a checkerboard; 4: the 2 x 2 phases (0, 0), (1, 1), (0, 1), (1, 0)
+    groups: tuple[tuple[str, ...], ...]
+    cross: bool
+
+    def masks(self, h: int, w: int) -> list[np.ndarray]:
+        """[H, W] bool per pass, in coding order."""
+        if self.passes == 2:
+            first = anchors(h, w)
+            return [first, ~first]
+        yy, xx = np.indices((h, w))
+        return [(yy % 2 == py) & (xx % 2 == px) for py, px in PHASES]
+
+    def features(self, p: int, channels: int) -> int:
+        """Weights of a channel in pass ``p``."""
+        return len(self.groups[p]) * (channels if self.cross else 1)
+
+    def block_bytes(self, channels: int = 3) -> int:
+        """The spatial block's length: every weight code, then a width offset per pass > 0 and channel."""
+        return sum(self.features(p, channels) + 1 for p in range(1, self.passes)) * channels
+
+
+#: The context and texture layouts' scheme (format versions 3-6): a checkerboard, the others read
+#: their own channel's four axial anchors.
+CHECKERBOARD = Scheme("checkerboard", 2, ((), ("axial",)), cross=False)
+#: The neighbourhood layout's scheme (format version 7): the 2 x 2 phases, each pass reading the
+#: sums of all three channels' residuals around it that are decoded: pass 1 its four diagonal
+#: neighbours (pass 0's), pass 2 its axial ones (passes 0 and 1) and the knight's-move ring
+#: (passes 0 and 1), pass 3 all three sums.
+QUINCUNX = Scheme("2x2", 4, ((), ("diagonal",), ("axial", "knight"), ("axial", "knight", "diagonal")), cross=True)
+
+
+def scheme_for(layout: Layout) -> Scheme:
+    """The scheme of a context layout's passes."""
+    return QUINCUNX if layout == Layout.NEIGHBOURS else CHECKERBOARD
+
+
 def fit_weight(target: np.ndarray, feature: np.ndarray, where: np.ndarray) -> int:
     """The :data:`WEIGHT` code of the least-squares w in target ~ w feature over ``where``."""
     f, t = feature[where], target[where]
     den = float(np.dot(f, f))
     return int(WEIGHT.code(float(np.dot(f, t)) / den if den > 0 else 0.0))
+
+
+def fit_weights(target: np.ndarray, features: np.ndarray) -> list[int]:
+    """The :data:`WEIGHT` codes of the least-squares w in target ~ features.T @ w (1-D target,
+    [F, N] features; minimum norm where they are dependent, zeros without data)."""
+    if features.shape[1] == 0:
+        return [int(WEIGHT.code(0.0))] * len(features)
+    w = np.linalg.lstsq(features.T, target, rcond=None)[0]
+    return [int(WEIGHT.code(float(x))) for x in w]
 
 
 def fit_offset(cost) -> int:
@@ -84,32 +210,42 @@ def fit_offset(cost) -> int:
 
 
 def block(weights: list[int], offsets: list[int]) -> bytes:
-    """The spatial block: the three weight codes, then the three offset codes."""
+    """The spatial block: the weight codes (pass, then channel, then neighbour sum, then the
+    channel it reads), then the width offset codes (pass, then channel)."""
     return bytes(list(weights) + list(offsets))
 
 
-def unblock(data: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """(weights, width multipliers) per channel from a spatial block."""
+def unblock(data: bytes, scheme: Scheme = CHECKERBOARD, channels: int = 3) -> tuple[list[np.ndarray], np.ndarray]:
+    """(weights, width multipliers) from a spatial block: entry (p - 1) * channels + c of each
+    is pass p's channel c's (the weights an array of :meth:`Scheme.features` values)."""
     codes = np.frombuffer(data, dtype=np.uint8).astype(np.int64)
-    return WEIGHT.value(codes[:3]), OFFSET.value(codes[3:])
+    weights, pos = [], 0
+    for p in range(1, scheme.passes):
+        n = scheme.features(p, channels)
+        for _ in range(channels):
+            weights.append(WEIGHT.value(codes[pos:pos + n]))
+            pos += n
+    return weights, OFFSET.value(codes[pos:pos + (scheme.passes - 1) * channels])
 
 
 class Pass(NamedTuple):
-    """One stream of the context layout: channel ``c``'s pixels of pass ``p``."""
+    """One stream of a context layout: channel ``c``'s pixels of pass ``p``."""
 
-    p: int  # 0: anchors, 1: the others
+    p: int  # 0: anchors (no neighbour read), then the scheme's later passes
     c: int
     sel: np.ndarray  # [H, W] bool: the pass's pixels
     dims: np.ndarray  # their flat indices among the step's C x H x W dimensions
+    known: np.ndarray  # [H, W] bool: the pixels of the passes before (every channel decoded)
 
 
-def passes(channels: int, h: int, w: int) -> Iterator[Pass]:
-    """The context layout's streams in their order: anchors of channels 0 .. C-1, then the others."""
-    first = anchors(h, w)
-    for p, sel in enumerate((first, ~first)):
+def passes(channels: int, h: int, w: int, scheme: Scheme = CHECKERBOARD) -> Iterator[Pass]:
+    """A context layout's streams in their order: each pass's channels 0 .. C-1 in turn."""
+    known = np.zeros((h, w), dtype=bool)
+    for p, sel in enumerate(scheme.masks(h, w)):
         flat = np.flatnonzero(sel)
         for c in range(channels):
-            yield Pass(p, c, sel, c * h * w + flat)
+            yield Pass(p, c, sel, c * h * w + flat, known)
+        known = known | sel
 
 
 def anchor_sum(known: "Known", step: Pass) -> np.ndarray:
@@ -119,14 +255,36 @@ def anchor_sum(known: "Known", step: Pass) -> np.ndarray:
     return axial_sum(np.where(step.sel, 0.0, known.mid[step.c]))
 
 
-def pass_mean(base: np.ndarray, feature: np.ndarray | None, step: Pass, weight: float) -> np.ndarray:
+def neighbour_features(known: "Known", step: Pass, scheme: Scheme, cache: dict | None = None) -> np.ndarray:
+    """[F, N]: the neighbour sums pass ``step`` reads, at its N pixels: per sum of
+    ``scheme.groups[step.p]``, per channel it reads (every channel, or its own), the sum of the
+    cell-midpoint residuals of the pixels decoded in the passes before (others read as 0).
+    Reading every channel, a pass's channels read the same sums: ``cache`` (one dict per walk
+    through the passes) keeps the pass's."""
+    if scheme.cross and cache is not None and cache.get("pass") == step.p:
+        return cache["features"]
+    sources = range(known.mid.shape[0]) if scheme.cross else (step.c,)
+    if scheme.passes == 4:  # on the quarter-size phase images: no image-sized temporaries
+        feats = [_phase_sum(known.mid[k], step.p, NEIGHBOUR_OFFSETS[g]).reshape(-1)
+                 for g in scheme.groups[step.p] for k in sources]
+    else:
+        feats = [NEIGHBOUR_SUMS[g](np.where(step.known, known.mid[k], 0.0))[step.sel]
+                 for g in scheme.groups[step.p] for k in sources]
+    out = np.stack(feats) if feats else np.zeros((0, int(step.sel.sum())))
+    if scheme.cross and cache is not None:
+        cache.update({"pass": step.p, "features": out})
+    return out
+
+
+def pass_mean(base: np.ndarray, features: np.ndarray | None, step: Pass, weights) -> np.ndarray:
     """The belief means of ``step``'s pixels (1-D): ``base``, the channel-predicted mean [H, W]
-    (:func:`diffcodec.coders.chanpred.predicted_mean`), plus, for the others, ``weight`` times
-    ``feature`` (:func:`anchor_sum`).  Both sides call this with the same arrays (the same
-    floats)."""
+    (:func:`diffcodec.coders.chanpred.predicted_mean`), plus, in passes after the first, each
+    weight times its neighbour feature (:func:`neighbour_features`), in order.  Both sides call
+    this with the same arrays (the same floats)."""
     mean = base[step.sel]
-    if step.p == 1:
-        mean = mean + weight * feature[step.sel]
+    if step.p > 0:
+        for wk, fk in zip(np.asarray(weights, dtype=np.float64).reshape(-1), features):
+            mean = mean + wk * fk
     return mean
 
 
@@ -170,8 +328,8 @@ class Cells(NamedTuple):
 
 
 class ContextFit(NamedTuple):
-    """A step's fitted context (or texture) layout: its symbols' bits, its side information and
-    the :class:`Known` residuals its streams are coded with (every pass's)."""
+    """A step's fitted context (texture, neighbourhood) layout: its symbols' bits, its side
+    information and the :class:`Known` residuals its streams are coded with (every pass's)."""
 
     bits: float
     widths: bytes
@@ -180,6 +338,7 @@ class ContextFit(NamedTuple):
     texture: bytes  # the texture block (empty: the context layout)
     known: Known
     classes: np.ndarray | None = None  # the texture layout's class map (texture.classes), made once
+    scheme: Scheme = CHECKERBOARD
 
     @property
     def payload(self) -> Payload:
@@ -187,74 +346,87 @@ class ContextFit(NamedTuple):
         return Payload(self.widths, self.predictors, self.block, [], self.texture)
 
 
-def fit_context(grid: TileGrid, cells: Cells, predictors: bytes, residual) -> ContextFit:
-    """Fit the context layout of a step (the channel predictor given): per tile the anchors'
-    widths, per channel the others' weight and width offset.  ``residual(c, sel, mean, std)`` is
-    what the receiver knows of channel c's residuals at the pixels ``sel`` once they are coded
-    under N(mean, std)."""
+def _fit_weights(target: np.ndarray, features: np.ndarray) -> list[int]:
+    """:func:`fit_weights`, with one feature :func:`fit_weight`'s formula (the codes of files
+    made before format version 7)."""
+    if len(features) == 1:
+        return [fit_weight(target, features[0], slice(None))]
+    return fit_weights(target, features)
+
+
+def fit_context(grid: TileGrid, cells: Cells, predictors: bytes, residual, scheme: Scheme = CHECKERBOARD) -> ContextFit:
+    """Fit a context layout of a step (the channel predictor given): per tile the first pass's
+    widths, per later pass and channel the neighbour weights (least squares) and width offset
+    (real cost).  ``residual(c, sel, mean, std)`` is what the receiver knows of channel c's
+    residuals at the pixels ``sel`` once they are coded under N(mean, std)."""
     m, v, lo, hi, clo, chi = cells
     g1 = TileGrid(1, grid.h, grid.w, grid.tile)
     coef = coefficients(predictors, grid)
     known = Known.zeros(v.shape)
-    widths, weights, offsets, total = [], [], [], 0.0
-    for step in passes(grid.c, grid.h, grid.w):
+    widths, weights, offsets, total, cache = [], [], [], 0.0, {}
+    for step in passes(grid.c, grid.h, grid.w, scheme):
         c, sel = step.c, step.sel
         base = predicted_mean(m, known.resid, coef, c)
-        weight, feature = 0.0, None
-        if step.p == 0:  # the others cost nothing while the anchors' widths are fitted
+        codes, features = [], None
+        if step.p == 0:  # the later passes cost nothing while the first pass's widths are fitted
             widths.append(fit_belief_widths(g1, v[c:c + 1], base[None], lo[c:c + 1], hi[c:c + 1],
                                             np.where(sel, clo[c], lo[c])[None], np.where(sel, chi[c], hi[c])[None]))
         else:
-            feature = anchor_sum(known, step)
-            weights.append(fit_weight(v[c] - base, feature, sel))
-            weight = float(WEIGHT.value(weights[-1]))
-        mean = pass_mean(base, feature, step, weight)
-        del base, feature  # image-sized
+            features = neighbour_features(known, step, scheme, cache)
+            codes = _fit_weights((v[c] - base)[sel], features)
+            weights.extend(codes)
+        mean = pass_mean(base, features, step, WEIGHT.value(np.array(codes, dtype=np.int64)))
+        del base, features  # image-sized
         std = g1.channel_values(widths[c], SCALE, 0)[sel]
         cell = (clo[c][sel], chi[c][sel], lo[c][sel], hi[c][sel])
-        if step.p == 1:  # the search sees every 4th pixel of a large image's pass
+        if step.p > 0:  # the search sees every 4th pixel of a large image's pass
             pick = slice(None, None, 4) if len(mean) > OFFSET_SAMPLE_ABOVE else slice(None)
             sample = tuple(a[pick] for a in cell + (mean, std))
             offsets.append(fit_offset(lambda k: float(restricted_cost(*sample[:5], sample[5] * k, 2.0**-24).sum())))
             std = std * float(OFFSET.value(offsets[-1]))
         total += float(restricted_cost(*cell, mean, std, 2.0**-24).sum())
         known.fill(step, residual(c, sel, mean, std), cell[0], cell[1], m[c][sel])
-    return ContextFit(total, b"".join(widths), predictors, block(weights, offsets), b"", known)
+    return ContextFit(total, b"".join(widths), predictors, block(weights, offsets), b"", known, scheme=scheme)
 
 
-def context_beliefs(m: np.ndarray, known: Known, fields: Payload, grid: TileGrid, classes: np.ndarray | None = None):
-    """Yield (pass, mean, std) of each stream of a context- or texture-layout payload in order
-    (the texture layout: ``fields.texture`` not empty; ``classes`` its class map of ``m`` where the
-    caller made it already); the caller fills ``known`` at the pass's pixels before asking for the
-    next (the encoder's is full)."""
+def context_beliefs(m: np.ndarray, known: Known, fields: Payload, grid: TileGrid, classes: np.ndarray | None = None,
+                    scheme: Scheme = CHECKERBOARD):
+    """Yield (pass, mean, std) of each stream of a context-, texture- or neighbourhood-layout
+    payload in order (``scheme`` its passes; widths scaled per texture class where
+    ``fields.texture`` is not empty, ``classes`` its class map of ``m`` where the caller made it
+    already); the caller fills ``known`` at the pass's pixels before asking for the next (the
+    encoder's is full)."""
     coef = coefficients(fields.predictors, grid)
-    weights, mults = unblock(fields.spatial)
+    weights, mults = unblock(fields.spatial, scheme, grid.c)
     if not fields.texture:
         classes = None
     elif classes is None:
         classes = texture.classes(m)
     scale = texture.multipliers(fields.texture) if fields.texture else None
-    for step in passes(grid.c, grid.h, grid.w):
-        feature = anchor_sum(known, step) if step.p == 1 else None
-        mean = pass_mean(predicted_mean(m, known.resid, coef, step.c), feature, step, float(weights[step.c]))
+    cache: dict = {}
+    for step in passes(grid.c, grid.h, grid.w, scheme):
+        j = (step.p - 1) * grid.c + step.c
+        features = neighbour_features(known, step, scheme, cache) if step.p > 0 else None
+        mean = pass_mean(predicted_mean(m, known.resid, coef, step.c), features, step, weights[j] if step.p else ())
+        del features
         std = grid.channel_values(fields.widths, SCALE, step.c)[step.sel]
-        if step.p == 1:
-            std = std * float(mults[step.c])
+        if step.p > 0:
+            std = std * float(mults[j])
         if classes is not None:
             std = std * scale[step.c][classes[step.sel]]
         yield step, mean, std
 
 
 def fit_texture(grid: TileGrid, cells: Cells, fit: "ContextFit", residual) -> "ContextFit":
-    """The texture layout of a step from its context layout ``fit``: the multiplier of each
-    channel and class (:mod:`diffcodec.coders.texture`) minimising both passes' cost under the
-    context layout's means (on a subsample of large passes), then the step refitted with them
-    (the means of a UQ step's later passes move with the residuals its widths estimate).
-    ``residual`` as for :func:`fit_context`."""
+    """The texture (or neighbourhood) layout of a step from its context layout ``fit`` (of either
+    scheme): the multiplier of each channel and class (:mod:`diffcodec.coders.texture`)
+    minimising every pass's cost under the context layout's means (on a subsample of large
+    passes), then the step refitted with them (the means of a UQ step's later passes move with
+    the residuals its widths estimate).  ``residual`` as for :func:`fit_context`."""
     m, v, lo, hi, clo, chi = cells
     cls = texture.classes(m)
     samples: list[list[tuple]] = [[] for _ in range(grid.c)]
-    for step, mean, std in context_beliefs(m, fit.known, fit.payload, grid):
+    for step, mean, std in context_beliefs(m, fit.known, fit.payload, grid, scheme=fit.scheme):
         pick = slice(None, None, texture.sample_stride(len(mean)))
         c, sel = step.c, step.sel
         cell = tuple(a[sel][pick] for a in (clo[c], chi[c], lo[c], hi[c]))
@@ -275,9 +447,9 @@ def fit_texture(grid: TileGrid, cells: Cells, fit: "ContextFit", residual) -> "C
     fields = fit.payload._replace(texture=codes.tobytes())
     known = Known.zeros(v.shape)
     total = 0.0
-    for step, mean, std in context_beliefs(m, known, fields, grid, cls):
+    for step, mean, std in context_beliefs(m, known, fields, grid, cls, fit.scheme):
         c, sel = step.c, step.sel
         cell = (clo[c][sel], chi[c][sel], lo[c][sel], hi[c][sel])
         total += float(restricted_cost(*cell, mean, std, 2.0**-24).sum())
         known.fill(step, residual(c, sel, mean, std), cell[0], cell[1], m[c][sel])
-    return ContextFit(total, fit.widths, fit.predictors, fit.block, fields.texture, known, cls)
+    return ContextFit(total, fit.widths, fit.predictors, fit.block, fields.texture, known, cls, fit.scheme)

@@ -3,7 +3,9 @@ scaled per pixel by the class of local activity of the network's own x_0 estimat
 
 The *texture* layout (chunk kinds UQ_TEX and FINAL_TEX, format version 6, RGB only) is the
 context layout (:mod:`diffcodec.coders.spatial`) with each pixel's width, in both passes,
-multiplied by ``2 ** ((t[c, k] - 128) / 8)`` for its channel c and class k:
+multiplied by ``2 ** ((t[c, k] - 128) / 8)`` for its channel c and class k (the neighbourhood
+layout, kinds UQ_NBR and FINAL_NBR of format version 7, carries the same block and scales every
+one of its passes' widths so):
 
 * the **activity** of a pixel is the sum over its 5 x 5 neighbourhood (edges replicated) of the
   mean over channels of |4-neighbour Laplacian| of the estimate m in levels (edges replicated):
@@ -11,7 +13,7 @@ multiplied by ``2 ** ((t[c, k] - 128) / 8)`` for its channel c and class k:
 * the :data:`CLASSES` classes split the pixels into equal parts by the activity's rank (a stable
   sort: ties go by raster order), so class 0 is the flattest eighth of the image, 7 the busiest;
 * the multiplier codes ``t`` (3 channels x :data:`CLASSES` bytes, channel-major, the block
-  :data:`TEXTURE_BYTES` long) are fitted by the encoder on the real cost of both passes.
+  :data:`TEXTURE_BYTES` long) are fitted by the encoder on the real cost of every pass.
 
 Measured on four 128 px Kodak crops (shipped model, effort 5): the two UQ steps and the final step
 cost 0.001-0.06 bits/dim less each than with the context layout alone (README, "Texture classes").

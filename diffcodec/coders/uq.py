@@ -14,7 +14,7 @@ cells are intervals of levels (:class:`diffcodec.intervals.Quantizer`).  So:
 * after the step the pixel's feasible interval is its symbol's cell within [lo, hi], and the
   next steps (and the final step) code under beliefs restricted to it.
 
-Four layouts, the encoder keeps the shortest:
+Five layouts, the encoder keeps the shortest:
 
 * **plain** (chunk kind UQ): every channel's belief centred on m, one stream;
 * **channel-predicted** (kind UQ_PRED): channels in order, each belief mean shifted by the
@@ -22,12 +22,16 @@ Four layouts, the encoder keeps the shortest:
 * **context** (kind UQ_CTX): the channel-predicted layout over a checkerboard's anchors, then the
   other pixels predicted from their anchors too (:mod:`diffcodec.coders.spatial`);
 * **texture** (kind UQ_TEX, format version 6): the context layout with every width scaled by its
-  pixel's class of activity (:mod:`diffcodec.coders.texture`).
+  pixel's class of activity (:mod:`diffcodec.coders.texture`);
+* **neighbourhood** (kind UQ_NBR, format version 7): the texture layout's widths over four passes,
+  the 2 x 2 phases, each predicted from all three channels' decoded neighbours
+  (:mod:`diffcodec.coders.spatial`).  The checkerboard layouts (context, texture) are fitted only
+  on images of up to 128 x 128 pixels (:data:`diffcodec.coders.spatial.CHECKERBOARD_UP_TO`).
 
 Plain universal quantization pays ~0.25 bits/dim over the step's KL at high KL (a uniform
 cell coded under a Gaussian); restricted beliefs recover it in the final step.
 
-Payloads (format versions 5 and 6; S = tiles x 3 channels, P = 3 x tiles; the side information
+Payloads (format versions 5-7; S = tiles x 3 channels, P = 3 x tiles; the side information
 bit-packed, :mod:`diffcodec.coders.chanpred`)::
 
     plain:      S widths s = 2 ** ((code - 160) / 8) levels (tile x channel)
@@ -39,6 +43,8 @@ bit-packed, :mod:`diffcodec.coders.chanpred`)::
                 raster order within a pass)
     texture:    S widths, P predictor codes, 6-byte spatial block, 24-byte texture block
                 | one range-coded stream, as the context layout's
+    neighbours: S widths, P predictor codes, 63-byte spatial block, 24-byte texture block
+                | one range-coded stream: k - k(lo) of the twelve passes in order (version 7)
 
 Versions 2-4 sent the side information as bytes after u32 counts and gave each channel (pass)
 its own stream after its u32 length.
@@ -63,7 +69,7 @@ from .chanpred import (Layout, Payload, coefficients, fit_coefficients, interval
 
 #: Each kind's payload layout.
 LAYOUTS = {ChunkKind.UQ: Layout.PLAIN, ChunkKind.UQ_PRED: Layout.PREDICTED, ChunkKind.UQ_CTX: Layout.CONTEXT,
-           ChunkKind.UQ_TEX: Layout.TEXTURE}
+           ChunkKind.UQ_TEX: Layout.TEXTURE, ChunkKind.UQ_NBR: Layout.NEIGHBOURS}
 
 def symbol_tables(q: Quantizer, k_lo: np.ndarray, alphabet: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                   mean: np.ndarray, std: np.ndarray, dims: slice):
@@ -170,13 +176,18 @@ class UqCoder:
         def residual(c, sel, mean, std):
             return interval_residual(nlo[c][sel], nhi[c][sel], mean, std, m[c][sel])
 
-        fits = {ChunkKind.UQ_CTX: spatial.fit_context(grid, cells, pred_codes, residual)}
-        # the texture layout scales the context layout's widths per class of activity
-        fits[ChunkKind.UQ_TEX] = spatial.fit_texture(grid, cells, fits[ChunkKind.UQ_CTX], residual)
+        fits = {}
+        if grid.h * grid.w <= spatial.CHECKERBOARD_UP_TO or target.every_layout:
+            fits[ChunkKind.UQ_CTX] = spatial.fit_context(grid, cells, pred_codes, residual)
+            # the texture layout scales the context layout's widths per class of activity
+            fits[ChunkKind.UQ_TEX] = spatial.fit_texture(grid, cells, fits[ChunkKind.UQ_CTX], residual)
+        # the neighbourhood layout: the 2 x 2 phases' context fit, then its texture classes
+        fits[ChunkKind.UQ_NBR] = spatial.fit_texture(
+            grid, cells, spatial.fit_context(grid, cells, pred_codes, residual, spatial.QUINCUNX), residual)
         symbol_bits = {ChunkKind.UQ: plain_bits, ChunkKind.UQ_PRED: pred_bits,
                        **{kind: fit.bits for kind, fit in fits.items()}}
-        tex = fits[ChunkKind.UQ_TEX]
-        totals = {k: b + side_bits(LAYOUTS[k], pred_codes, tex.block, tex.texture) for k, b in symbol_bits.items()}
+        totals = {k: b + (side_bits(LAYOUTS[k], pred_codes, fits[k].block, fits[k].texture) if k in fits
+                          else side_bits(LAYOUTS[k], pred_codes)) for k, b in symbol_bits.items()}
         kind = min(totals, key=totals.get)
 
         def runs(mean: np.ndarray, std_: np.ndarray, dims: slice):
@@ -188,7 +199,8 @@ class UqCoder:
 
         if kind in fits:
             fit = fits[kind]
-            stream = self._context_stream(q, k, k_lo, alphabet, ints, m, fit.known, fit.payload, grid, fit.classes)
+            stream = self._context_stream(q, k, k_lo, alphabet, ints, m, fit.known, fit.payload, grid, fit.classes,
+                                          fit.scheme)
             payload = join_payload(fit.widths, stream, pred_codes, fit.block, fit.texture)
         elif kind == ChunkKind.UQ_PRED:
             # the refit left a unchanged (it reads only channel 0's residual), so channel 1's mean
@@ -201,7 +213,7 @@ class UqCoder:
             payload = join_payload(codes, stream)
         coded = 8 * len(stream)
         stats = {"kind": kind, "plain_symbol_bits": plain_bits, "predicted_symbol_bits": pred_bits,
-                 "context_symbol_bits": symbol_bits[ChunkKind.UQ_CTX], "texture_symbol_bits": symbol_bits[ChunkKind.UQ_TEX],
+                 **{f"{LAYOUTS[k].name.lower()}_symbol_bits": fit.bits for k, fit in fits.items()},
                  "layout_bits": totals,
                  "mean_alphabet": float(alphabet.mean()), "mean_log2_width": new.mean_log2_width()}
         del k_lo, alphabet, resid, fits, cells  # image-sized: gone before the next latent is made
@@ -209,12 +221,13 @@ class UqCoder:
 
     @staticmethod
     def _context_stream(q: Quantizer, k, k_lo, alphabet, ints: Intervals, m, known: spatial.Known, fields: Payload,
-                        grid: TileGrid, classes: np.ndarray | None = None) -> bytes:
-        """The context (or texture) layout's stream, its six passes in order (``known`` as the fit
-        left it: every pass's values; ``classes`` the texture fit's class map)."""
+                        grid: TileGrid, classes: np.ndarray | None, scheme: spatial.Scheme) -> bytes:
+        """A context layout's stream, its passes in order (``known`` as the fit left it: every
+        pass's values; ``classes`` the texture fit's class map)."""
 
         def passes():
-            for step, mean, std in spatial.context_beliefs(m.reshape(known.resid.shape), known, fields, grid, classes):
+            for step, mean, std in spatial.context_beliefs(m.reshape(known.resid.shape), known, fields, grid, classes,
+                                                           scheme):
                 d = step.dims
                 _, tables = _pass_tables(q, k_lo, alphabet, ints, d, mean, std)
                 sym = k[d] - k_lo[d]
@@ -223,13 +236,15 @@ class UqCoder:
         return code_passes(passes())
 
     @staticmethod
-    def _decode_context(q: Quantizer, k_lo, alphabet, ints: Intervals, fields: Payload, grid: TileGrid) -> np.ndarray:
+    def _decode_context(q: Quantizer, k_lo, alphabet, ints: Intervals, fields: Payload, grid: TileGrid,
+                        layout: Layout) -> np.ndarray:
         """The symbols k - k(lo) of a context-layout payload."""
         m = q.m.reshape(grid.c, grid.h, grid.w)
         known = spatial.Known.zeros(m.shape)
         symbols = np.empty(len(k_lo), dtype=np.int32)
-        streams = PassStreams(fields.streams, 2 * grid.c)
-        for step, mean, std in spatial.context_beliefs(m, known, fields, grid):
+        scheme = spatial.scheme_for(layout)
+        streams = PassStreams(fields.streams, scheme.passes * grid.c)
+        for step, mean, std in spatial.context_beliefs(m, known, fields, grid, scheme=scheme):
             d = step.dims
             sub, tables = _pass_tables(q, k_lo, alphabet, ints, d, mean, std)
             sym = streams.decode(tables)
@@ -257,7 +272,7 @@ class UqCoder:
         delta, q, k_lo, alphabet = self._setup(ctx)
         ints = ctx.intervals
         if LAYOUTS[kind] >= Layout.CONTEXT:
-            symbols = self._decode_context(q, k_lo, alphabet, ints, fields, grid)
+            symbols = self._decode_context(q, k_lo, alphabet, ints, fields, grid, LAYOUTS[kind])
         elif kind == ChunkKind.UQ:
             plain = PassStreams(streams, 1)
             symbols = plain.decode(symbol_tables(q, k_lo, alphabet, ints.lo, ints.hi, q.m,
