@@ -1,8 +1,11 @@
 """What each payload layout of the UQ and final steps costs on real files: the encoder estimates
-the plain, channel-predicted, context (checkerboard) and texture (context with widths per class
-of activity) layouts of every such step from their symbols' -log2 p and codes the smallest
-(``diffcodec.coders.uq`` / ``final``); this encodes images and reports, per step and in total,
-the four estimates and the bytes coded.
+the plain, channel-predicted, context (checkerboard), texture (context with widths per class
+of activity) and neighbourhood (texture over 2 x 2 phases reading every channel's neighbours)
+layouts of every such step from their symbols' -log2 p and codes the smallest
+(``diffcodec.coders.uq`` / ``final``); this encodes images, every layout fitted whatever the
+image's size (``EncodeOptions.every_layout``: the file may differ from a plain encode's, whose
+encoder skips the checkerboard layouts above 128 x 128 pixels), and reports, per step and in
+total, the five estimates and the bytes coded.
 
 Usage (from the repository root)::
 
@@ -23,7 +26,7 @@ from benchmarks.common import load_images, provenance, write_json
 from diffcodec.checkpoint import load_prior
 from diffcodec.codec import EncodeOptions, encode
 
-LAYOUTS = ("plain", "predicted", "context", "texture")
+LAYOUTS = ("plain", "predicted", "context", "texture", "neighbours")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{'image':>12} {'step':>5} {'t':>5} {'kind':>11} " + " ".join(f"{k:>10}" for k in LAYOUTS)
           + f" {'coded':>10}  (bits/dim)")
     for name, img in images.items():
-        res = encode(img, prior, EncodeOptions(effort=args.effort, seed=args.seed))
+        res = encode(img, prior, EncodeOptions(effort=args.effort, seed=args.seed, every_layout=True))
         dims = img.size
         totals["dims"] += dims
         totals["file_bytes"] += len(res.data)
@@ -50,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             est = {k: s.extra.get(f"{k}_symbol_bits") for k in LAYOUTS}
             if est["plain"] is None:
                 continue  # a PFR step: one layout
-            if est["context"] is None:  # a grey final step: plain only
+            if est["neighbours"] is None:  # a grey final step: plain only
                 continue
             row = {"image": name, "step": i + 1, "t": s.timestep, "kind": s.kind.label,
                    **{k: v / dims for k, v in est.items()}, "coded": s.coded_bits / dims}
