@@ -187,6 +187,18 @@ def heldout_bpd(net, diffusion_cfg: DiffusionConfig, crops: torch.Tensor, steps:
     return float(out["total_bpd"].mean())
 
 
+def trim_log(path: Path, step: int) -> None:
+    """Drop the lines of the training log past ``step`` (the step training resumes from): a run
+    stopped after its last checkpoint logged steps that the resumed run takes again, so each step
+    keeps the one line of the run that is kept."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = [ln for ln in lines if not ln.split("\t", 1)[0].isdigit() or int(ln.split("\t", 1)[0]) <= step]
+    if len(keep) != len(lines):
+        path.write_text("".join(keep))
+
+
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
     """Run (or resume) training as ``cfg`` says; returns a summary dict."""
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -271,6 +283,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" \
         else torch.autocast("cpu", enabled=False)
+    if cfg.log_file and rank == 0:
+        trim_log(Path(cfg.log_file), step)
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress or rank != 0, dynamic_ncols=True)
     running_bpd, t0, start_step = None, time.time(), step
     while step < cfg.steps:

@@ -147,6 +147,23 @@ def test_resume_is_exact(image_folder, tmp_path):
     _assert_same_state(again["train"]["model"], a["train"]["model"])
 
 
+def test_resumed_run_logs_each_step_once(image_folder, tmp_path):
+    """A run that died after its last checkpoint logged steps the resumed run takes again: the
+    log keeps one line a step, the resumed run's from the checkpoint on."""
+    log = tmp_path / "log.tsv"
+    first = replace(_resume_cfg(image_folder, tmp_path / "m.pt", 4), log_file=str(log))
+    train(first, progress=False)  # checkpoint at step 4
+    with open(log, "a") as f:  # the steps 5-6 of a run killed before its next checkpoint
+        f.write("5\t9.0\t9.0\tNone\n6\t9.0\t9.0\tNone\n")
+    train(replace(first, steps=8), progress=False)
+    rows = np.loadtxt(log, usecols=(0, 1))
+    np.testing.assert_array_equal(rows[:, 0], np.arange(1, 9))
+    assert (rows[:, 1] < 9.0).all()  # the dead run's lines are gone
+    from diffcodec.train import trim_log
+    trim_log(tmp_path / "none.tsv", 3)  # no log yet: nothing to do
+    assert not (tmp_path / "none.tsv").exists()
+
+
 def test_resume_refuses_another_configuration(image_folder, tmp_path):
     out = tmp_path / "m.pt"
     cfg = TrainConfig(data=image_folder, out=str(out), model="tiny", crop=16, batch_size=2, num_timesteps=50,
