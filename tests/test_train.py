@@ -270,6 +270,27 @@ def test_codec_weighted_training_needs_a_table_and_resumes_exactly(image_folder,
     _assert_same_state(a["ema"], b["ema"], "ema")
     _assert_same_state(a["train"]["model"], b["train"]["model"], "model")
     assert not torch.equal(a["ema"]["input_conv.weight"], blob["ema"]["input_conv.weight"])
+    # a fine-tune draws its batches from its seed mixed with the fingerprint it starts from, and
+    # keeps drawing them so when resumed (b above equals a)
+    from diffcodec.train import data_seed
+    start = read_checkpoint(with_table)["fingerprint"]
+    assert a["train"]["data_seed"] == b["train"]["data_seed"] == data_seed(0, start) != 0
+
+
+def test_fine_tunes_from_other_models_draw_other_batches(image_folder, tmp_path):
+    """Each round of fine-tuning starts from the last round's model: with one --seed, rounds must
+    not replay the same crops, timesteps and noise (they did before the seed was mixed)."""
+    from diffcodec.train import data_seed
+
+    assert data_seed(7, None) == data_seed(7, "") == 7  # a run from scratch: the seed itself
+    assert data_seed(0, "a" * 64) == data_seed(0, "a" * 64) != data_seed(0, "b" * 64) != data_seed(1, "b" * 64)
+    base = TrainConfig(data=image_folder, model="tiny", crop=16, batch_size=2, num_timesteps=50, device="cpu",
+                       save_every=10**6)
+    train(replace(base, out=str(tmp_path / "init.pt"), steps=1), progress=False)
+    train(replace(base, out=str(tmp_path / "fine.pt"), steps=1, init_from=str(tmp_path / "init.pt")), progress=False)
+    init, fine = read_checkpoint(tmp_path / "init.pt"), read_checkpoint(tmp_path / "fine.pt")
+    assert init["train"]["data_seed"] == 0  # from scratch
+    assert fine["train"]["data_seed"] == data_seed(0, init["fingerprint"]) != 0
 
 
 def _free_port() -> int:
