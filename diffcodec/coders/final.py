@@ -53,12 +53,12 @@ from ..kinds import ChunkKind
 from ..sideinfo import SCALE, TileGrid
 from .base import EncodeTarget, StepContext, StepOutput
 from . import spatial
-from .chanpred import (Layout, Payload, coefficients, fit_coefficients, join_payload, predicted_mean, side_bits,
-                       split_payload)
+from .chanpred import Layout, Payload, coefficients, fit_coefficients, join_payload, predicted_mean, split_payload
 
 #: Each kind's payload layout.
 LAYOUTS = {ChunkKind.FINAL: Layout.PLAIN, ChunkKind.FINAL_PRED: Layout.PREDICTED, ChunkKind.FINAL_CTX: Layout.CONTEXT,
            ChunkKind.FINAL_TEX: Layout.TEXTURE, ChunkKind.FINAL_NBR: Layout.NEIGHBOURS}
+KINDS = {layout: kind for kind, layout in LAYOUTS.items()}
 
 
 def level_tables(lo: np.ndarray, hi: np.ndarray, mean: np.ndarray, std: np.ndarray):
@@ -140,18 +140,13 @@ class FinalCoder:
             def residual(c, sel, mean_, std):
                 return v[c][sel] - mean[c][sel]
 
-            fits = {}
-            if grid.h * grid.w <= spatial.CHECKERBOARD_UP_TO or target.every_layout:
-                fits[ChunkKind.FINAL_CTX] = spatial.fit_context(grid, cells, pred_codes, residual)
-                fits[ChunkKind.FINAL_TEX] = spatial.fit_texture(grid, cells, fits[ChunkKind.FINAL_CTX], residual)
-            fits[ChunkKind.FINAL_NBR] = spatial.fit_texture(
-                grid, cells, spatial.fit_context(grid, cells, pred_codes, residual, spatial.QUINCUNX), residual)
+            fits = {KINDS[layout]: fit for layout, fit in
+                    spatial.fit_layouts(grid, cells, pred_codes, residual, target.every_layout).items()}
             del cells
             sizes.update({f"{LAYOUTS[k].name.lower()}_symbol_bits": fit.bits for k, fit in fits.items()})
             symbol_bits = {ChunkKind.FINAL: sizes["plain_symbol_bits"], ChunkKind.FINAL_PRED: sizes["predicted_symbol_bits"],
                            **{k: fit.bits for k, fit in fits.items()}}
-            totals = {k: b + (side_bits(LAYOUTS[k], pred_codes, fits[k].block, fits[k].texture) if k in fits
-                              else side_bits(LAYOUTS[k], pred_codes)) for k, b in symbol_bits.items()}
+            totals = spatial.layout_totals(symbol_bits, LAYOUTS, pred_codes, fits)
             kind = min(totals, key=totals.get)
             sizes["layout_bits"] = totals
         if LAYOUTS[kind] >= Layout.CONTEXT:

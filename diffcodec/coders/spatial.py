@@ -48,7 +48,7 @@ import numpy as np
 from ..intervals import fit_belief_widths, restricted_cost
 from ..sideinfo import SCALE, ByteQuantizer, TileGrid
 from . import texture
-from .chanpred import Layout, Payload, coefficients, predicted_mean
+from .chanpred import Layout, Payload, coefficients, predicted_mean, side_bits
 
 #: Weight of the axial-neighbour residual sum: (code - 128) / 256, in [-0.5, 0.496].
 WEIGHT = ByteQuantizer(128, 256.0, log=False)
@@ -453,3 +453,26 @@ def fit_texture(grid: TileGrid, cells: Cells, fit: "ContextFit", residual) -> "C
         total += float(restricted_cost(*cell, mean, std, 2.0**-24).sum())
         known.fill(step, residual(c, sel, mean, std), cell[0], cell[1], m[c][sel])
     return ContextFit(total, fit.widths, fit.predictors, fit.block, fields.texture, known, cls, fit.scheme)
+
+
+def fit_layouts(grid: TileGrid, cells: Cells, predictors: bytes, residual, every: bool = False) -> dict:
+    """The context-family layouts of a step that the encoder compares, by :class:`Layout`: the
+    neighbourhood layout, and the checkerboard's (context, texture) on images of at most
+    :data:`CHECKERBOARD_UP_TO` pixels (or ``every``).  ``residual`` as for :func:`fit_context`."""
+    fits = {}
+    if grid.h * grid.w <= CHECKERBOARD_UP_TO or every:
+        fits[Layout.CONTEXT] = fit_context(grid, cells, predictors, residual)
+        # the texture layout scales the context layout's widths per class of activity
+        fits[Layout.TEXTURE] = fit_texture(grid, cells, fits[Layout.CONTEXT], residual)
+    # the neighbourhood layout: the 2 x 2 phases' context fit, then its texture classes
+    fits[Layout.NEIGHBOURS] = fit_texture(grid, cells, fit_context(grid, cells, predictors, residual, QUINCUNX),
+                                          residual)
+    return fits
+
+
+def layout_totals(symbol_bits: dict, layouts: dict, predictors: bytes, fits: dict) -> dict:
+    """What the encoder compares, per chunk kind: its symbols' bits plus what its layout sends
+    besides them (:func:`diffcodec.coders.chanpred.side_bits`; ``fits`` the context-family fits by
+    kind)."""
+    return {k: b + (side_bits(layouts[k], predictors, fits[k].block, fits[k].texture) if k in fits
+                    else side_bits(layouts[k], predictors)) for k, b in symbol_bits.items()}

@@ -65,11 +65,12 @@ from ..sideinfo import SCALE, TileGrid
 from .base import EncodeTarget, StepContext, StepOutput
 from . import spatial
 from .chanpred import (Layout, Payload, coefficients, fit_coefficients, interval_residual, join_payload, predicted_mean,
-                       side_bits, split_payload)
+                       split_payload)
 
 #: Each kind's payload layout.
 LAYOUTS = {ChunkKind.UQ: Layout.PLAIN, ChunkKind.UQ_PRED: Layout.PREDICTED, ChunkKind.UQ_CTX: Layout.CONTEXT,
            ChunkKind.UQ_TEX: Layout.TEXTURE, ChunkKind.UQ_NBR: Layout.NEIGHBOURS}
+KINDS = {layout: kind for kind, layout in LAYOUTS.items()}
 
 def symbol_tables(q: Quantizer, k_lo: np.ndarray, alphabet: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                   mean: np.ndarray, std: np.ndarray, dims: slice):
@@ -176,18 +177,11 @@ class UqCoder:
         def residual(c, sel, mean, std):
             return interval_residual(nlo[c][sel], nhi[c][sel], mean, std, m[c][sel])
 
-        fits = {}
-        if grid.h * grid.w <= spatial.CHECKERBOARD_UP_TO or target.every_layout:
-            fits[ChunkKind.UQ_CTX] = spatial.fit_context(grid, cells, pred_codes, residual)
-            # the texture layout scales the context layout's widths per class of activity
-            fits[ChunkKind.UQ_TEX] = spatial.fit_texture(grid, cells, fits[ChunkKind.UQ_CTX], residual)
-        # the neighbourhood layout: the 2 x 2 phases' context fit, then its texture classes
-        fits[ChunkKind.UQ_NBR] = spatial.fit_texture(
-            grid, cells, spatial.fit_context(grid, cells, pred_codes, residual, spatial.QUINCUNX), residual)
+        fits = {KINDS[layout]: fit for layout, fit in
+                spatial.fit_layouts(grid, cells, pred_codes, residual, target.every_layout).items()}
         symbol_bits = {ChunkKind.UQ: plain_bits, ChunkKind.UQ_PRED: pred_bits,
                        **{kind: fit.bits for kind, fit in fits.items()}}
-        totals = {k: b + (side_bits(LAYOUTS[k], pred_codes, fits[k].block, fits[k].texture) if k in fits
-                          else side_bits(LAYOUTS[k], pred_codes)) for k, b in symbol_bits.items()}
+        totals = spatial.layout_totals(symbol_bits, LAYOUTS, pred_codes, fits)
         kind = min(totals, key=totals.get)
 
         def runs(mean: np.ndarray, std_: np.ndarray, dims: slice):
