@@ -248,13 +248,6 @@ def passes(channels: int, h: int, w: int, scheme: Scheme = CHECKERBOARD) -> Iter
         known = known | sel
 
 
-def anchor_sum(known: "Known", step: Pass) -> np.ndarray:
-    """[H, W]: the sum of each pixel's four axial neighbours' cell-midpoint residuals in channel
-    ``step.c``, the pass's own pixels read as 0 (read at the others, whose neighbours are all
-    anchors)."""
-    return axial_sum(np.where(step.sel, 0.0, known.mid[step.c]))
-
-
 def neighbour_features(known: "Known", step: Pass, scheme: Scheme, cache: dict | None = None) -> np.ndarray:
     """[F, N]: the neighbour sums pass ``step`` reads, at its N pixels: per sum of
     ``scheme.groups[step.p]``, per channel it reads (every channel, or its own), the sum of the
