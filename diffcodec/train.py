@@ -200,9 +200,10 @@ def heldout_bpd(net, diffusion_cfg: DiffusionConfig, crops: torch.Tensor, steps:
 
 
 def trim_log(path: Path, step: int) -> None:
-    """Drop the lines of the training log past ``step`` (the step training resumes from): a run
-    stopped after its last checkpoint logged steps that the resumed run takes again, so each step
-    keeps the one line of the run that is kept."""
+    """Drop the lines of the training log past ``step`` (the step training resumes from; 0 for a
+    new run, whose log starts empty of steps): a run stopped after its last checkpoint logged
+    steps that the resumed run takes again, so each step keeps the one line of the run that is
+    kept."""
     if not path.exists():
         return
     lines = path.read_text().splitlines(keepends=True)

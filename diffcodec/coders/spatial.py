@@ -188,7 +188,10 @@ def fit_weight(target: np.ndarray, feature: np.ndarray, where: np.ndarray) -> in
 
 def fit_weights(target: np.ndarray, features: np.ndarray) -> list[int]:
     """The :data:`WEIGHT` codes of the least-squares w in target ~ features.T @ w (1-D target,
-    [F, N] features; minimum norm where they are dependent, zeros without data)."""
+    [F, N] features; minimum norm where they are dependent, zeros without data).  One feature
+    takes :func:`fit_weight`'s formula (the codes of the checkerboard since format version 3)."""
+    if len(features) == 1:
+        return [fit_weight(target, features[0], slice(None))]
     if features.shape[1] == 0:
         return [int(WEIGHT.code(0.0))] * len(features)
     w = np.linalg.lstsq(features.T, target, rcond=None)[0]
@@ -248,14 +251,10 @@ def passes(channels: int, h: int, w: int, scheme: Scheme = CHECKERBOARD) -> Iter
         known = known | sel
 
 
-def neighbour_features(known: "Known", step: Pass, scheme: Scheme, cache: dict | None = None) -> np.ndarray:
+def neighbour_features(known: "Known", step: Pass, scheme: Scheme) -> np.ndarray:
     """[F, N]: the neighbour sums pass ``step`` reads, at its N pixels: per sum of
     ``scheme.groups[step.p]``, per channel it reads (every channel, or its own), the sum of the
-    cell-midpoint residuals of the pixels decoded in the passes before (others read as 0).
-    Reading every channel, a pass's channels read the same sums: ``cache`` (one dict per walk
-    through the passes) keeps the pass's."""
-    if scheme.cross and cache is not None and cache.get("pass") == step.p:
-        return cache["features"]
+    cell-midpoint residuals of the pixels decoded in the passes before (others read as 0)."""
     sources = range(known.mid.shape[0]) if scheme.cross else (step.c,)
     if scheme.passes == 4:  # on the quarter-size phase images: no image-sized temporaries
         feats = [_phase_sum(known.mid[k], step.p, NEIGHBOUR_OFFSETS[g]).reshape(-1)
@@ -263,10 +262,14 @@ def neighbour_features(known: "Known", step: Pass, scheme: Scheme, cache: dict |
     else:
         feats = [NEIGHBOUR_SUMS[g](np.where(step.known, known.mid[k], 0.0))[step.sel]
                  for g in scheme.groups[step.p] for k in sources]
-    out = np.stack(feats) if feats else np.zeros((0, int(step.sel.sum())))
-    if scheme.cross and cache is not None:
-        cache.update({"pass": step.p, "features": out})
-    return out
+    return np.stack(feats) if feats else np.zeros((0, int(step.sel.sum())))
+
+
+def new_features(step: Pass, scheme: Scheme) -> bool:
+    """Whether ``step`` reads other neighbour sums than the stream before it: a later pass's first
+    channel, or any channel of a scheme whose channels read only their own (reading every
+    channel, a pass's channels read the same sums, made once)."""
+    return step.p > 0 and (step.c == 0 or not scheme.cross)
 
 
 def pass_mean(base: np.ndarray, features: np.ndarray | None, step: Pass, weights) -> np.ndarray:
@@ -339,14 +342,6 @@ class ContextFit(NamedTuple):
         return Payload(self.widths, self.predictors, self.block, [], self.texture)
 
 
-def _fit_weights(target: np.ndarray, features: np.ndarray) -> list[int]:
-    """:func:`fit_weights`, with one feature :func:`fit_weight`'s formula (the codes of files
-    made before format version 7)."""
-    if len(features) == 1:
-        return [fit_weight(target, features[0], slice(None))]
-    return fit_weights(target, features)
-
-
 def fit_context(grid: TileGrid, cells: Cells, predictors: bytes, residual, scheme: Scheme = CHECKERBOARD) -> ContextFit:
     """Fit a context layout of a step (the channel predictor given): per tile the first pass's
     widths, per later pass and channel the neighbour weights (least squares) and width offset
@@ -356,20 +351,21 @@ def fit_context(grid: TileGrid, cells: Cells, predictors: bytes, residual, schem
     g1 = TileGrid(1, grid.h, grid.w, grid.tile)
     coef = coefficients(predictors, grid)
     known = Known.zeros(v.shape)
-    widths, weights, offsets, total, cache = [], [], [], 0.0, {}
+    widths, weights, offsets, total, features = [], [], [], 0.0, None
     for step in passes(grid.c, grid.h, grid.w, scheme):
         c, sel = step.c, step.sel
         base = predicted_mean(m, known.resid, coef, c)
-        codes, features = [], None
+        codes = []
+        if new_features(step, scheme):
+            features = neighbour_features(known, step, scheme)
         if step.p == 0:  # the later passes cost nothing while the first pass's widths are fitted
             widths.append(fit_belief_widths(g1, v[c:c + 1], base[None], lo[c:c + 1], hi[c:c + 1],
                                             np.where(sel, clo[c], lo[c])[None], np.where(sel, chi[c], hi[c])[None]))
         else:
-            features = neighbour_features(known, step, scheme, cache)
-            codes = _fit_weights((v[c] - base)[sel], features)
+            codes = fit_weights((v[c] - base)[sel], features)
             weights.extend(codes)
         mean = pass_mean(base, features, step, WEIGHT.value(np.array(codes, dtype=np.int64)))
-        del base, features  # image-sized
+        del base  # image-sized
         std = g1.channel_values(widths[c], SCALE, 0)[sel]
         cell = (clo[c][sel], chi[c][sel], lo[c][sel], hi[c][sel])
         if step.p > 0:  # the search sees every 4th pixel of a large image's pass
@@ -396,12 +392,12 @@ def context_beliefs(m: np.ndarray, known: Known, fields: Payload, grid: TileGrid
     elif classes is None:
         classes = texture.classes(m)
     scale = texture.multipliers(fields.texture) if fields.texture else None
-    cache: dict = {}
+    features = None
     for step in passes(grid.c, grid.h, grid.w, scheme):
         j = (step.p - 1) * grid.c + step.c
-        features = neighbour_features(known, step, scheme, cache) if step.p > 0 else None
+        if new_features(step, scheme):
+            features = neighbour_features(known, step, scheme)
         mean = pass_mean(predicted_mean(m, known.resid, coef, step.c), features, step, weights[j] if step.p else ())
-        del features
         std = grid.channel_values(fields.widths, SCALE, step.c)[step.sel]
         if step.p > 0:
             std = std * float(mults[j])
