@@ -157,8 +157,36 @@ def test_quincunx_features_are_the_masked_neighbour_sums(h, w):
     for step in spatial.passes(3, h, w, spatial.QUINCUNX):
         if step.p == 0:
             continue
-        got = spatial.neighbour_features(known, step, spatial.QUINCUNX)
+        got = spatial.neighbour_features(known, step, spatial.QUINCUNX).whole()
         want = [spatial.NEIGHBOUR_SUMS[g](np.where(step.known, known.mid[k], 0.0))[step.sel]
                 for g in spatial.QUINCUNX.groups[step.p] for k in range(3)]
         assert got.shape == (len(want), step.sel.sum())
         np.testing.assert_allclose(got, np.stack(want), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("block", [1, 3, 1 << 16])
+def test_quincunx_features_in_blocks_give_the_same_floats(monkeypatch, block):
+    """The neighbour sums are made a few phase rows at a time (never a whole pass's [F, N]):
+    the blocks tile the pass in order, and the means and fitted weights are those of the whole."""
+    monkeypatch.setattr(spatial, "FEATURE_BLOCK", block)
+    rng = np.random.default_rng(5)
+    h, w = 9, 7
+    known = spatial.Known(rng.normal(size=(3, h, w)).astype(np.float32), rng.normal(size=(3, h, w)).astype(np.float32))
+    base = rng.normal(size=(h, w))
+    for step in spatial.passes(3, h, w, spatial.QUINCUNX):
+        if step.p == 0:
+            continue
+        feats = spatial.neighbour_features(known, step, spatial.QUINCUNX)
+        spans = [(a, b) for a, b, _ in feats.blocks()]
+        assert spans[0][0] == 0 and spans[-1][1] == step.sel.sum()
+        assert all(b0 == a1 for (_, b0), (a1, _) in zip(spans, spans[1:]))
+        rows = (h - spatial.PHASES[step.p][0] + 1) // 2
+        assert len(spans) == {1: rows, 3: rows, 1 << 16: 1}[block]  # a phase row is 3 or 4 pixels
+        whole = feats.whole()
+        weights = rng.normal(size=len(feats))
+        want = base[step.sel]
+        for wk, fk in zip(weights, whole):
+            want = want + wk * fk
+        np.testing.assert_array_equal(spatial.pass_mean(base, feats, step, weights), want)
+        target = weights @ whole + rng.normal(0, 0.01, whole.shape[1])
+        assert spatial.fit_weights(target, feats) == spatial.fit_weights(target, whole)

@@ -116,23 +116,28 @@ NEIGHBOUR_OFFSETS = {"axial": ((-1, 0), (1, 0), (0, -1), (0, 1)), "diagonal": DI
 PHASES = ((0, 0), (1, 1), (0, 1), (1, 0))
 
 
-def _phase_sum(resid: np.ndarray, p: int, offsets: tuple[tuple[int, int], ...]) -> np.ndarray:
+def _phase_sum(resid: np.ndarray, p: int, offsets: tuple[tuple[int, int], ...],
+               rows: tuple[int, int] | None = None) -> np.ndarray:
     """[ceil((H - py) / 2), ceil((W - px) / 2)] float64: at each pixel of phase p = (py, px), the
     sum of ``resid`` at the offsets that land on a phase coded before p (0 past the border and
-    elsewhere): the masked neighbour sum, read on the quarter-size phase images."""
+    elsewhere): the masked neighbour sum, read on the quarter-size phase images; only the phase
+    image's rows ``rows`` = (first, end) where given (the same floats: each element adds its
+    offsets in the same order)."""
     py, px = PHASES[p]
     h, w = resid.shape
-    out = np.zeros(((h - py + 1) // 2, (w - px + 1) // 2), dtype=np.float64)
+    n_rows, n_cols = (h - py + 1) // 2, (w - px + 1) // 2
+    r0, r1 = rows if rows is not None else (0, n_rows)
+    out = np.zeros((r1 - r0, n_cols), dtype=np.float64)
     for dy, dx in offsets:
         qy, qx = (py + dy) % 2, (px + dx) % 2
         if (qy, qx) not in PHASES[:p]:
             continue
         src = resid[qy::2, qx::2]
         sy, sx = (py + dy - qy) // 2, (px + dx - qx) // 2  # out[i, j] reads src[i + sy, j + sx]
-        i0, i1 = max(0, -sy), min(out.shape[0], src.shape[0] - sy)
-        j0, j1 = max(0, -sx), min(out.shape[1], src.shape[1] - sx)
+        i0, i1 = max(r0, -sy), min(r1, src.shape[0] - sy)
+        j0, j1 = max(0, -sx), min(n_cols, src.shape[1] - sx)
         if i1 > i0 and j1 > j0:
-            out[i0:i1, j0:j1] += src[i0 + sy:i1 + sy, j0 + sx:j1 + sx]
+            out[i0 - r0:i1 - r0, j0:j1] += src[i0 + sy:i1 + sy, j0 + sx:j1 + sx]
     return out
 
 
@@ -186,15 +191,20 @@ def fit_weight(target: np.ndarray, feature: np.ndarray, where: np.ndarray) -> in
     return int(WEIGHT.code(float(np.dot(f, t)) / den if den > 0 else 0.0))
 
 
-def fit_weights(target: np.ndarray, features: np.ndarray) -> list[int]:
+def fit_weights(target: np.ndarray, features: "Features | np.ndarray") -> list[int]:
     """The :data:`WEIGHT` codes of the least-squares w in target ~ features.T @ w (1-D target,
-    [F, N] features; minimum norm where they are dependent, zeros without data).  One feature
+    [F, N] features or :class:`Features`; minimum norm where they are dependent, zeros without
+    data), from the normal equations accumulated block by block (no [N, F] copy).  One feature
     takes :func:`fit_weight`'s formula (the codes of the checkerboard since format version 3)."""
-    if len(features) == 1:
-        return [fit_weight(target, features[0], slice(None))]
-    if features.shape[1] == 0:
-        return [int(WEIGHT.code(0.0))] * len(features)
-    w = np.linalg.lstsq(features.T, target, rcond=None)[0]
+    blocks = [(0, features.shape[1], features)] if isinstance(features, np.ndarray) else features.blocks()
+    n_feat = len(features)
+    gram, rhs = np.zeros((n_feat, n_feat)), np.zeros(n_feat)
+    for a, b, f in blocks:
+        if n_feat == 1 and (a, b) == (0, len(target)):  # one feature in one block: the v3 formula
+            return [fit_weight(target, f[0], slice(None))]
+        gram += f @ f.T
+        rhs += f @ target[a:b]
+    w = np.linalg.lstsq(gram, rhs, rcond=None)[0]
     return [int(WEIGHT.code(float(x))) for x in w]
 
 
@@ -251,18 +261,58 @@ def passes(channels: int, h: int, w: int, scheme: Scheme = CHECKERBOARD) -> Iter
         known = known | sel
 
 
-def neighbour_features(known: "Known", step: Pass, scheme: Scheme) -> np.ndarray:
-    """[F, N]: the neighbour sums pass ``step`` reads, at its N pixels: per sum of
-    ``scheme.groups[step.p]``, per channel it reads (every channel, or its own), the sum of the
-    cell-midpoint residuals of the pixels decoded in the passes before (others read as 0)."""
-    sources = range(known.mid.shape[0]) if scheme.cross else (step.c,)
-    if scheme.passes == 4:  # on the quarter-size phase images: no image-sized temporaries
-        feats = [_phase_sum(known.mid[k], step.p, NEIGHBOUR_OFFSETS[g]).reshape(-1)
-                 for g in scheme.groups[step.p] for k in sources]
-    else:
-        feats = [NEIGHBOUR_SUMS[g](np.where(step.known, known.mid[k], 0.0))[step.sel]
-                 for g in scheme.groups[step.p] for k in sources]
-    return np.stack(feats) if feats else np.zeros((0, int(step.sel.sum())))
+#: About this many pixels of a pass get their neighbour sums made at once (whole rows of the
+#: phase image): the neighbourhood layout's nine sums of a whole pass would take 18 bytes a pixel
+#: of the image (216 MiB at 12 megapixels), and its least-squares fit as much again.
+FEATURE_BLOCK = 1 << 16
+
+
+class Features(NamedTuple):
+    """The neighbour sums a pass reads at its N pixels (in the pass's order), [F, N] float64 per
+    sum of ``scheme.groups[step.p]`` and channel read (every channel, or its own): the sums of
+    the cell-midpoint residuals ``mid`` of the pixels decoded in the passes before (others read as
+    0).  The 2 x 2 phases' sums are made on the quarter-size phase images, a block of rows at a
+    time (:meth:`blocks`), and never held for a whole pass; they read only earlier passes'
+    pixels, so they are the same floats whenever they are made while the pass is coded."""
+
+    mid: np.ndarray  # [C, H, W]: Known.mid
+    step: "Pass"
+    scheme: Scheme
+
+    def __len__(self) -> int:
+        return self.scheme.features(self.step.p, self.mid.shape[0])
+
+    def _sources(self) -> range | tuple[int]:
+        return range(self.mid.shape[0]) if self.scheme.cross else (self.step.c,)
+
+    def blocks(self) -> Iterator[tuple[int, int, np.ndarray]]:
+        """(start, end, [F, end - start]) over the pass's pixels, in order."""
+        step, groups = self.step, self.scheme.groups[self.step.p]
+        if self.scheme.passes != 4:  # the checkerboard: image-sized sums, one block
+            feats = [NEIGHBOUR_SUMS[g](np.where(step.known, self.mid[k], 0.0))[step.sel]
+                     for g in groups for k in self._sources()]
+            n = int(step.sel.sum())
+            yield 0, n, np.stack(feats) if feats else np.zeros((0, n))
+            return
+        py, px = PHASES[step.p]
+        h, w = self.mid.shape[1:]
+        n_rows, n_cols = (h - py + 1) // 2, (w - px + 1) // 2
+        per = max(1, FEATURE_BLOCK // max(n_cols, 1))
+        for r0 in range(0, n_rows, per):
+            r1 = min(n_rows, r0 + per)
+            feats = [_phase_sum(self.mid[k], step.p, NEIGHBOUR_OFFSETS[g], (r0, r1)).reshape(-1)
+                     for g in groups for k in self._sources()]
+            yield r0 * n_cols, r1 * n_cols, np.stack(feats) if feats else np.zeros((0, (r1 - r0) * n_cols))
+
+    def whole(self) -> np.ndarray:
+        """[F, N]: every block at once (tests; the coders read :meth:`blocks`)."""
+        parts = [f for _, _, f in self.blocks()]
+        return np.concatenate(parts, axis=1) if parts else np.zeros((len(self), 0))
+
+
+def neighbour_features(known: "Known", step: Pass, scheme: Scheme) -> Features:
+    """The neighbour sums pass ``step`` reads (:class:`Features`), from what ``known`` holds."""
+    return Features(known.mid, step, scheme)
 
 
 def new_features(step: Pass, scheme: Scheme) -> bool:
@@ -272,15 +322,19 @@ def new_features(step: Pass, scheme: Scheme) -> bool:
     return step.p > 0 and (step.c == 0 or not scheme.cross)
 
 
-def pass_mean(base: np.ndarray, features: np.ndarray | None, step: Pass, weights) -> np.ndarray:
+def pass_mean(base: np.ndarray, features: Features | None, step: Pass, weights) -> np.ndarray:
     """The belief means of ``step``'s pixels (1-D): ``base``, the channel-predicted mean [H, W]
     (:func:`diffcodec.coders.chanpred.predicted_mean`), plus, in passes after the first, each
-    weight times its neighbour feature (:func:`neighbour_features`), in order.  Both sides call
-    this with the same arrays (the same floats)."""
+    weight times its neighbour feature (:class:`Features`), in order, block by block (the same
+    floats as whole: the sums are element-wise).  Both sides call this with the same arrays."""
     mean = base[step.sel]
     if step.p > 0:
-        for wk, fk in zip(np.asarray(weights, dtype=np.float64).reshape(-1), features):
-            mean = mean + wk * fk
+        w = np.asarray(weights, dtype=np.float64).reshape(-1)
+        for a, b, block_ in features.blocks():
+            seg = mean[a:b]
+            for wk, fk in zip(w, block_):
+                seg = seg + wk * fk
+            mean[a:b] = seg
     return mean
 
 
@@ -406,12 +460,15 @@ def context_beliefs(m: np.ndarray, known: Known, fields: Payload, grid: TileGrid
         yield step, mean, std
 
 
-def fit_texture(grid: TileGrid, cells: Cells, fit: "ContextFit", residual) -> "ContextFit":
+def fit_texture(grid: TileGrid, cells: Cells, fit: "ContextFit", residual, reuse_known: bool = False) -> "ContextFit":
     """The texture (or neighbourhood) layout of a step from its context layout ``fit`` (of either
     scheme): the multiplier of each channel and class (:mod:`diffcodec.coders.texture`)
     minimising every pass's cost under the context layout's means (on a subsample of large
     passes), then the step refitted with them (the means of a UQ step's later passes move with
-    the residuals its widths estimate).  ``residual`` as for :func:`fit_context`."""
+    the residuals its widths estimate).  ``residual`` as for :func:`fit_context`.  With
+    ``reuse_known`` the refit writes its residuals over ``fit.known`` (``fit`` is not kept): each
+    pass reads only the passes written before it, so the beliefs are those of a fresh one, and
+    a large image holds one :class:`Known` fewer."""
     m, v, lo, hi, clo, chi = cells
     cls = texture.classes(m)
     samples: list[list[tuple]] = [[] for _ in range(grid.c)]
@@ -434,7 +491,7 @@ def fit_texture(grid: TileGrid, cells: Cells, fit: "ContextFit", residual) -> "C
             codes[c, k] = texture.fit_code(cost)
     del samples
     fields = fit.payload._replace(texture=codes.tobytes())
-    known = Known.zeros(v.shape)
+    known = fit.known if reuse_known else Known.zeros(v.shape)
     total = 0.0
     for step, mean, std in context_beliefs(m, known, fields, grid, cls, fit.scheme):
         c, sel = step.c, step.sel
@@ -455,7 +512,7 @@ def fit_layouts(grid: TileGrid, cells: Cells, predictors: bytes, residual, every
         fits[Layout.TEXTURE] = fit_texture(grid, cells, fits[Layout.CONTEXT], residual)
     # the neighbourhood layout: the 2 x 2 phases' context fit, then its texture classes
     fits[Layout.NEIGHBOURS] = fit_texture(grid, cells, fit_context(grid, cells, predictors, residual, QUINCUNX),
-                                          residual)
+                                          residual, reuse_known=True)
     return fits
 
 
