@@ -10,6 +10,7 @@ Usage (from the repository root)::
     python -m benchmarks.sweep_steps --images ../shared/data/kodak --crop 128 --limit 6 \\
         --steps plan,4,8,12,16 --t-min plan,0,20 --tile 0,32,64 --out benchmarks/results/sweep.json
     python -m benchmarks.sweep_steps --images <crops> --effort 5,9 --symmetry plan,1,2,8
+    python -m benchmarks.sweep_steps --images <crops> --effort 5 --cost-model <benchmarks.calibrate JSON>
 
 ``--steps``, ``--t-min`` and ``--symmetry`` take comma-separated values; ``plan`` leaves the
 choice to the trajectory planner and the effort (the default).  Every combination of the lists is one setting.  Prints one
@@ -17,13 +18,15 @@ row per setting: mean real bits/dim of the lossless file, of its latent steps an
 step, the model's ideal bits/dim of the same chain (sum of KLs + decoder NLL), the plan's
 expected bits/dim (cost model; '–' for a model without an x_0 error table), the file's ratio to
 the ideal, encode seconds and network calls.  The JSON also holds per image: the timesteps, the
-coder of each step, encode seconds and network calls.
+coder and bits of each step, the cost model's expectation of each, encode seconds and network
+calls (``python -m benchmarks.calibrate`` fits the cost model to them).
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -35,7 +38,7 @@ from diffcodec.checkpoint import Prior, load_prior
 from diffcodec.codec import EncodeOptions, encode
 from diffcodec.errors import OptionError
 from diffcodec.kinds import LatentMethod, values
-from diffcodec.trajectory import MAX_EFFORT
+from diffcodec.trajectory import DEFAULT_COSTS, MAX_EFFORT, CostModel
 
 #: Per-image measurements averaged into a row.
 ROW_MEANS = ("file_bits_per_dim", "latent_bits_per_dim", "final_bits_per_dim", "ideal_bits_per_dim",
@@ -65,6 +68,8 @@ def measure(img: np.ndarray, prior: Prior, opts: EncodeOptions) -> dict[str, Any
         "expected_bits_per_dim": r.plan.expected_bits_per_dim,
         "timesteps": list(r.plan.timesteps),
         "coders": [s.kind.label for s in r.steps],
+        "dims": dims, "step_bits": [8 * s.bytes for s in r.steps],  # each chunk's bits, in coding order (benchmarks.calibrate)
+        "step_expected_bits_per_dim": list(r.plan.expected_steps),  # the cost model's, latent steps (last: + final)
         "pfr_bits": [r.plan.chunk_bits, r.plan.margin_bits],  # what PFR steps searched with (chunk, margin)
         "symmetry": r.header.symmetry, "symmetry_max_t": r.header.symmetry_max_t,
         "encode_seconds": r.seconds, "network_seconds": r.net_seconds, "network_calls": r.net_calls,
@@ -107,10 +112,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--symmetry-max-t", type=_ints_or_plan, default=[None],
                     help="largest timesteps whose network calls are symmetrised, comma-separated (65535: all); "
                          "plan: the effort's (default)")
+    ap.add_argument("--cost-model", type=Path, default=None,
+                    help="plan with the constants a benchmarks.calibrate JSON fitted ('new'; default: the shipped ones)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     prior = load_prior(args.model, args.device)
+    costs = CostModel(**json.loads(args.cost_model.read_text())["new"]) if args.cost_model else DEFAULT_COSTS
     images = load_images(args.images, args.limit, args.crop)
     rows = []
     print(f"{'effort':>6} {'pfr':>5} {'steps':>5} {'t_min':>5} {'tile':>4} {'sym':>4} {'file b/dim':>10} {'latent':>8} "
@@ -120,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         chunk, margin = pfr or (None, None)
         opts = EncodeOptions(effort=effort, method=LatentMethod(args.method), steps=steps, t_min=t_min, tile=tile,
                              seed=args.seed, pfr_chunk_bits=chunk, pfr_margin_bits=margin, symmetry=sym,
-                             symmetry_max_t=sym_t)
+                             symmetry_max_t=sym_t, cost_model=costs)
         try:
             per_image = {name: measure(img, prior, opts) for name, img in images.items()}
         except OptionError as e:
@@ -140,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{row['network_calls']:>5.0f} {row['network_evaluations']:>5.0f}", flush=True)
     if args.out:
         write_json(args.out, {"rows": rows, "model": Path(prior.source).name, "model_fingerprint": prior.fingerprint,
+                              "cost_model": str(args.cost_model) if args.cost_model else "default",
                               "method": args.method, "images": list(images), "crop": args.crop,
                               **provenance("benchmarks.sweep_steps", argv)})
     best = min(rows, key=lambda r: r["file_bits_per_dim"]) if rows else None

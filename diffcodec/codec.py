@@ -41,7 +41,7 @@ from .errors import FormatError, OptionError
 from .image import SourceImage, native_array, prepare_image, restore_image
 from .intervals import Intervals
 from .kinds import ChunkKind, LatentMethod, Reconstruction, check_symmetry
-from .trajectory import Plan, PlanOptions, plan_chain
+from .trajectory import DEFAULT_COSTS, CostModel, Plan, PlanOptions, plan_chain
 
 DEFAULT_TILE = 64
 
@@ -64,6 +64,7 @@ class EncodeOptions:
     symmetry: int | None = None  # network calls averaged over 1, 2, 4 or 8 symmetries (None: the effort's) ...
     symmetry_max_t: int | None = None  # ... those at timesteps t <= this (None: the effort's; 65535: all)
     every_layout: bool = False  # fit the checkerboard layouts of UQ and final steps above their size limit too (measurement)
+    cost_model: CostModel = DEFAULT_COSTS  # the planner's constants (another: measurement, benchmarks.calibrate)
 
     def plan_options(self) -> PlanOptions:
         return PlanOptions(effort=self.effort, method=LatentMethod(self.method), steps=self.steps,
@@ -144,7 +145,7 @@ def encode(image, prior: Prior, options: EncodeOptions | None = None,
         raise OptionError(f"symmetry_max_t must be in 0 .. {fmt.ALL_TIMESTEPS}")
     src = image if isinstance(image, SourceImage) else prepare_image(image)
     h, w = src.pixels.shape[:2]
-    plan = plan_chain(prior, h * w, opt.plan_options())
+    plan = plan_chain(prior, h * w, opt.plan_options(), opt.cost_model)
     cfg = prior.diffusion
     # the chain's parameters; the header written is this with the number of chunks coded
     spec = fmt.Header(w, h, src.mode, bytes.fromhex(prior.fingerprint), cfg.schedule, cfg.num_timesteps,

@@ -28,7 +28,7 @@ from diffcodec.likelihood import bits_per_dim
 from diffcodec.trajectory import EFFORTS
 
 SCRIPTS = ("rd_diffcodec", "baselines", "bound", "sweep_steps", "pfr_speed", "make_results", "plots", "symmetry",
-           "rd_merge", "layouts", "xstart_error")
+           "rd_merge", "layouts", "xstart_error", "calibrate")
 COMPRESSAI_KEYS = {"bpp", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time"}
 K = 3  # latent steps of the smoke runs
 SIZES = {"astronaut.png": (32, 32), "coffee.png": (24, 20)}  # name: (width, height)
@@ -363,10 +363,89 @@ def test_sweep_steps(images_dir, tmp_path, table_model_path):
             assert m["network_calls"] == k + 1
             assert 0 < m["latent_bits_per_dim"] + m["final_bits_per_dim"] < m["file_bits_per_dim"]  # + header
             assert math.isfinite(m["expected_bits_per_dim"]) and m["expected_bits_per_dim"] > 0
+            # every chunk's bits (the file's header and framing besides), the cost model's per latent step
+            assert len(m["step_bits"]) == k + 1 and 0 < sum(m["step_bits"]) < m["file_bits_per_dim"] * m["dims"]
+            assert sum(m["step_bits"]) / m["dims"] == pytest.approx(m["latent_bits_per_dim"] + m["final_bits_per_dim"])
+            assert len(m["step_expected_bits_per_dim"]) == k
+            assert sum(m["step_expected_bits_per_dim"]) == pytest.approx(m["expected_bits_per_dim"])
             assert m["encode_seconds"] > 0
         for key in sweep_steps.ROW_MEANS:
             assert row[key] == pytest.approx(np.mean([m[key] for m in row["per_image"].values()])), key
     assert doc["command"].startswith("python -m benchmarks.sweep_steps ")
+
+
+def _synthetic_files(model, mse, rng, n=40, images=4):
+    """Coded files whose every step costs exactly what ``model`` says, plus their image's offset
+    (its difficulty; the offsets average 0)."""
+    from benchmarks import calibrate
+    from diffcodec.trajectory import final_bits, uq_overhead
+
+    files = []
+    offsets = rng.normal(0, 0.3, images)
+    offsets -= offsets.mean()
+    for i in range(n):
+        k_steps = int(rng.integers(2, 6))
+        pfr = [bool(rng.random() < 0.5) for _ in range(k_steps)]
+        kl = [float(x) for x in rng.uniform(0.01, 1.5, k_steps)]
+        chunk, dims, t_min = int(rng.choice([4, 6, 10])), 3 * 128 * 128, int(rng.integers(0, 20))
+        pixels = dims / 3
+        bits = []
+        for j, (p, k) in enumerate(zip(pfr, kl)):
+            cost = float(model.pfr(np.array(k), chunk)) if p else float(model.uq(np.array(k)))
+            if j == k_steps - 1 and not p:
+                cost -= model.final_recovered * (1 - model.uq_recovered) * float(uq_overhead(np.array(k)))
+            bits.append(cost * dims + calibrate._fixed(model, p, pixels))
+        bits.append((float(final_bits(mse, model)[t_min]) + offsets[i % images]) * dims
+                    + calibrate._fixed(model, False, pixels))
+        obs = {"image": f"{i % images}.png", "effort": 5, "chunk": chunk, "dims": dims, "pixels": pixels,
+               "pairs": [(0, 0)] * k_steps, "pfr": pfr, "bits": bits, "kl": kl, "t_min": t_min,
+               "file": sum(bits) / dims}
+        files.append(obs)
+    return files
+
+
+def test_calibration_recovers_the_cost_model():
+    """Files made to cost what a cost model says, plus an offset per image, give that model back;
+    its predictions are then exact once the image's offset is added; a coder without files keeps
+    the base model's constants."""
+    from dataclasses import replace as _replace
+
+    from benchmarks import calibrate
+    from diffcodec.trajectory import DEFAULT_COSTS
+
+    true = _replace(DEFAULT_COSTS, uq_kl_factor=0.7, uq_recovered=0.3, pfr_kl_factor=1.1, pfr_chunk_overhead=1.7,
+                    final_offset=-0.2, final_recovered=0.6)
+    mse = np.linspace(1e-4, 0.3, 1000)[:, None] * np.array([[1.0, 0.9, 1.1]])
+    files = _synthetic_files(true, mse, np.random.default_rng(0))
+    got = calibrate.fit(files, mse)
+    for name in ("uq_kl_factor", "uq_recovered", "pfr_kl_factor", "pfr_chunk_overhead", "final_offset",
+                 "final_recovered"):
+        assert getattr(got, name) == pytest.approx(getattr(true, name), abs=1e-9), name
+    rows = calibrate.chain_errors(files, {"old": DEFAULT_COSTS, "new": got}, mse)
+    assert all(abs(r["new_rank_error"]) < 1e-9 for r in rows)
+    assert max(abs(r["old_rank_error"]) for r in rows) > 0.01
+    uq_only = [o for o in files if not any(o["pfr"])]
+    kept = calibrate.fit(uq_only, mse)
+    assert (kept.pfr_kl_factor, kept.pfr_chunk_overhead) == (DEFAULT_COSTS.pfr_kl_factor, DEFAULT_COSTS.pfr_chunk_overhead)
+    assert kept.uq_kl_factor == pytest.approx(0.7, abs=1e-9)
+
+
+def test_calibrate_reads_sweeps(images_dir, tmp_path, table_model_path):
+    """End to end on a sweep of the tiny model: the fit is written with the chains' real and
+    predicted sizes; a sweep of another model is refused."""
+    from benchmarks import calibrate
+
+    sweep = tmp_path / "sweep.json"
+    assert sweep_steps.main(["--images", str(images_dir), "--crop", "16", "--limit", "2", "--model",
+                             str(table_model_path), "--effort", "2", "--steps", "plan,2,3", "--out", str(sweep)]) == 0
+    out = tmp_path / "cal.json"
+    assert calibrate.main([str(sweep), "--model", str(table_model_path), "--out", str(out)]) == 0
+    doc = _strict(out)
+    files = sum(r["files"] for r in doc["chains"])
+    assert files == 6 and doc["rank_error_rms"]["new"] <= doc["rank_error_rms"]["old"] + 1e-9
+    assert doc["command"].startswith("python -m benchmarks.calibrate ")
+    with pytest.raises(SystemExit, match="not"):
+        calibrate.main([str(sweep), "--out", str(out)])  # the shipped model did not encode it
 
 
 def test_symmetry_benchmark(images_dir, tmp_path, tiny_model_path):

@@ -315,13 +315,6 @@ def neighbour_features(known: "Known", step: Pass, scheme: Scheme) -> Features:
     return Features(known.mid, step, scheme)
 
 
-def new_features(step: Pass, scheme: Scheme) -> bool:
-    """Whether ``step`` reads other neighbour sums than the stream before it: a later pass's first
-    channel, or any channel of a scheme whose channels read only their own (reading every
-    channel, a pass's channels read the same sums, made once)."""
-    return step.p > 0 and (step.c == 0 or not scheme.cross)
-
-
 def pass_mean(base: np.ndarray, features: Features | None, step: Pass, weights) -> np.ndarray:
     """The belief means of ``step``'s pixels (1-D): ``base``, the channel-predicted mean [H, W]
     (:func:`diffcodec.coders.chanpred.predicted_mean`), plus, in passes after the first, each
@@ -405,13 +398,12 @@ def fit_context(grid: TileGrid, cells: Cells, predictors: bytes, residual, schem
     g1 = TileGrid(1, grid.h, grid.w, grid.tile)
     coef = coefficients(predictors, grid)
     known = Known.zeros(v.shape)
-    widths, weights, offsets, total, features = [], [], [], 0.0, None
+    widths, weights, offsets, total = [], [], [], 0.0
     for step in passes(grid.c, grid.h, grid.w, scheme):
         c, sel = step.c, step.sel
         base = predicted_mean(m, known.resid, coef, c)
         codes = []
-        if new_features(step, scheme):
-            features = neighbour_features(known, step, scheme)
+        features = neighbour_features(known, step, scheme) if step.p else None
         if step.p == 0:  # the later passes cost nothing while the first pass's widths are fitted
             widths.append(fit_belief_widths(g1, v[c:c + 1], base[None], lo[c:c + 1], hi[c:c + 1],
                                             np.where(sel, clo[c], lo[c])[None], np.where(sel, chi[c], hi[c])[None]))
@@ -446,11 +438,9 @@ def context_beliefs(m: np.ndarray, known: Known, fields: Payload, grid: TileGrid
     elif classes is None:
         classes = texture.classes(m)
     scale = texture.multipliers(fields.texture) if fields.texture else None
-    features = None
     for step in passes(grid.c, grid.h, grid.w, scheme):
         j = (step.p - 1) * grid.c + step.c
-        if new_features(step, scheme):
-            features = neighbour_features(known, step, scheme)
+        features = neighbour_features(known, step, scheme) if step.p else None
         mean = pass_mean(predicted_mean(m, known.resid, coef, step.c), features, step, weights[j] if step.p else ())
         std = grid.channel_values(fields.widths, SCALE, step.c)[step.sel]
         if step.p > 0:
