@@ -742,8 +742,9 @@ def test_coders_hold_few_image_sized_arrays(case, monkeypatch):
     # (its class map), the neighbourhood layout's 4.4 (a pass's features: 9 quarter-size maps; UQ
     # encode 10.2, decode 8.1, final encode 9.4);
     # the UQ encode (10.3, was 10.2 before the context layout) is not pinned: at this size its
-    # fixed temporaries dominate
-    limits = {("UqCoder", "decode"): 10.0, ("FinalCoder", "encode"): 10.5, ("FinalCoder", "decode"): 4.5}
+    # fixed temporaries dominate. Since a pass's neighbour sums are made 4,096 pixels at a time
+    # (spatial.FEATURE_BLOCK): final decode 3.4, UQ encode 10.0, final encode 9.2
+    limits = {("UqCoder", "decode"): 10.0, ("FinalCoder", "encode"): 10.5, ("FinalCoder", "decode"): 3.6}
     for key, limit in limits.items():
         assert growth[key] < limit, (key, growth[key])
 

@@ -117,17 +117,18 @@ PHASES = ((0, 0), (1, 1), (0, 1), (1, 0))
 
 
 def _phase_sum(resid: np.ndarray, p: int, offsets: tuple[tuple[int, int], ...],
-               rows: tuple[int, int] | None = None) -> np.ndarray:
+               rows: tuple[int, int] | None = None, out: np.ndarray | None = None) -> np.ndarray:
     """[ceil((H - py) / 2), ceil((W - px) / 2)] float64: at each pixel of phase p = (py, px), the
     sum of ``resid`` at the offsets that land on a phase coded before p (0 past the border and
     elsewhere): the masked neighbour sum, read on the quarter-size phase images; only the phase
     image's rows ``rows`` = (first, end) where given (the same floats: each element adds its
-    offsets in the same order)."""
+    offsets in the same order), added into ``out`` (zeros of that shape) where given."""
     py, px = PHASES[p]
     h, w = resid.shape
     n_rows, n_cols = (h - py + 1) // 2, (w - px + 1) // 2
     r0, r1 = rows if rows is not None else (0, n_rows)
-    out = np.zeros((r1 - r0, n_cols), dtype=np.float64)
+    if out is None:
+        out = np.zeros((r1 - r0, n_cols), dtype=np.float64)
     for dy, dx in offsets:
         qy, qx = (py + dy) % 2, (px + dx) % 2
         if (qy, qx) not in PHASES[:p]:
@@ -262,9 +263,10 @@ def passes(channels: int, h: int, w: int, scheme: Scheme = CHECKERBOARD) -> Iter
 
 
 #: About this many pixels of a pass get their neighbour sums made at once (whole rows of the
-#: phase image): the neighbourhood layout's nine sums of a whole pass would take 18 bytes a pixel
-#: of the image (216 MiB at 12 megapixels), and its least-squares fit as much again.
-FEATURE_BLOCK = 1 << 16
+#: phase image; 288 KiB for nine sums): the neighbourhood layout's nine sums of a whole pass would
+#: take 18 bytes a pixel of the image (216 MiB at 12 megapixels), and its least-squares fit as
+#: much again.
+FEATURE_BLOCK = 1 << 12
 
 
 class Features(NamedTuple):
@@ -298,11 +300,13 @@ class Features(NamedTuple):
         h, w = self.mid.shape[1:]
         n_rows, n_cols = (h - py + 1) // 2, (w - px + 1) // 2
         per = max(1, FEATURE_BLOCK // max(n_cols, 1))
+        sums = [(g, k) for g in groups for k in self._sources()]
         for r0 in range(0, n_rows, per):
             r1 = min(n_rows, r0 + per)
-            feats = [_phase_sum(self.mid[k], step.p, NEIGHBOUR_OFFSETS[g], (r0, r1)).reshape(-1)
-                     for g in groups for k in self._sources()]
-            yield r0 * n_cols, r1 * n_cols, np.stack(feats) if feats else np.zeros((0, (r1 - r0) * n_cols))
+            feats = np.zeros((len(sums), r1 - r0, n_cols))  # each sum made in its row: no list, no stack
+            for row, (g, k) in zip(feats, sums):
+                _phase_sum(self.mid[k], step.p, NEIGHBOUR_OFFSETS[g], (r0, r1), out=row)
+            yield r0 * n_cols, r1 * n_cols, feats.reshape(len(sums), -1)
 
     def whole(self) -> np.ndarray:
         """[F, N]: every block at once (tests; the coders read :meth:`blocks`)."""
