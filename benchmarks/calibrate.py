@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -67,11 +66,6 @@ def observations(sweeps: list[dict], kl: np.ndarray) -> list[dict[str, Any]]:
     return out
 
 
-def _fixed(model: CostModel, pfr: bool, pixels: float) -> float:
-    tiles = max(1.0, pixels / 64.0**2)
-    return (model.pfr_fixed_bits + model.pfr_tile_bits * tiles) if pfr else (model.uq_fixed_bits + model.uq_tile_bits * tiles)
-
-
 def predict(obs: dict, model: CostModel, mse: np.ndarray) -> float:
     """The cost model's bits/dim of one coded file's chain (the planner's formula, per role)."""
     total, n = 0.0, len(obs["pairs"])
@@ -79,10 +73,10 @@ def predict(obs: dict, model: CostModel, mse: np.ndarray) -> float:
         kk = np.array(k)
         cost = float(model.pfr(kk, obs["chunk"])) if pfr else float(model.uq(kk))
         if i == n - 1 and not pfr:
-            cost -= model.final_recovered * (1.0 - model.uq_recovered) * float(uq_overhead(kk))
-        total += cost + _fixed(model, pfr, obs["pixels"]) / obs["dims"]
+            cost -= float(model.given_back(kk))
+        total += cost + model.fixed_bits(pfr, obs["pixels"]) / obs["dims"]
     fin = final_bits(mse, model)[obs["t_min"]]
-    return total + float(fin) + _fixed(model, False, obs["pixels"]) / obs["dims"]
+    return total + float(fin) + model.fixed_bits(False, obs["pixels"]) / obs["dims"]
 
 
 def fit(obs: list[dict], mse: np.ndarray, base: CostModel = DEFAULT_COSTS) -> CostModel:
@@ -109,7 +103,7 @@ def fit(obs: list[dict], mse: np.ndarray, base: CostModel = DEFAULT_COSTS) -> Co
                 if i == n - 1:
                     x[r, 4] -= ovh
         x[r, 5 + images.index(o["image"])] = 1.0
-        fixed = sum(_fixed(base, pfr, o["pixels"]) for pfr in o["pfr"]) + _fixed(base, False, o["pixels"])
+        fixed = sum(base.fixed_bits(pfr, o["pixels"]) for pfr in o["pfr"]) + base.fixed_bits(False, o["pixels"])
         y[r] = (sum(o["bits"]) - fixed) / o["dims"] - float(gauss[o["t_min"]])
     # what the files cannot tell is moved to y at the base model's value and its column dropped
     known = {}

@@ -134,6 +134,19 @@ class CostModel:
         kl = kl * self.pfr_kl_factor
         return kl * (1.0 + self.pfr_chunk_overhead / chunk_bits)
 
+    def given_back(self, kl: np.ndarray) -> np.ndarray:
+        """What the final step gets back of the last latent step's cost when that step is UQ
+        (its cells narrow the final step's levels): the recovered share of UQ's overhead."""
+        return self.final_recovered * (1.0 - self.uq_recovered) * uq_overhead(kl)
+
+    def fixed_bits(self, pfr: bool, pixels: float) -> float:
+        """A coded step's fixed bits (framing, coder fields) and its side information per 64 px
+        tile: a PFR step's, else a UQ or final step's."""
+        tiles = max(1.0, pixels / 64.0**2)
+        if pfr:
+            return self.pfr_fixed_bits + self.pfr_tile_bits * tiles
+        return self.uq_fixed_bits + self.uq_tile_bits * tiles
+
 
 DEFAULT_COSTS = CostModel()
 
@@ -281,17 +294,16 @@ def _costs(prior: Prior, kl: np.ndarray, pfr_ok: bool, fixed: ChunkKind | None, 
     Each coded step also pays its fixed bytes (framing and side information) over the image."""
     k = np.where(np.isfinite(kl), kl, 0.0)
     dims = 3.0 * max(pixels, 1)
-    tiles = max(1.0, pixels / 64.0**2)
-    uq = model.uq(k) + (model.uq_fixed_bits + model.uq_tile_bits * tiles) / dims
-    pfr = model.pfr(k, chunk_bits) + (model.pfr_fixed_bits + model.pfr_tile_bits * tiles) / dims
-    uq_last = uq - model.final_recovered * (1.0 - model.uq_recovered) * uq_overhead(k)
+    uq = model.uq(k) + model.fixed_bits(False, pixels) / dims
+    pfr = model.pfr(k, chunk_bits) + model.fixed_bits(True, pixels) / dims
+    uq_last = uq - model.given_back(k)
     if fixed == ChunkKind.UQ or not pfr_ok:
         step_pfr = last_pfr = np.zeros(kl.shape, dtype=bool)
     elif fixed == ChunkKind.PFR:
         step_pfr = last_pfr = np.ones(kl.shape, dtype=bool)
     else:
         step_pfr, last_pfr = pfr < uq, pfr < uq_last
-    fin = final_bits(prior.xstart_mse, model) + (model.uq_fixed_bits + model.uq_tile_bits * tiles) / dims
+    fin = final_bits(prior.xstart_mse, model) + model.fixed_bits(False, pixels) / dims
     inf = ~np.isfinite(kl)
     step = np.where(inf, np.inf, np.where(step_pfr, pfr, uq))
     last = np.where(inf, np.inf, np.where(last_pfr, pfr, uq_last) + fin[:, None])

@@ -377,7 +377,6 @@ def test_sweep_steps(images_dir, tmp_path, table_model_path):
 def _synthetic_files(model, mse, rng, n=40, images=4):
     """Coded files whose every step costs exactly what ``model`` says, plus their image's offset
     (its difficulty; the offsets average 0)."""
-    from benchmarks import calibrate
     from diffcodec.trajectory import final_bits, uq_overhead
 
     files = []
@@ -394,9 +393,9 @@ def _synthetic_files(model, mse, rng, n=40, images=4):
             cost = float(model.pfr(np.array(k), chunk)) if p else float(model.uq(np.array(k)))
             if j == k_steps - 1 and not p:
                 cost -= model.final_recovered * (1 - model.uq_recovered) * float(uq_overhead(np.array(k)))
-            bits.append(cost * dims + calibrate._fixed(model, p, pixels))
+            bits.append(cost * dims + model.fixed_bits(p, pixels))
         bits.append((float(final_bits(mse, model)[t_min]) + offsets[i % images]) * dims
-                    + calibrate._fixed(model, False, pixels))
+                    + model.fixed_bits(False, pixels))
         obs = {"image": f"{i % images}.png", "effort": 5, "chunk": chunk, "dims": dims, "pixels": pixels,
                "pairs": [(0, 0)] * k_steps, "pfr": pfr, "bits": bits, "kl": kl, "t_min": t_min,
                "file": sum(bits) / dims}

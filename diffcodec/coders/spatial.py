@@ -116,19 +116,16 @@ NEIGHBOUR_OFFSETS = {"axial": ((-1, 0), (1, 0), (0, -1), (0, 1)), "diagonal": DI
 PHASES = ((0, 0), (1, 1), (0, 1), (1, 0))
 
 
-def _phase_sum(resid: np.ndarray, p: int, offsets: tuple[tuple[int, int], ...],
-               rows: tuple[int, int] | None = None, out: np.ndarray | None = None) -> np.ndarray:
-    """[ceil((H - py) / 2), ceil((W - px) / 2)] float64: at each pixel of phase p = (py, px), the
+def _phase_sum(resid: np.ndarray, p: int, offsets: tuple[tuple[int, int], ...], rows: tuple[int, int],
+               out: np.ndarray) -> None:
+    """Add into ``out`` (zeros, [end - first, ceil((W - px) / 2)] float64) rows ``rows`` = (first,
+    end) of the phase image of p = (py, px) of the masked neighbour sum: at each of its pixels, the
     sum of ``resid`` at the offsets that land on a phase coded before p (0 past the border and
-    elsewhere): the masked neighbour sum, read on the quarter-size phase images; only the phase
-    image's rows ``rows`` = (first, end) where given (the same floats: each element adds its
-    offsets in the same order), added into ``out`` (zeros of that shape) where given."""
+    elsewhere).  Each element adds its offsets in the same order whatever the rows (the same
+    floats in any blocking)."""
     py, px = PHASES[p]
-    h, w = resid.shape
-    n_rows, n_cols = (h - py + 1) // 2, (w - px + 1) // 2
-    r0, r1 = rows if rows is not None else (0, n_rows)
-    if out is None:
-        out = np.zeros((r1 - r0, n_cols), dtype=np.float64)
+    n_cols = out.shape[1]
+    r0, r1 = rows
     for dy, dx in offsets:
         qy, qx = (py + dy) % 2, (px + dx) % 2
         if (qy, qx) not in PHASES[:p]:
@@ -139,7 +136,6 @@ def _phase_sum(resid: np.ndarray, p: int, offsets: tuple[tuple[int, int], ...],
         j0, j1 = max(0, -sx), min(n_cols, src.shape[1] - sx)
         if i1 > i0 and j1 > j0:
             out[i0 - r0:i1 - r0, j0:j1] += src[i0 + sy:i1 + sy, j0 + sx:j1 + sx]
-    return out
 
 
 class Scheme(NamedTuple):
@@ -197,12 +193,12 @@ def fit_weights(target: np.ndarray, features: "Features | np.ndarray") -> list[i
     [F, N] features or :class:`Features`; minimum norm where they are dependent, zeros without
     data), from the normal equations accumulated block by block (no [N, F] copy).  One feature
     takes :func:`fit_weight`'s formula (the codes of the checkerboard since format version 3)."""
-    blocks = [(0, features.shape[1], features)] if isinstance(features, np.ndarray) else features.blocks()
+    whole = isinstance(features, np.ndarray)
+    if len(features) == 1:  # the checkerboard's one feature (image-sized anyway)
+        return [fit_weight(target, (features if whole else features.whole())[0], slice(None))]
     n_feat = len(features)
     gram, rhs = np.zeros((n_feat, n_feat)), np.zeros(n_feat)
-    for a, b, f in blocks:
-        if n_feat == 1 and (a, b) == (0, len(target)):  # one feature in one block: the v3 formula
-            return [fit_weight(target, f[0], slice(None))]
+    for a, b, f in [(0, features.shape[1], features)] if whole else features.blocks():
         gram += f @ f.T
         rhs += f @ target[a:b]
     w = np.linalg.lstsq(gram, rhs, rcond=None)[0]
