@@ -54,6 +54,12 @@ def _ints_or_plan(s: str) -> list[int | None]:
     return [None if x.strip() == "plan" else int(x) for x in s.split(",") if x.strip()]
 
 
+def _chains(s: str) -> list[tuple[int, ...] | None]:
+    """``"plan;1,14,999"`` -> ``[None, (1, 14, 999)]`` (None: the planner decides)."""
+    return [None if c.strip() == "plan" else tuple(int(x) for x in c.split(",") if x.strip())
+            for c in s.split(";") if c.strip()]
+
+
 def measure(img: np.ndarray, prior: Prior, opts: EncodeOptions) -> dict[str, Any]:
     """Encode one image losslessly and record what the sweep compares."""
     dims = img.size
@@ -103,6 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="forced latent steps, comma-separated; plan: the planner's (default)")
     ap.add_argument("--t-min", type=_ints_or_plan, default=[None],
                     help="forced last latent timesteps, comma-separated; plan: the planner's (default)")
+    ap.add_argument("--timesteps", type=_chains, default=[None],
+                    help="forced chains, ';'-separated, each its timesteps ascending and comma-separated, ending "
+                         "at T - 1 (the coders are the planner's for them); plan: the planner's (default)")
     ap.add_argument("--tile", type=_ints, default=[defaults.tile], help=f"tiles in px (default {defaults.tile})")
     ap.add_argument("--method", choices=values(LatentMethod), default=LatentMethod(defaults.method).value)
     ap.add_argument("--pfr", type=_pfr_pairs, default=[None],
@@ -118,15 +127,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     prior = load_prior(args.model, args.device)
-    costs = CostModel(**json.loads(args.cost_model.read_text())["new"]) if args.cost_model else DEFAULT_COSTS
+    costs = CostModel(**json.loads(args.cost_model.read_text())["new"]) if args.cost_model else None
     images = load_images(args.images, args.limit, args.crop)
     rows = []
     print(f"{'effort':>6} {'pfr':>5} {'steps':>5} {'t_min':>5} {'tile':>4} {'sym':>4} {'file b/dim':>10} {'latent':>8} "
           f"{'final':>8} {'ideal':>8} {'expected':>8} {'file/ideal':>10} {'enc s':>7} {'calls':>5} {'evals':>5}")
-    for effort, pfr, steps, t_min, tile, sym, sym_t in itertools.product(
-            args.effort, args.pfr, args.steps, args.t_min, args.tile, args.symmetry, args.symmetry_max_t):
+    for effort, pfr, steps, t_min, chain, tile, sym, sym_t in itertools.product(
+            args.effort, args.pfr, args.steps, args.t_min, args.timesteps, args.tile, args.symmetry,
+            args.symmetry_max_t):
         chunk, margin = pfr or (None, None)
-        opts = EncodeOptions(effort=effort, method=LatentMethod(args.method), steps=steps, t_min=t_min, tile=tile,
+        opts = EncodeOptions(effort=effort, method=LatentMethod(args.method), steps=steps, t_min=t_min,
+                             timesteps=chain, tile=tile,
                              seed=args.seed, pfr_chunk_bits=chunk, pfr_margin_bits=margin, symmetry=sym,
                              symmetry_max_t=sym_t, cost_model=costs)
         try:
@@ -134,7 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OptionError as e:
             print(f"skip effort={effort} steps={steps} t_min={t_min} tile={tile}: {e}")
             continue
-        row: dict[str, Any] = {"effort": effort, "steps": steps, "t_min": t_min, "tile": tile, "method": args.method,
+        row: dict[str, Any] = {"effort": effort, "steps": steps, "t_min": t_min,
+                               "timesteps": list(chain) if chain else None, "tile": tile, "method": args.method,
                                "pfr_chunk_bits": chunk, "pfr_margin_bits": margin,
                                "symmetry": next(iter(per_image.values()))["symmetry"],
                                "symmetry_max_t": next(iter(per_image.values()))["symmetry_max_t"]}

@@ -64,7 +64,7 @@ class EncodeOptions:
     symmetry: int | None = None  # network calls averaged over 1, 2, 4 or 8 symmetries (None: the effort's) ...
     symmetry_max_t: int | None = None  # ... those at timesteps t <= this (None: the effort's; 65535: all)
     every_layout: bool = False  # fit the checkerboard layouts of UQ and final steps above their size limit too (measurement)
-    cost_model: CostModel = DEFAULT_COSTS  # the planner's constants (another: measurement, benchmarks.calibrate)
+    cost_model: CostModel | None = None  # the planner's constants (None: the effort's; another: benchmarks.calibrate)
 
     def plan_options(self) -> PlanOptions:
         return PlanOptions(effort=self.effort, method=LatentMethod(self.method), steps=self.steps,

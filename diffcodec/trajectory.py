@@ -36,72 +36,6 @@ MAX_EFFORT = 9
 
 
 @dataclass(frozen=True)
-class EffortLevel:
-    max_steps: int  # latent steps (network calls: one more)
-    chunk_bits: int  # PFR's chunk size in bits of KL (0: no PFR at this effort)
-    margin_bits: int  # PFR's search margin: a step searches about 2 ** (chunk + margin) candidates per dim
-    symmetry: int = 1  # network calls averaged over this many of the square's symmetries ...
-    symmetry_max_t: int = ALL_TIMESTEPS  # ... those at timesteps t <= this
-
-    @property
-    def pfr(self) -> bool:
-        return self.chunk_bits > 0
-
-    @property
-    def pfr_work_per_dim(self) -> float:
-        return 2.0 ** (self.chunk_bits + self.margin_bits) if self.pfr else 0.0
-
-
-#: What each effort may spend: network calls (latent steps + 1) and PFR search work per step,
-#: dims x 2 ** (chunk + margin) candidate evaluations (~370 M a second on one core of the CPU
-#: in README with the compiled search: 0.8 s a step for a 768 x 512 photo at 6 + 2).  At equal
-#: work a bigger chunk with a smaller margin codes shorter (PFR's overhead per chunk is about
-#: log2(KL + 1) bits, and a chunk whose KL outruns the margin still sends a near-exact sample):
-#: measured with ``benchmarks.sweep_steps --pfr`` on Kodak crops (README, "Designing the chain").
-#: From effort 6 on, network calls are averaged over 8 of the square's symmetries
-#: (:func:`diffcodec.unet.forward_symmetrised`): smaller files at that many times the network's
-#: time, in the encoder and the decoder alike (effort 5 keeps the plain call: the speed targets).
-#: Efforts 6-8 average only the calls at t <= 60 or 150, where the x_0 error sets a step's cost:
-#: on four Kodak crops (README, "Self-ensemble") the calls above t = 150 gave 0.002 bits/dim for
-#: half or more of the evaluations; effort 6 is effort 5's chain with the ensemble (3.692 bits/dim
-#: in 34 evaluations, where 16 steps with 2 symmetries everywhere gave 3.701 in 34).
-EFFORTS = {
-    1: EffortLevel(4, 0, 0),
-    2: EffortLevel(6, 0, 0),
-    3: EffortLevel(8, 4, 2),
-    4: EffortLevel(10, 5, 2),
-    5: EffortLevel(12, 6, 2),
-    6: EffortLevel(12, 6, 2, symmetry=8, symmetry_max_t=60),
-    7: EffortLevel(20, 10, 1, symmetry=8, symmetry_max_t=60),
-    8: EffortLevel(28, 10, 2, symmetry=8, symmetry_max_t=150),
-    9: EffortLevel(40, 12, 2, symmetry=8),
-}
-
-
-@dataclass(frozen=True)
-class PlanOptions:
-    effort: int = 5
-    method: LatentMethod = LatentMethod.AUTO
-    steps: int | None = None  # force K
-    t_min: int | None = None  # force the last latent timestep
-    timesteps: tuple[int, ...] | None = None  # force the chain
-    chunk_bits: int | None = None
-    margin_bits: int | None = None
-
-
-@dataclass(frozen=True)
-class Plan:
-    timesteps: tuple[int, ...]  # ascending; timesteps[-1] = T - 1 is x_T, timesteps[0] = t_min
-    coders: tuple[ChunkKind, ...]  # per latent step, in coding order (from x_T down)
-    chunk_bits: int = 5
-    margin_bits: int = 3
-    expected_bits_per_dim: float = math.nan  # the cost model's total (nan when not planned)
-    expected_steps: tuple[float, ...] = field(default=(), compare=False)  # per latent step; the last one includes the final step
-    symmetry: int = 1  # the network's self-ensemble (the effort's; the header records it) ...
-    symmetry_max_t: int = ALL_TIMESTEPS  # ... at the network calls of timesteps t <= this
-
-
-@dataclass(frozen=True)
 class CostModel:
     """Expected bits per dimension of a coded step.  The constants were fitted to 66 real files
     (6 random 128 px crops of the training photos x 11 chains: efforts 2-8, UQ only, PFR only,
@@ -149,6 +83,87 @@ class CostModel:
 
 
 DEFAULT_COSTS = CostModel()
+
+#: The constants the planner uses at efforts 7-9.  With the shipped ones it ended those chains
+#: with one UQ step after PFR down to t = 11; chains that leave two UQ steps for the end (from
+#: t ~ 40-50 to ~14, then to 1) code shorter, because the neighbourhood layout codes UQ steps at
+#: low noise well below the KL the shipped constants charge.  On four Kodak crops, effort 7's
+#: budget, 8 chains (its plan and 7 forced ones, 3.437-3.482 bits/dim) rank by the shipped
+#: constants no better than chance (14 of 28 pairs inverted, rms 0.039 bits/dim after one
+#: offset) and by these well (4 inverted, rms 0.008): a UQ step pays 0.70x its KL and 0.70x its
+#: overhead.  They plan shorter files at efforts 7-9 (3.466 / 3.438 / 3.413 -> 3.443 / 3.423 /
+#: 3.409 with 16 / 16 / 15 latent steps instead of 20 / 21 / 20) but longer ones at efforts 1 and
+#: 4 (+0.016, +0.021), so efforts 1-6 keep the shipped constants (README, "Designing the chain").
+TAIL_COSTS = CostModel(uq_kl_factor=0.70, uq_recovered=0.30)
+
+
+@dataclass(frozen=True)
+class EffortLevel:
+    max_steps: int  # latent steps (network calls: one more)
+    chunk_bits: int  # PFR's chunk size in bits of KL (0: no PFR at this effort)
+    margin_bits: int  # PFR's search margin: a step searches about 2 ** (chunk + margin) candidates per dim
+    symmetry: int = 1  # network calls averaged over this many of the square's symmetries ...
+    symmetry_max_t: int = ALL_TIMESTEPS  # ... those at timesteps t <= this
+    costs: CostModel = DEFAULT_COSTS  # the planner's constants at this effort
+
+    @property
+    def pfr(self) -> bool:
+        return self.chunk_bits > 0
+
+    @property
+    def pfr_work_per_dim(self) -> float:
+        return 2.0 ** (self.chunk_bits + self.margin_bits) if self.pfr else 0.0
+
+
+#: What each effort may spend: network calls (latent steps + 1) and PFR search work per step,
+#: dims x 2 ** (chunk + margin) candidate evaluations (~370 M a second on one core of the CPU
+#: in README with the compiled search: 0.8 s a step for a 768 x 512 photo at 6 + 2).  At equal
+#: work a bigger chunk with a smaller margin codes shorter (PFR's overhead per chunk is about
+#: log2(KL + 1) bits, and a chunk whose KL outruns the margin still sends a near-exact sample):
+#: measured with ``benchmarks.sweep_steps --pfr`` on Kodak crops (README, "Designing the chain").
+#: From effort 6 on, network calls are averaged over 8 of the square's symmetries
+#: (:func:`diffcodec.unet.forward_symmetrised`): smaller files at that many times the network's
+#: time, in the encoder and the decoder alike (effort 5 keeps the plain call: the speed targets).
+#: Efforts 6-8 average only the calls at t <= 60 or 150, where the x_0 error sets a step's cost:
+#: on four Kodak crops (README, "Self-ensemble") the calls above t = 150 gave 0.002 bits/dim for
+#: half or more of the evaluations; effort 6 is effort 5's chain with the ensemble (3.692 bits/dim
+#: in 34 evaluations, where 16 steps with 2 symmetries everywhere gave 3.701 in 34).
+EFFORTS = {
+    1: EffortLevel(4, 0, 0),
+    2: EffortLevel(6, 0, 0),
+    3: EffortLevel(8, 4, 2),
+    4: EffortLevel(10, 5, 2),
+    5: EffortLevel(12, 6, 2),
+    6: EffortLevel(12, 6, 2, symmetry=8, symmetry_max_t=60),
+    7: EffortLevel(20, 10, 1, symmetry=8, symmetry_max_t=60, costs=TAIL_COSTS),
+    8: EffortLevel(28, 10, 2, symmetry=8, symmetry_max_t=150, costs=TAIL_COSTS),
+    9: EffortLevel(40, 12, 2, symmetry=8, costs=TAIL_COSTS),
+}
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    effort: int = 5
+    method: LatentMethod = LatentMethod.AUTO
+    steps: int | None = None  # force K
+    t_min: int | None = None  # force the last latent timestep
+    timesteps: tuple[int, ...] | None = None  # force the chain
+    chunk_bits: int | None = None
+    margin_bits: int | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    timesteps: tuple[int, ...]  # ascending; timesteps[-1] = T - 1 is x_T, timesteps[0] = t_min
+    coders: tuple[ChunkKind, ...]  # per latent step, in coding order (from x_T down)
+    chunk_bits: int = 5
+    margin_bits: int = 3
+    expected_bits_per_dim: float = math.nan  # the cost model's total (nan when not planned)
+    expected_steps: tuple[float, ...] = field(default=(), compare=False)  # per latent step; the last one includes the final step
+    symmetry: int = 1  # the network's self-ensemble (the effort's; the header records it) ...
+    symmetry_max_t: int = ALL_TIMESTEPS  # ... at the network calls of timesteps t <= this
+
+
 
 #: The lowest last latent timestep the planner picks by itself (``--t-min 0`` still forces 0).
 #: Ending the chain at t = 0 never paid in a real file although the cost model ranks it level or
@@ -243,13 +258,15 @@ def even_timesteps(num_timesteps: int, steps: int, t_min: int = 0) -> tuple[int,
 
 
 def plan_chain(prior: Prior, pixels: int, opt: PlanOptions = PlanOptions(),
-               model: CostModel = DEFAULT_COSTS) -> Plan:
+               model: CostModel | None = None) -> Plan:
     """The chain for an image of ``pixels`` pixels: forced by ``opt`` where it says so, else
-    the cheapest in expected bits under the effort's budgets.  Models without an x_0 error
+    the cheapest in expected bits under the effort's budgets and cost model (``model``, where
+    given, instead).  Models without an x_0 error
     table get evenly spaced UQ steps (8, ending at t = 10)."""
     if not 1 <= opt.effort <= MAX_EFFORT:
         raise OptionError(f"effort must be in 1 .. {MAX_EFFORT}")
     level = EFFORTS[opt.effort]
+    model = level.costs if model is None else model
     chunk_bits = opt.chunk_bits or level.chunk_bits or EFFORTS[5].chunk_bits
     margin = opt.margin_bits if opt.margin_bits is not None else (level.margin_bits if level.pfr else EFFORTS[5].margin_bits)
     T = prior.diffusion.num_timesteps

@@ -676,3 +676,18 @@ def test_training_curve_plot(tmp_path):
     out = tmp_path / "train.png"
     assert plots.main(["training", str(out), f"shipped={default_model_path()}"]) == 0
     assert _Image.open(out).size == (640, 400)
+
+
+def test_sweep_steps_forced_timesteps(images_dir, tmp_path, table_model_path):
+    """The chain axis: the planner's (plan) or a forced one, whose timesteps every file codes."""
+    out = tmp_path / "sweep.json"
+    assert sweep_steps.main(["--images", str(images_dir), "--crop", "16", "--limit", "1", "--model",
+                             str(table_model_path), "--effort", "3", "--timesteps", "plan;1,14,49,999;2,999",
+                             "--out", str(out)]) == 0
+    rows = _strict(out)["rows"]
+    assert [r["timesteps"] for r in rows] == [None, [1, 14, 49, 999], [2, 999]]
+    for row in rows[1:]:
+        for m in row["per_image"].values():
+            assert m["timesteps"] == row["timesteps"] and m["network_calls"] == len(row["timesteps"])
+    with pytest.raises(SystemExit):
+        sweep_steps.main(["--images", str(images_dir), "--timesteps", "1,x,999"])
