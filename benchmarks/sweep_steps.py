@@ -38,7 +38,7 @@ from diffcodec.checkpoint import Prior, load_prior
 from diffcodec.codec import EncodeOptions, encode
 from diffcodec.errors import OptionError
 from diffcodec.kinds import LatentMethod, values
-from diffcodec.trajectory import DEFAULT_COSTS, MAX_EFFORT, CostModel
+from diffcodec.trajectory import MAX_EFFORT, CostModel
 
 #: Per-image measurements averaged into a row.
 ROW_MEANS = ("file_bits_per_dim", "latent_bits_per_dim", "final_bits_per_dim", "ideal_bits_per_dim",

@@ -41,7 +41,7 @@ from .errors import FormatError, OptionError
 from .image import SourceImage, native_array, prepare_image, restore_image
 from .intervals import Intervals
 from .kinds import ChunkKind, LatentMethod, Reconstruction, check_symmetry
-from .trajectory import DEFAULT_COSTS, CostModel, Plan, PlanOptions, plan_chain
+from .trajectory import CostModel, Plan, PlanOptions, plan_chain
 
 DEFAULT_TILE = 64
 

@@ -93,7 +93,8 @@ DEFAULT_COSTS = CostModel()
 #: offset) and by these well (4 inverted, rms 0.008): a UQ step pays 0.70x its KL and 0.70x its
 #: overhead.  They plan shorter files at efforts 7-9 (3.466 / 3.438 / 3.413 -> 3.443 / 3.423 /
 #: 3.409 with 16 / 16 / 15 latent steps instead of 20 / 21 / 20) but longer ones at efforts 1 and
-#: 4 (+0.016, +0.021), so efforts 1-6 keep the shipped constants (README, "Designing the chain").
+#: 4 (+0.016, +0.021).  Efforts 1-6 keep the fitted constants for now; on six CBSD68 crops these
+#: would code efforts 3 and 5 shorter too (README, "Designing the chain").
 TAIL_COSTS = CostModel(uq_kl_factor=0.70, uq_recovered=0.30)
 
 
