@@ -84,18 +84,19 @@ class CostModel:
 
 DEFAULT_COSTS = CostModel()
 
-#: The constants the planner uses at efforts 7-9.  With the shipped ones it ended those chains
-#: with one UQ step after PFR down to t = 11; chains that leave two UQ steps for the end (from
-#: t ~ 40-50 to ~14, then to 1) code shorter, because the neighbourhood layout codes UQ steps at
-#: low noise well below the KL the shipped constants charge.  On four Kodak crops, effort 7's
-#: budget, 8 chains (its plan and 7 forced ones, 3.437-3.482 bits/dim) rank by the shipped
-#: constants no better than chance (14 of 28 pairs inverted, rms 0.039 bits/dim after one
-#: offset) and by these well (4 inverted, rms 0.008): a UQ step pays 0.70x its KL and 0.70x its
-#: overhead.  They plan shorter files at efforts 7-9 (3.466 / 3.438 / 3.413 -> 3.443 / 3.423 /
-#: 3.409 with 16 / 16 / 15 latent steps instead of 20 / 21 / 20) but longer ones at efforts 1 and
-#: 4 (+0.016, +0.021).  Efforts 1-6 keep the fitted constants for now; on six CBSD68 crops these
-#: would code efforts 3 and 5 shorter too (README, "Designing the chain").
+#: The constants the planner uses at efforts 7-9 on small images (up to SMALL_IMAGE_PIXELS).
+#: With the fitted ones it ended those chains with one UQ step after PFR down to t = 11; on small
+#: images chains that leave two UQ steps for the end (from t ~ 40-50 to ~14, then to 1) code
+#: shorter: fewer PFR steps, each paying its fixed bytes over few pixels, and the neighbourhood
+#: layout codes low-noise UQ steps below the KL the fitted constants charge.  On four Kodak
+#: crops (128 px), effort 7's budget, 8 chains (its plan and 7 forced ones, 3.437-3.482 bits/dim)
+#: rank by the fitted constants no better than chance (14 of 28 pairs inverted, rms 0.039
+#: bits/dim after one offset) and by these well (4 inverted, rms 0.008): a UQ step pays 0.70x its
+#: KL and 0.70x its overhead.  Effort 7 with them: 128 px crops -0.023 (four Kodak) and -0.058
+#: (six CBSD68), 256 px crops -0.007 (kodim07, kodim23), but kodim07 at 768 x 512 +0.028 (2.9505
+#: against 2.9229): larger images keep the fitted constants (README, "Designing the chain").
 TAIL_COSTS = CostModel(uq_kl_factor=0.70, uq_recovered=0.30)
+SMALL_IMAGE_PIXELS = 256 * 256  # the largest image the measurements above found TAIL_COSTS better on
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,11 @@ class EffortLevel:
     margin_bits: int  # PFR's search margin: a step searches about 2 ** (chunk + margin) candidates per dim
     symmetry: int = 1  # network calls averaged over this many of the square's symmetries ...
     symmetry_max_t: int = ALL_TIMESTEPS  # ... those at timesteps t <= this
-    costs: CostModel = DEFAULT_COSTS  # the planner's constants at this effort
+    small_image_costs: CostModel = DEFAULT_COSTS  # the planner's constants up to SMALL_IMAGE_PIXELS
+
+    def costs(self, pixels: int) -> CostModel:
+        """The planner's constants for an image of ``pixels`` pixels at this effort."""
+        return self.small_image_costs if pixels <= SMALL_IMAGE_PIXELS else DEFAULT_COSTS
 
     @property
     def pfr(self) -> bool:
@@ -136,9 +141,9 @@ EFFORTS = {
     4: EffortLevel(10, 5, 2),
     5: EffortLevel(12, 6, 2),
     6: EffortLevel(12, 6, 2, symmetry=8, symmetry_max_t=60),
-    7: EffortLevel(20, 10, 1, symmetry=8, symmetry_max_t=60, costs=TAIL_COSTS),
-    8: EffortLevel(28, 10, 2, symmetry=8, symmetry_max_t=150, costs=TAIL_COSTS),
-    9: EffortLevel(40, 12, 2, symmetry=8, costs=TAIL_COSTS),
+    7: EffortLevel(20, 10, 1, symmetry=8, symmetry_max_t=60, small_image_costs=TAIL_COSTS),
+    8: EffortLevel(28, 10, 2, symmetry=8, symmetry_max_t=150, small_image_costs=TAIL_COSTS),
+    9: EffortLevel(40, 12, 2, symmetry=8, small_image_costs=TAIL_COSTS),
 }
 
 
@@ -267,7 +272,7 @@ def plan_chain(prior: Prior, pixels: int, opt: PlanOptions = PlanOptions(),
     if not 1 <= opt.effort <= MAX_EFFORT:
         raise OptionError(f"effort must be in 1 .. {MAX_EFFORT}")
     level = EFFORTS[opt.effort]
-    model = level.costs if model is None else model
+    model = level.costs(pixels) if model is None else model
     chunk_bits = opt.chunk_bits or level.chunk_bits or EFFORTS[5].chunk_bits
     margin = opt.margin_bits if opt.margin_bits is not None else (level.margin_bits if level.pfr else EFFORTS[5].margin_bits)
     T = prior.diffusion.num_timesteps

@@ -14,7 +14,7 @@ from diffcodec.checkpoint import Prior
 from diffcodec.diffusion import DiffusionConfig, analytic_variance, get_named_beta_schedule
 from diffcodec.errors import OptionError
 from diffcodec.kinds import ChunkKind, LatentMethod
-from diffcodec.trajectory import (DEFAULT_COSTS, EFFORTS, TAIL_COSTS, PLANNED_T_MIN, PlanOptions, _costs, even_timesteps, plan_chain,
+from diffcodec.trajectory import (DEFAULT_COSTS, EFFORTS, SMALL_IMAGE_PIXELS, TAIL_COSTS, PLANNED_T_MIN, PlanOptions, _costs, even_timesteps, plan_chain,
                                   step_kl_matrix, uq_overhead)
 
 
@@ -127,26 +127,32 @@ def test_higher_effort_never_plans_a_larger_file():
 
 def test_each_effort_plans_with_its_own_constants_unless_given_others():
     prior = _toy_prior(40, seed=5)
-    assert [EFFORTS[e].costs for e in range(1, 10)] == [DEFAULT_COSTS] * 6 + [TAIL_COSTS] * 3
+    assert [EFFORTS[e].small_image_costs for e in range(1, 10)] == [DEFAULT_COSTS] * 6 + [TAIL_COSTS] * 3
     for effort in range(1, 10):
-        own = plan_chain(prior, 10_000, PlanOptions(effort=effort))
-        assert own == plan_chain(prior, 10_000, PlanOptions(effort=effort), EFFORTS[effort].costs)
+        for pixels in (10_000, SMALL_IMAGE_PIXELS, SMALL_IMAGE_PIXELS + 1):
+            costs = EFFORTS[effort].costs(pixels)
+            assert costs == (TAIL_COSTS if effort >= 7 and pixels <= SMALL_IMAGE_PIXELS else DEFAULT_COSTS)
+            assert plan_chain(prior, pixels, PlanOptions(effort=effort)) == plan_chain(prior, pixels,
+                                                                                       PlanOptions(effort=effort), costs)
     given = plan_chain(prior, 10_000, PlanOptions(effort=7), DEFAULT_COSTS)
     assert given.expected_bits_per_dim > plan_chain(prior, 10_000, PlanOptions(effort=7)).expected_bits_per_dim
 
 
-def test_shipped_model_leaves_two_uq_steps_for_the_end_of_a_crop():
-    """What the efforts' constants were chosen for (four Kodak crops): with the shipped model's
-    error table a 128 px crop's chain ends with two UQ steps at efforts 5-9, the first of them
-    from t >= 30 (efforts 7-9 planned one UQ step from t = 11 with the shipped constants)."""
+def test_shipped_model_leaves_two_uq_steps_for_the_end_of_a_small_image():
+    """What the efforts' constants were chosen for (Kodak and CBSD68 crops): with the shipped
+    model's error table a 128 px crop's chain ends with two UQ steps at efforts 5-9, the first of
+    them from t >= 30 (efforts 7-9 planned one UQ step from t = 11 with the fitted constants,
+    and still do on a 768 x 512 photo, where that codes shorter)."""
     from diffcodec.checkpoint import load_prior
     prior = load_prior(None)
     for effort in range(5, 10):
         plan = plan_chain(prior, 128 * 128, PlanOptions(effort=effort))
         assert plan.coders[-2:] == (ChunkKind.UQ, ChunkKind.UQ) and ChunkKind.PFR in plan.coders
         assert plan.timesteps[0] == PLANNED_T_MIN and plan.timesteps[2] >= 30
-    old = plan_chain(prior, 128 * 128, PlanOptions(effort=7), DEFAULT_COSTS)
-    assert old.coders[-2:] == (ChunkKind.PFR, ChunkKind.UQ)
+    for pixels in (128 * 128, 768 * 512):
+        old = plan_chain(prior, pixels, PlanOptions(effort=7), DEFAULT_COSTS)
+        assert old.coders[-2:] == (ChunkKind.PFR, ChunkKind.UQ)
+    assert plan_chain(prior, 768 * 512, PlanOptions(effort=7)) == old
 
 
 def test_the_planner_ends_at_t_min_1_unless_forced_to_0():
