@@ -170,7 +170,6 @@ class Plan:
     symmetry_max_t: int = ALL_TIMESTEPS  # ... at the network calls of timesteps t <= this
 
 
-
 #: The lowest last latent timestep the planner picks by itself (``--t-min 0`` still forces 0).
 #: Ending the chain at t = 0 never paid in a real file although the cost model ranks it level or
 #: better: four 128 px Kodak crops, effort 5, model e9466d11: t_min 0 3.839 against 1 3.835
@@ -267,8 +266,8 @@ def plan_chain(prior: Prior, pixels: int, opt: PlanOptions = PlanOptions(),
                model: CostModel | None = None) -> Plan:
     """The chain for an image of ``pixels`` pixels: forced by ``opt`` where it says so, else
     the cheapest in expected bits under the effort's budgets and cost model (``model``, where
-    given, instead).  Models without an x_0 error
-    table get evenly spaced UQ steps (8, ending at t = 10)."""
+    given, instead).  Models without an x_0 error table get evenly spaced UQ steps (8, ending
+    at t = 10)."""
     if not 1 <= opt.effort <= MAX_EFFORT:
         raise OptionError(f"effort must be in 1 .. {MAX_EFFORT}")
     level = EFFORTS[opt.effort]

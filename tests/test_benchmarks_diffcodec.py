@@ -377,7 +377,7 @@ def test_sweep_steps(images_dir, tmp_path, table_model_path):
 def _synthetic_files(model, mse, rng, n=40, images=4):
     """Coded files whose every step costs exactly what ``model`` says, plus their image's offset
     (its difficulty; the offsets average 0)."""
-    from diffcodec.trajectory import final_bits, uq_overhead
+    from diffcodec.trajectory import final_bits
 
     files = []
     offsets = rng.normal(0, 0.3, images)
@@ -392,7 +392,7 @@ def _synthetic_files(model, mse, rng, n=40, images=4):
         for j, (p, k) in enumerate(zip(pfr, kl)):
             cost = float(model.pfr(np.array(k), chunk)) if p else float(model.uq(np.array(k)))
             if j == k_steps - 1 and not p:
-                cost -= model.final_recovered * (1 - model.uq_recovered) * float(uq_overhead(np.array(k)))
+                cost -= float(model.given_back(np.array(k)))
             bits.append(cost * dims + model.fixed_bits(p, pixels))
         bits.append((float(final_bits(mse, model)[t_min]) + offsets[i % images]) * dims
                     + model.fixed_bits(False, pixels))

@@ -14,8 +14,8 @@ from diffcodec.checkpoint import Prior
 from diffcodec.diffusion import DiffusionConfig, analytic_variance, get_named_beta_schedule
 from diffcodec.errors import OptionError
 from diffcodec.kinds import ChunkKind, LatentMethod
-from diffcodec.trajectory import (DEFAULT_COSTS, EFFORTS, SMALL_IMAGE_PIXELS, TAIL_COSTS, PLANNED_T_MIN, PlanOptions, _costs, even_timesteps, plan_chain,
-                                  step_kl_matrix, uq_overhead)
+from diffcodec.trajectory import (DEFAULT_COSTS, EFFORTS, PLANNED_T_MIN, SMALL_IMAGE_PIXELS, TAIL_COSTS, PlanOptions,
+                                  _costs, even_timesteps, plan_chain, step_kl_matrix, uq_overhead)
 
 
 def test_analytic_variance_minimises_the_expected_kl_of_a_gaussian_toy():
@@ -149,10 +149,9 @@ def test_shipped_model_leaves_two_uq_steps_for_the_end_of_a_small_image():
         plan = plan_chain(prior, 128 * 128, PlanOptions(effort=effort))
         assert plan.coders[-2:] == (ChunkKind.UQ, ChunkKind.UQ) and ChunkKind.PFR in plan.coders
         assert plan.timesteps[0] == PLANNED_T_MIN and plan.timesteps[2] >= 30
-    for pixels in (128 * 128, 768 * 512):
-        old = plan_chain(prior, pixels, PlanOptions(effort=7), DEFAULT_COSTS)
-        assert old.coders[-2:] == (ChunkKind.PFR, ChunkKind.UQ)
-    assert plan_chain(prior, 768 * 512, PlanOptions(effort=7)) == old
+    fitted = {pixels: plan_chain(prior, pixels, PlanOptions(effort=7), DEFAULT_COSTS) for pixels in (128 * 128, 768 * 512)}
+    assert all(plan.coders[-2:] == (ChunkKind.PFR, ChunkKind.UQ) for plan in fitted.values())
+    assert plan_chain(prior, 768 * 512, PlanOptions(effort=7)) == fitted[768 * 512]
 
 
 def test_the_planner_ends_at_t_min_1_unless_forced_to_0():
