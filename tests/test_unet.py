@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -212,6 +213,30 @@ def test_tiled_evaluation_of_a_tile_exact_network_equals_the_whole_image_call(mo
     with torch.inference_mode():
         short = forward_tiled(net, x, t, tile_pixels=24 * 24)
     assert (short - whole).abs().max() > 1e-3
+
+
+def test_kept_channels_are_the_same_floats(tiny6):
+    """``channels=3`` (the codec's eps without the variance output) gives exactly the first three
+    channels of the full output, whole or tiled, plain or symmetrised, in a buffer of only those;
+    ``dtype`` converts the input tile by tile to the same floats."""
+    t = torch.tensor([120])
+    with torch.inference_mode():
+        for tile, (h, w) in itertools.product((None, 16 * 16), ((40, 56), (41, 57))):  # 41 x 57 is padded
+            x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(2))
+            full = forward_tiled(tiny6, x, t, tile_pixels=tile)
+            kept = forward_tiled(tiny6, x, t, tile_pixels=tile, channels=3)
+            assert full.shape[1] == 6 and kept.shape == (1, 3, h, w)
+            assert torch.equal(kept, full[:, :3])
+            if tile is not None:
+                assert 2 * kept.untyped_storage().nbytes() == full.untyped_storage().nbytes()  # 3 of 6 channels
+            for sym in (2, 8):
+                assert torch.equal(forward_symmetrised(tiny6, x, t, sym, tile, channels=3),
+                                   forward_symmetrised(tiny6, x, t, sym, tile)[:, :3])
+            # a float64 input converted tile by tile: the same floats as converting it whole
+            x64 = x.double() + 1e-9
+            for sym in (1, 8):
+                assert torch.equal(forward_symmetrised(tiny6, x64, t, sym, tile, channels=3, dtype=torch.float32),
+                                   forward_symmetrised(tiny6, x64.float(), t, sym, tile, channels=3))
 
 
 # ----------------------------------------------------------------------------- self-ensemble
