@@ -70,3 +70,36 @@ def test_huge_pages_do_not_change_the_file(tiny_model_path, tmp_path):  # noqa: 
         assert proc.returncode == 0, proc.stderr
         files.append(out.read_bytes())
     assert files[0] == files[1]
+
+
+HEAP_PROBE = """
+import os, sys, numpy as np
+from diffcodec.allocator import cap_heap_growth
+capped = cap_heap_growth() if sys.argv[1] == "1" else False
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+big = np.ones((30 << 20) // 8)  # mmapped; freeing it raises glibc's dynamic threshold to 30 MB
+del big
+a = np.ones((16 << 20) // 8)  # 16 MB, written: resident
+before = rss()
+del a
+print(int(capped), int(before - rss() > (12 << 20)))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not Path("/proc/self/statm").exists(),
+                    reason="glibc's mallopt and /proc are Linux's")
+def test_capped_heap_returns_a_freed_array_and_the_user_can_say_no():
+    """With the cap a freed 16 MB array leaves the resident set at once (it was mmapped); without
+    it glibc, its threshold raised by the 30 MB block freed before, carves it from the heap and
+    keeps it.  A user's MALLOC_MMAP_THRESHOLD_ is left alone."""
+    def probe(flag: str, **extra) -> list[str]:
+        env = {k: v for k, v in _env(**extra).items() if k != "MALLOC_MMAP_THRESHOLD_" or extra}
+        out = subprocess.run([sys.executable, "-c", HEAP_PROBE, flag], env=env, capture_output=True, text=True,
+                             timeout=120, cwd=REPO)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split()
+
+    assert probe("1") == ["1", "1"]
+    assert probe("0") == ["0", "0"]
+    assert probe("1", MALLOC_MMAP_THRESHOLD_="67108864")[0] == "0"
