@@ -87,7 +87,15 @@ print(int(capped), int(before - rss() > (12 << 20)))
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or not Path("/proc/self/statm").exists(),
+def _has_mallopt() -> bool:
+    import ctypes
+    try:
+        return hasattr(ctypes.CDLL(None), "mallopt")
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not Path("/proc/self/statm").exists() or not _has_mallopt(),
                     reason="glibc's mallopt and /proc are Linux's")
 def test_capped_heap_returns_a_freed_array_and_the_user_can_say_no():
     """With the cap a freed 16 MB array leaves the resident set at once (it was mmapped); without
