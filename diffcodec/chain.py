@@ -100,12 +100,14 @@ class CodedChain:
     # -- the network -------------------------------------------------------------------------
     def model(self, x: torch.Tensor, s: torch.Tensor, symmetry: int = 1) -> torch.Tensor:
         t0 = time.perf_counter()
-        # float32 input made tile by tile (no whole-image copy); with the analytic variance only
-        # the eps channels of the output are kept, tile by tile
+        # on CPU the float32 input is made tile by tile (no whole-image copy); another device gets
+        # it converted before the transfer (half the bytes); with the analytic variance only the
+        # eps channels of the output are kept, tile by tile
+        src = x if self.device.type == "cpu" else x.to(self.device, torch.float32)
         keep = x.shape[1] if self.diffusion.analytic_variance is not None else None
         with torch.inference_mode():
-            out = forward_symmetrised(self.prior.net, x.to(self.device), s.to(self.device), symmetry,
-                                      self.tile_pixels, self.on_tile, keep, torch.float32)
+            out = forward_symmetrised(self.prior.net, src, s.to(self.device), symmetry, self.tile_pixels,
+                                      self.on_tile, keep, torch.float32)
             out = out.double()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
