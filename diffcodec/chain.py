@@ -74,8 +74,10 @@ class CodedChain:
         betas = get_named_beta_schedule(cfg.schedule, cfg.num_timesteps)
         use = np.asarray(header.timesteps)
         table = None if prior.xstart_mse is None else prior.xstart_mse[use]
+        linear = {} if prior.linear is None or table is None else {
+            "linear_xstart": prior.linear.xstart, "linear_from": prior.linear.from_t}
         self.diffusion = GaussianDiffusion(respace_betas(betas, use), cfg.model_var_type, timestep_map=use,
-                                           original_num_timesteps=cfg.num_timesteps, xstart_mse=table)
+                                           original_num_timesteps=cfg.num_timesteps, xstart_mse=table, **linear)
         self.prior, self.header = prior, header
         self.device = prior.device
         self.height, self.width = header.height, header.width
@@ -140,11 +142,14 @@ class CodedChain:
 
     # -- previews ----------------------------------------------------------------------------
     def has_signal(self, j: int) -> bool:
-        return self.diffusion.alphas_cumprod[j] >= PREVIEW_MIN_ALPHA_BAR
+        """Whether the x_0 estimate at chain index j is a usable preview: the linear estimate
+        always is; the network's only where alpha-bar is at least :data:`PREVIEW_MIN_ALPHA_BAR`."""
+        return self.diffusion.uses_linear(self.t(j)) or self.diffusion.alphas_cumprod[j] >= PREVIEW_MIN_ALPHA_BAR
 
     def preview_mean(self, out: dict | None, j: int) -> torch.Tensor:
-        """The mean preview at chain index j: the model's x_0 estimate, or mid-grey where x_t
-        carries no usable signal (:data:`PREVIEW_MIN_ALPHA_BAR`; no network call is needed)."""
+        """The mean preview at chain index j: the x_0 estimate (the model's, or the linear one
+        where the model has it), or mid-grey where x_t carries no usable signal
+        (:data:`PREVIEW_MIN_ALPHA_BAR`; no network call is needed)."""
         if out is None or not self.has_signal(j):
             return torch.zeros(self.shape, dtype=torch.float64)
         return out["pred_xstart"]

@@ -283,6 +283,57 @@ def errtable(data, output, crops, crop, model, device, quiet):
 
 
 @main.command()
+@click.option("--train", "train_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="photos whose spectrum the linear prior takes (the training set)")
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False),
+              help="held-out photos: the ones the model's x_0 error table was measured on")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="checkpoint to write")
+@click.option("--fit-crops", type=click.IntRange(1), default=512, show_default=True,
+              help="random 128 px crops of --train the spectrum is fitted on")
+@click.option("--crops", type=click.IntRange(1), default=32, show_default=True,
+              help="random crops of --data measured (as errtable's)")
+@click.option("--crop", type=click.IntRange(8), default=64, show_default=True, help="their size (as errtable's)")
+@model_option
+@device_option
+@quiet_option
+def linear(train_dir, data, output, fit_crops, crops, crop, model, device, quiet):
+    """Fit the linear (Wiener) x_0 estimate on photos, measure its error on the held-out crops
+    of the model's error table, and write a checkpoint in which it replaces the network at the
+    timesteps where it errs less (no network call there)."""
+    from tqdm import tqdm
+
+    from .checkpoint import attach_xstart_mse
+    from .data import ImageCrops
+    from .errtable import isotonic_increasing
+    from .linear import fit_linear_prior, measure_linear_mse, switch_timestep
+    from .trajectory import alphas_cumprod
+
+    prior = _prior(model, device)
+    if prior.xstart_mse is None:
+        raise OptionError("the model has no x_0 error table: run diffcodec errtable first")
+    fit_on = ImageCrops(train_dir, 128).fixed_crops(fit_crops, seed=0).double().numpy()
+    lin = fit_linear_prior(fit_on, from_t=prior.diffusion.num_timesteps)
+    del fit_on
+    held = ImageCrops(data, crop).fixed_crops(crops, seed=0)
+    net = prior.xstart_mse if prior.linear is None else None
+    if net is None:
+        raise OptionError("the model already has a linear prior: start from the one without")
+    mse = measure_linear_mse(lin, held, alphas_cumprod(prior), seed=0,
+                             progress=None if quiet else lambda it: tqdm(it, desc="timesteps", leave=False))
+    mse = np.stack([isotonic_increasing(mse[:, c]) for c in range(mse.shape[1])], axis=1)  # as errtable's
+    t0 = switch_timestep(net, mse)
+    if t0 >= len(net):
+        raise OptionError("the linear estimate errs more than the network at every timestep: nothing to write")
+    lin = type(lin)(lin.mean, lin.basis, lin.log_power, t0)
+    table = np.where((np.arange(len(net)) >= t0)[:, None], mse, net)
+    fp = attach_xstart_mse(prior.source, output, table, lin)
+    if not quiet:
+        click.echo(f"wrote {output} (fingerprint {fp[:16]}): the linear estimate from t={t0} on "
+                   f"(x_0 RMSE at t={len(net) - 1}: {np.sqrt(mse[-1].mean()) * 127.5:.1f} levels against the "
+                   f"network's {np.sqrt(net[-1].mean()) * 127.5:.1f})")
+
+
+@main.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--steps", type=click.IntRange(2), default=None, help="respaced chain length (default: full T)")
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -12,6 +12,10 @@ A diffusion can be *respaced* (Improved DDPM, Sec. 4): a subset of the original 
 kept and the betas are recomputed from alpha-bar so that q(x_t | x_0) is unchanged at the kept
 steps.  The network is always called with the *original* timestep (scaled to [0, 1000)), so
 one trained network serves every respacing.
+
+A diffusion with an x_0 error table may also carry a *linear* x_0 estimate (a function of x_t
+and alpha-bar, :mod:`diffcodec.linear`) and the original timestep from which on it replaces the
+network: p_theta's mean there comes from it and the network is not called.
 """
 
 from __future__ import annotations
@@ -117,10 +121,12 @@ class DiffusionConfig:
         return asdict(self)
 
     def build(self, steps: int | Sequence[int] | None = None,
-              xstart_mse: np.ndarray | None = None) -> "GaussianDiffusion":
+              xstart_mse: np.ndarray | None = None, linear=None) -> "GaussianDiffusion":
         """The diffusion, respaced to ``steps`` (a count or explicit timesteps) if given.  With
         ``xstart_mse`` (the model's error table, one row per original timestep) the reverse
-        variances are the analytic ones (:func:`analytic_variance`) instead of the model's."""
+        variances are the analytic ones (:func:`analytic_variance`) instead of the model's, and
+        ``linear`` (a :class:`diffcodec.linear.LinearPrior`, with the table only) estimates x_0
+        from its ``from_t`` on."""
         betas = get_named_beta_schedule(self.schedule, self.num_timesteps)
         if steps is None:
             use = np.arange(self.num_timesteps)
@@ -129,11 +135,12 @@ class DiffusionConfig:
         else:
             use = np.asarray(sorted(set(int(s) for s in steps)))
         table = None if xstart_mse is None else np.asarray(xstart_mse, dtype=np.float64)[use]
+        lin = {} if linear is None or table is None else {"linear_xstart": linear.xstart, "linear_from": linear.from_t}
         if steps is None:
-            return GaussianDiffusion(betas, self.model_var_type, xstart_mse=table)
+            return GaussianDiffusion(betas, self.model_var_type, xstart_mse=table, **lin)
         return GaussianDiffusion(
             respace_betas(betas, use), self.model_var_type, timestep_map=use,
-            original_num_timesteps=self.num_timesteps, xstart_mse=table,
+            original_num_timesteps=self.num_timesteps, xstart_mse=table, **lin,
         )
 
 
@@ -229,6 +236,8 @@ class GaussianDiffusion:
         timestep_map: Sequence[int] | None = None,
         original_num_timesteps: int | None = None,
         xstart_mse: np.ndarray | None = None,
+        linear_xstart: Callable[[torch.Tensor, float], torch.Tensor] | None = None,
+        linear_from: int | None = None,
     ) -> None:
         if model_var_type not in MODEL_VAR_TYPES:
             raise ValueError(f"unknown model_var_type {model_var_type!r}")
@@ -268,6 +277,11 @@ class GaussianDiffusion:
             coef1 = self.posterior_mean_coef1.reshape(-1, *([1] * (mse.ndim - 1)))
             pv = self.posterior_variance.reshape(coef1.shape)
             self.analytic_variance = analytic_variance(pv, coef1, mse)
+        # The linear x_0 estimate (x_t, alpha-bar) -> x_0 at original timesteps >= linear_from.
+        if linear_xstart is not None and (self.analytic_variance is None or linear_from is None):
+            raise ValueError("a linear x_0 estimate needs an x_0 error table and its first timestep")
+        self.linear_xstart = linear_xstart
+        self.linear_from = linear_from
 
     # -- model time --------------------------------------------------------------------------
     def model_time(self, t: torch.Tensor) -> torch.Tensor:
@@ -338,6 +352,15 @@ class GaussianDiffusion:
         variance = _extract(table, t, like).expand_as(like)
         return variance, _extract(log_table, t, like).expand_as(like)
 
+    def uses_linear(self, t: torch.Tensor) -> bool:
+        """Whether p_theta at (respaced) timesteps ``t`` (all the same) takes x_0 from the linear
+        estimate rather than the network."""
+        if self.linear_xstart is None:
+            return False
+        first = int(t.reshape(-1)[0])
+        assert bool((t == first).all()), "a linear step needs one timestep for the whole batch"
+        return int(self.timestep_map[first]) >= self.linear_from
+
     def split_model_output(self, out: torch.Tensor, channels: int):
         if self.analytic_variance is not None:  # any v output is not used
             return out[:, :channels], None
@@ -355,14 +378,19 @@ class GaussianDiffusion:
         Returns ``mean``, ``variance``, ``log_variance`` (all shaped like x), ``pred_xstart``
         (the model's estimate of x_0, clipped to [-1, 1] if ``clip_denoised``) and ``eps``.
         """
-        if model_output is None:
-            model_output = model(x, self.model_time(t))
-        eps, v = self.split_model_output(model_output, x.shape[1])
-        eps = eps.to(x.dtype)
-        variance, log_variance = self.model_variance(t, x, v)
-        pred_xstart = self.predict_xstart_from_eps(x, t, eps)
-        if clip_denoised:
-            pred_xstart = pred_xstart.clamp(-1, 1)
+        if model_output is None and self.uses_linear(t):  # no network call
+            pred_xstart = self.linear_xstart(x, float(self.alphas_cumprod[int(t.reshape(-1)[0])])).to(x.dtype)
+            eps = self.predict_eps_from_xstart(x, t, pred_xstart)
+            variance, log_variance = self.model_variance(t, x, None)
+        else:
+            if model_output is None:
+                model_output = model(x, self.model_time(t))
+            eps, v = self.split_model_output(model_output, x.shape[1])
+            eps = eps.to(x.dtype)
+            variance, log_variance = self.model_variance(t, x, v)
+            pred_xstart = self.predict_xstart_from_eps(x, t, eps)
+            if clip_denoised:
+                pred_xstart = pred_xstart.clamp(-1, 1)
         mean, _, _ = self.q_posterior_mean_variance(pred_xstart, x, t)
         return {"mean": mean, "variance": variance, "log_variance": log_variance,
                 "pred_xstart": pred_xstart, "eps": eps}

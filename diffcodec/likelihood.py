@@ -36,7 +36,8 @@ def bits_per_dim(image: np.ndarray, prior: Prior, steps: int | Sequence[int] | N
     """The variational bound of a uint8 H x W x 3 image under ``prior`` with the full chain
     (``steps=None``), one respaced to ``steps`` timesteps, or the given timesteps.  ``variance``:
     the model's own reverse variances (``model``: learned or fixed) or the analytic ones from the
-    checkpoint's x_0 error table (``analytic``).  ``symmetry``: the network averaged over that many
+    checkpoint's x_0 error table (``analytic``; the x_0 estimate is then the linear one at the
+    timesteps where the model has it, as in the codec).  ``symmetry``: the network averaged over that many
     of the square's symmetries (:func:`diffcodec.unet.forward_symmetrised`) at the timesteps up to
     ``symmetry_max_t``, as a file's header may ask."""
     check_symmetry(symmetry)
@@ -44,7 +45,8 @@ def bits_per_dim(image: np.ndarray, prior: Prior, steps: int | Sequence[int] | N
         raise OptionError(f"variance must be one of {VARIANCE_SOURCES}")
     if variance == "analytic" and prior.xstart_mse is None:
         raise OptionError("the analytic variance needs a model with an x_0 error table (diffcodec errtable)")
-    diffusion = prior.diffusion.build(steps, prior.xstart_mse if variance == "analytic" else None)
+    analytic = variance == "analytic"
+    diffusion = prior.diffusion.build(steps, prior.xstart_mse if analytic else None, prior.linear if analytic else None)
     x = to_tensor(image)[None].to(prior.device)
     g = torch.Generator(device=prior.device).manual_seed(seed)
 

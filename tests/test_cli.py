@@ -216,6 +216,33 @@ def test_errtable_command_writes_a_model_with_its_table(work, image_folder, tiny
     assert prior.meta["xstart_mse_of"] == base.fingerprint
 
 
+def test_linear_command_writes_a_model_with_its_linear_estimate(work, image_folder, tiny_model_path):
+    """A model whose error table (made up here) is the network's: the linear estimate replaces it
+    from the first timestep on which it stays better, and its rows of the table are the linear
+    estimate's; a model without a table is refused in one line."""
+    from skimage import data
+
+    from diffcodec.checkpoint import attach_xstart_mse, load_prior
+
+    photos = work / "photos160"
+    photos.mkdir()
+    for name in ("astronaut", "coffee"):
+        Image.fromarray(getattr(data, name)()).resize((160, 160), Image.Resampling.LANCZOS).save(photos / f"{name}.png")
+    table = np.geomspace(1e-6, 0.3, 1000)[:, None] * np.ones((1, 3))  # a network that errs 0.3 at T - 1
+    base = work / "tiny_table.pt"
+    attach_xstart_mse(tiny_model_path, base, table)
+    out = work / "with_linear.pt"
+    run("linear", "--train", photos, "--data", image_folder, "-o", out, "--model", base, "--fit-crops", 4,
+        "--crops", 2, "--crop", 16, "-q")
+    prior = load_prior(out)
+    t0 = prior.linear.from_t
+    assert 0 < t0 < 1000 and prior.fingerprint != load_prior(base).fingerprint
+    np.testing.assert_array_equal(prior.xstart_mse[:t0], table[:t0])
+    assert (prior.xstart_mse[t0:].mean(1) < table[t0:].mean(1)).all()
+    assert_clean_error(run("linear", "--train", photos, "--data", image_folder, "-o", work / "x.pt",
+                           "--model", tiny_model_path, ok=False), "error table")
+
+
 def test_usage_errors(work, tiny_model_path):
     r = run("encode", work / "a.png", "--model", tiny_model_path, ok=False)
     assert r.exit_code == 2 and "Traceback" not in r.output  # neither -o nor --out-dir
