@@ -252,12 +252,13 @@ def test_isotonic_regression():
 
 
 def test_effort_sets_the_network_symmetry():
-    """Efforts 1-5 run the plain network, 6-9 a self-ensemble of 8 symmetries at the calls up to
-    t = 60, 60, 150 and at every call; the plan carries it for the header."""
+    """Efforts 1-4 run the plain network, 5 a self-ensemble of 2 symmetries at the calls up to
+    t = 60, 6-9 of 8 at the calls up to t = 60, 60, 150 and at every call; the plan carries it
+    for the header."""
     prior = _toy_prior(30)
     plans = [plan_chain(prior, 1000, PlanOptions(effort=e)) for e in range(1, 10)]
-    assert [p.symmetry for p in plans] == [EFFORTS[e].symmetry for e in range(1, 10)] == [1] * 5 + [8] * 4
-    assert [p.symmetry_max_t for p in plans][5:] == [60, 60, 150, 0xFFFF]
+    assert [p.symmetry for p in plans] == [EFFORTS[e].symmetry for e in range(1, 10)] == [1] * 4 + [2] + [8] * 4
+    assert [p.symmetry_max_t for p in plans][4:] == [60, 60, 60, 150, 0xFFFF]
     forced = plan_chain(prior, 1000, PlanOptions(effort=7, timesteps=(2, 9, 29)))  # forced chains too
     assert (forced.symmetry, forced.symmetry_max_t) == (8, 60)
 
