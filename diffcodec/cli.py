@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import click
@@ -311,20 +311,20 @@ def linear(train_dir, data, output, fit_crops, crops, crop, model, device, quiet
     prior = _prior(model, device)
     if prior.xstart_mse is None:
         raise OptionError("the model has no x_0 error table: run diffcodec errtable first")
+    if prior.linear is not None:
+        raise OptionError("the model already has a linear prior: start from the one without")
+    net = prior.xstart_mse
     fit_on = ImageCrops(train_dir, 128).fixed_crops(fit_crops, seed=0).double().numpy()
     lin = fit_linear_prior(fit_on, from_t=prior.diffusion.num_timesteps)
     del fit_on
     held = ImageCrops(data, crop).fixed_crops(crops, seed=0)
-    net = prior.xstart_mse if prior.linear is None else None
-    if net is None:
-        raise OptionError("the model already has a linear prior: start from the one without")
     mse = measure_linear_mse(lin, held, alphas_cumprod(prior), seed=0,
                              progress=None if quiet else lambda it: tqdm(it, desc="timesteps", leave=False))
     mse = np.stack([isotonic_increasing(mse[:, c]) for c in range(mse.shape[1])], axis=1)  # as errtable's
     t0 = switch_timestep(net, mse)
     if t0 >= len(net):
         raise OptionError("the linear estimate errs more than the network at every timestep: nothing to write")
-    lin = type(lin)(lin.mean, lin.basis, lin.log_power, t0)
+    lin = replace(lin, from_t=t0)
     table = np.where((np.arange(len(net)) >= t0)[:, None], mse, net)
     fp = attach_xstart_mse(prior.source, output, table, lin)
     if not quiet:

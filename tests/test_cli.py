@@ -219,7 +219,7 @@ def test_errtable_command_writes_a_model_with_its_table(work, image_folder, tiny
 def test_linear_command_writes_a_model_with_its_linear_estimate(work, image_folder, tiny_model_path):
     """A model whose error table (made up here) is the network's: the linear estimate replaces it
     from the first timestep on which it stays better, and its rows of the table are the linear
-    estimate's; a model without a table is refused in one line."""
+    estimate's; a model without a table, or with a linear prior already, is refused in one line."""
     from skimage import data
 
     from diffcodec.checkpoint import attach_xstart_mse, load_prior
@@ -241,6 +241,8 @@ def test_linear_command_writes_a_model_with_its_linear_estimate(work, image_fold
     assert (prior.xstart_mse[t0:].mean(1) < table[t0:].mean(1)).all()
     assert_clean_error(run("linear", "--train", photos, "--data", image_folder, "-o", work / "x.pt",
                            "--model", tiny_model_path, ok=False), "error table")
+    assert_clean_error(run("linear", "--train", photos, "--data", image_folder, "-o", work / "x.pt",
+                           "--model", out, ok=False), "already has")
 
 
 def test_usage_errors(work, tiny_model_path):
