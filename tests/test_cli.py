@@ -64,7 +64,7 @@ def test_encode_info_decode_round_trip(work, encoded, tiny_model_path):
             "--t-min", 10, "--seed", 5)
     size = (work / "a2.dfc").stat().st_size
     assert r.stdout.startswith(f"{work / 'a.png'} -> {work / 'a2.dfc'}: {size} bytes, {8 * size / (37 * 23):.3f} bpp")
-    assert "(lossless, 3 latent steps, effort 5)" in r.stdout
+    assert "(lossless, 3 latent steps, effort 5, symmetry 2 at t <= 60)" in r.stdout
     assert (work / "a2.dfc").read_bytes() == encoded.read_bytes()  # same seed, same bytes
     lines = run("info", encoded).output.splitlines()
     fields = {k.strip(): v.strip() for k, v in (ln.split(":", 1) for ln in lines if ":" in ln)}
@@ -368,7 +368,8 @@ def test_info_bound_gives_each_step_its_share_of_the_full_chain(work, encoded, t
     from diffcodec.likelihood import bits_per_dim
 
     info = json.loads(run("info", encoded, "--json", "--bound", work / "a.png", "--model", tiny_model_path).output)
-    terms = bits_per_dim(load_rgb(work / "a.png"), load_prior(tiny_model_path))
+    assert (info["symmetry"], info["symmetry_max_t"]) == (2, 60)  # the default effort's, as the bound's network
+    terms = bits_per_dim(load_rgb(work / "a.png"), load_prior(tiny_model_path), symmetry=2, symmetry_max_t=60)
     dims = 3 * 37 * 23
     assert info["model_bound_bits_per_dim"] == pytest.approx(terms.total, rel=1e-12)
     ts = info["coded_timesteps"]  # ascending: t_min .. T - 1

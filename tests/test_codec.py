@@ -26,6 +26,8 @@ def _opts(**kw) -> EncodeOptions:
     kw.setdefault("t_min", T_MIN)
     kw.setdefault("seed", 7)
     kw.setdefault("method", LatentMethod.UQ)  # PFR has its own tests
+    kw.setdefault("symmetry", 1)  # the plain network (the default effort's ensemble has its own tests)
+    kw.setdefault("symmetry_max_t", 0xFFFF)
     return EncodeOptions(**kw)
 
 
