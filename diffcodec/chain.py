@@ -23,7 +23,6 @@ import torch
 from . import container as fmt
 from . import philox
 from .checkpoint import Prior
-from .diffusion import GaussianDiffusion, get_named_beta_schedule, respace_betas
 from .errors import FormatError
 from .kinds import Reconstruction
 from .sideinfo import TileGrid
@@ -71,13 +70,9 @@ class CodedChain:
                               f"file {header.fingerprint.hex()[:12]}, model {prior.fingerprint[:12]}")
         if header.schedule != cfg.schedule or header.num_timesteps != cfg.num_timesteps:
             raise FormatError("file's diffusion schedule does not match the model")
-        betas = get_named_beta_schedule(cfg.schedule, cfg.num_timesteps)
-        use = np.asarray(header.timesteps)
-        table = None if prior.xstart_mse is None else prior.xstart_mse[use]
-        linear = {} if prior.linear is None or table is None else {
-            "linear_xstart": prior.linear.xstart, "linear_from": prior.linear.from_t}
-        self.diffusion = GaussianDiffusion(respace_betas(betas, use), cfg.model_var_type, timestep_map=use,
-                                           original_num_timesteps=cfg.num_timesteps, xstart_mse=table, **linear)
+        # respaced to the header's timesteps (ascending, checked by the parser), with the analytic
+        # variances and the linear x_0 estimate where the checkpoint has them
+        self.diffusion = cfg.build(header.timesteps, prior.xstart_mse, prior.linear)
         self.prior, self.header = prior, header
         self.device = prior.device
         self.height, self.width = header.height, header.width
