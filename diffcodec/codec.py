@@ -64,6 +64,7 @@ class EncodeOptions:
     symmetry: int | None = None  # network calls averaged over 1, 2, 4 or 8 symmetries (None: the effort's) ...
     symmetry_max_t: int | None = None  # ... those at timesteps t <= this (None: the effort's; 65535: all)
     every_layout: bool = False  # fit the checkerboard layouts of UQ and final steps above their size limit too (measurement)
+    spectral_pfr: bool = True  # PFR steps may take the spectral layout (models with a linear prior)
     cost_model: CostModel | None = None  # the planner's constants (None: the effort's; another: benchmarks.calibrate)
 
     def plan_options(self) -> PlanOptions:
@@ -155,7 +156,7 @@ def encode(image, prior: Prior, options: EncodeOptions | None = None,
     t_start = time.perf_counter()
     chain = CodedChain(prior, spec)
     target = EncodeTarget(np.ascontiguousarray(src.pixels.transpose(2, 0, 1)), src.coded_channels, plan.chunk_bits,
-                          plan.margin_bits, opt.every_layout)
+                          plan.margin_bits, opt.every_layout, opt.spectral_pfr)
     grey = src.coded_channels == 1
     K = spec.num_latent_steps
     budget = None if opt.max_bpp is None else opt.max_bpp * w * h / 8.0

@@ -2,13 +2,13 @@
 
 All integers are little-endian; ``varint`` is an unsigned LEB128 varint (:mod:`diffcodec.varint`:
 7 bits a byte, low group first, minimal).  A file is a header followed by one chunk per coded
-step.  This describes version 7; what earlier versions differ in follows each table.
+step.  This describes version 8; what earlier versions differ in follows each table.
 
 Header::
 
     offset  size  field
     0       8     magic  b"\\x89DFC\\r\\n\\x1a\\n"  (PNG-style: catches text-mode mangling)
-    8       1     version (7; 2, 3, 4, 5 and 6 are read, see below; version 1 is refused with a
+    8       1     version (8; 2, 3, 4, 5, 6 and 7 are read, see below; version 1 is refused with a
                   message naming it)
     9       v     header body length B (varint, at most 65536)
     9+v     B     header body (below)
@@ -43,16 +43,18 @@ Chunk (one per coded step, in order)::
                                     (checkerboard), 7 = final step, context, 8 = UQ step,
                                     texture classes, 9 = final step, texture classes,
                                     10 = UQ step, neighbourhood (2 x 2 phases), 11 = final
-                                    step, neighbourhood (kinds.ChunkKind)
+                                    step, neighbourhood, 12 = PFR latent step, spectral
+                                    (kinds.ChunkKind)
     varint N                        payload length, at most 2**30
     varint ideal                    the step's KL (latent) or decoder NLL (final) under the
                                     model's analytic variances, in eighths of a bit
                                     (informational)
-    N   coder payload               documented in diffcodec/coders/{uq,pfr,final,chanpred}.py
+    N   coder payload               documented in diffcodec/coders/{uq,pfr,spectral,final,chanpred}.py
     u32 CRC-32 of (u16 index) + kind .. payload, index = 0, 1, 2, ... the chunk's place (not
                                     stored: a chunk out of place fails its CRC)
 
-Version 6 (read, never written) is version 7 without chunk kinds 10 and 11, version 5 version 6
+Version 7 (read, never written) is version 8 without chunk kind 12, version 6 version 7
+without kinds 10 and 11, version 5 version 6
 without kinds 8 and 9 (a file holding a kind its version does not have is refused).  Versions 2-4 (read, never written) use fixed-width fields: the body length is a u32; width and
 height u32; T, K, the timesteps (absolute), tile, symmetry_max_t, num_chunks and P u16; a chunk
 is u8 kind, u16 index, u32 N' (= 4 + payload length), f32 ideal bits, the payload, and the
@@ -76,8 +78,8 @@ from .kinds import SYMMETRIES, ChunkKind, ImageMode
 from .varint import Truncated, read_uvarint, uvarint
 
 MAGIC = b"\x89DFC\r\n\x1a\n"
-VERSION = 7
-READ_VERSIONS = (2, 3, 4, 5, 6, 7)  # 2: no symmetry field; 3: no symmetry_max_t; 2-4: fixed-width fields
+VERSION = 8
+READ_VERSIONS = (2, 3, 4, 5, 6, 7, 8)  # 2: no symmetry field; 3: no symmetry_max_t; 2-4: fixed-width fields
 COMPACT = 5  # the first version with varint fields and one range coder per step payload
 ALL_TIMESTEPS = 0xFFFF  # symmetry_max_t of a chain whose every network call is symmetrised
 #: The header body's fields after the timesteps, per version: seed, tile, [symmetry,

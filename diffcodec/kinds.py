@@ -21,6 +21,7 @@ class ChunkKind(IntEnum):
     FINAL_TEX = 9  # x_0: FINAL_CTX with widths scaled per texture class (format version 6)
     UQ_NBR = 10  # latent step: UQ_TEX's widths over 2 x 2 phases, each reading all channels' neighbours (version 7)
     FINAL_NBR = 11  # x_0: FINAL_TEX's widths over 2 x 2 phases, each reading all channels' neighbours (version 7)
+    PFR_SPEC = 12  # latent step: PFR on colour components' tile DCT, a width per coefficient (version 8)
 
     @property
     def is_final(self) -> bool:
@@ -30,6 +31,8 @@ class ChunkKind(IntEnum):
     @property
     def since(self) -> int:
         """The first format version that has this kind."""
+        if self == ChunkKind.PFR_SPEC:
+            return 8
         if self in (ChunkKind.UQ_NBR, ChunkKind.FINAL_NBR):
             return 7
         return 6 if self in (ChunkKind.UQ_TEX, ChunkKind.FINAL_TEX) else 2
@@ -39,7 +42,7 @@ class ChunkKind(IntEnum):
         return {ChunkKind.UQ: "uq", ChunkKind.UQ_PRED: "uq+chan", ChunkKind.PFR: "pfr", ChunkKind.FINAL: "final",
                 ChunkKind.FINAL_PRED: "final+chan", ChunkKind.UQ_CTX: "uq+ctx", ChunkKind.FINAL_CTX: "final+ctx",
                 ChunkKind.UQ_TEX: "uq+tex", ChunkKind.FINAL_TEX: "final+tex", ChunkKind.UQ_NBR: "uq+nbr",
-                ChunkKind.FINAL_NBR: "final+nbr"}[self]
+                ChunkKind.FINAL_NBR: "final+nbr", ChunkKind.PFR_SPEC: "pfr+spec"}[self]
 
 
 class LatentMethod(str, Enum):

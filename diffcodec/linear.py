@@ -47,10 +47,11 @@ def radial_frequency(h: int, w: int) -> np.ndarray:
     return f
 
 
-def _dct(x: np.ndarray, inverse: bool = False) -> np.ndarray:
+def dct2(x: np.ndarray, inverse: bool = False) -> np.ndarray:
+    """The orthonormal 2-D DCT-II (or its inverse) over the last two axes, single-threaded."""
     from scipy.fft import dctn, idctn  # scipy comes with scikit-image
 
-    return (idctn if inverse else dctn)(x, type=2, norm="ortho", workers=1)
+    return (idctn if inverse else dctn)(x, type=2, norm="ortho", workers=1, axes=(-2, -1))
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ class LinearPrior:
                 gain = self._component_power(k, lf)
                 gain *= abar  # S / (S + nu) = S abar / (S abar + 1 - abar)
                 gain /= gain + (1.0 - abar)
-                z[k] = _dct(_dct(z[k]) * gain, inverse=True)
+                z[k] = dct2(dct2(z[k]) * gain, inverse=True)
                 del gain
             est = np.einsum("khw,ck->chw", z, basis)
             del z
@@ -151,7 +152,7 @@ def fit_linear_prior(crops: np.ndarray, from_t: int) -> LinearPrior:
     for img in crops:
         z = np.einsum("chw,ck->khw", img - mean[:, None, None], basis)
         for k in range(c):
-            np.add.at(sums[k], which[inside], _dct(z[k])[inside] ** 2)
+            np.add.at(sums[k], which[inside], dct2(z[k])[inside] ** 2)
     if (counts == 0).any():
         raise ValueError(f"crops of {h} x {w} px leave frequency bins empty: use 128 px or more")
     return LinearPrior(mean, basis, np.log(sums / counts), from_t)

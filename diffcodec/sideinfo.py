@@ -40,6 +40,8 @@ class ByteQuantizer:
 SCALE = ByteQuantizer(160, 8.0)
 # PFR prior width: kappa = log2(sigma_p / sigma_q) in bits/dim, 2 ** ((code - 200) / 10).
 KAPPA = ByteQuantizer(200, 10.0)
+# Spectral PFR prior's gain over the linear prior's error spectrum: 2 ** ((code - 200) / 8).
+GAIN = ByteQuantizer(200, 8.0)
 # Channel predictor coefficients of the final step: (code - 128) / 32, in [-4, 3.97].
 COEF = ByteQuantizer(128, 32.0, log=False)
 # PFR index model: offset of the mean (code - 128) / 8 bits, std code / 16 bits.

@@ -149,3 +149,21 @@ def decode_outcome(data: bytes, prior, original: np.ndarray) -> str:
     if out.lossless:
         np.testing.assert_array_equal(np.asarray(out.image), original)
     return "ok"
+
+
+def toy_linear_prior(from_t: int = 1000):
+    """A linear prior (diffcodec.linear) with a rotated colour basis and a 1/f^2 power law:
+    ``from_t`` = T (the default) leaves the chain's x_0 estimate the network's, so that only the
+    spectral PFR layout reads it."""
+    from diffcodec.linear import FREQS, LinearPrior
+
+    q, _ = np.linalg.qr(np.array([[1.0, 0.4, 0.2], [1.0, -0.5, 0.1], [1.0, 0.1, -0.6]]))
+    log_power = np.stack([np.log(a * 1e-4 / FREQS**2) for a in (3.0, 0.5, 0.2)])
+    return LinearPrior(np.zeros(3), q, log_power, from_t)
+
+
+def with_linear(prior: Prior, linear=None) -> Prior:
+    """``prior`` with a linear prior (:func:`toy_linear_prior` unless given), same fingerprint."""
+    from dataclasses import replace
+
+    return replace(prior, linear=toy_linear_prior() if linear is None else linear)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from codec_fixtures import analytic_prior
+from codec_fixtures import analytic_prior, with_linear
 from diffcodec.codec import EncodeOptions, encode
 from diffcodec.kinds import LatentMethod
 
@@ -42,13 +42,24 @@ CASES = {
     "rgb_sym8": ("RGB", dict(_UQ, symmetry=8)),
     # only the calls at t <= 400 (x_t at 336 and 4) averaged over 4 (header version 4's field)
     "rgb_sym_low": ("RGB", dict(_UQ, symmetry=4, symmetry_max_t=400)),
+    # the analytic prior with a linear prior: PFR's noisy steps take the spectral layout (PFR_SPEC:
+    # format version 8), the last one the plain layout
+    "rgb_spectral": ("RGB", dict(_UQ, steps=4, method=LatentMethod.PFR, pfr_chunk_bits=6, pfr_margin_bits=4,
+                                 tile=16), "astronaut", (40, 24)),
 }
+#: The cases whose model has a linear prior (codec_fixtures.toy_linear_prior).
+LINEAR = {"rgb_spectral"}
+
+
+def case_prior(name: str):
+    """The model a case is encoded and decoded with."""
+    return with_linear(analytic_prior()) if name in LINEAR else analytic_prior()
 
 
 def encode_case(name: str) -> tuple[bytes, Image.Image]:
     mode, options, *photo = CASES[name]
     src = _source(mode, *photo)
-    return encode(src, analytic_prior(), EncodeOptions(**options)).data, src
+    return encode(src, case_prior(name), EncodeOptions(**options)).data, src
 
 
 def pixels(img: Image.Image) -> np.ndarray:

@@ -48,7 +48,7 @@ def make_file(n: int = 3) -> tuple[bytes, Header, list[Chunk]]:
 
 
 def raw_header(width=5, height=4, mode=1, fp=FP, sched=1, T=1000, ts=(0, 500, 999), k=None, seed=1,
-               tile=64, nchunks=0, checksum=0, palette=b"", npal=None, version=7, body_len=None, magic=MAGIC,
+               tile=64, nchunks=0, checksum=0, palette=b"", npal=None, version=8, body_len=None, magic=MAGIC,
                crc=None, extra=b"", symmetry=1, symmetry_max_t=0xFFFF) -> bytes:
     """Header bytes with any field values (no validation), with a correct CRC unless given;
     ``version=4`` writes the fixed-width fields of versions 2-4, ``version=2`` leaves out the
@@ -137,12 +137,13 @@ def test_version_2_headers_parse_with_symmetry_1():
     v4 = parse(raw_header(version=4, seed=7, tile=16)).header
     v5 = parse(raw_header(version=5, seed=7, tile=16)).header
     v6 = parse(raw_header(version=6, seed=7, tile=16)).header
-    v7 = parse(raw_header(seed=7, tile=16)).header
-    assert v2 == v3 == v4 == v5 == v6 == v7 and v2.symmetry == 1 and (v2.seed, v2.tile) == (7, 16)
-    assert [h.version for h in (v2, v3, v4, v5, v6, v7)] == [2, 3, 4, 5, 6, 7]
-    assert [h.compact for h in (v4, v5, v6, v7)] == [False, True, True, True]
+    v7 = parse(raw_header(version=7, seed=7, tile=16)).header
+    v8 = parse(raw_header(seed=7, tile=16)).header
+    assert v2 == v3 == v4 == v5 == v6 == v7 == v8 and v2.symmetry == 1 and (v2.seed, v2.tile) == (7, 16)
+    assert [h.version for h in (v2, v3, v4, v5, v6, v7, v8)] == [2, 3, 4, 5, 6, 7, 8]
+    assert [h.compact for h in (v4, v5, v6, v7, v8)] == [False, True, True, True, True]
     same = dict(seed=1, num_chunks=0, checksum=0)  # raw_header's defaults
-    assert raw_header() == make_header(**same).to_bytes()  # the writer writes version 7
+    assert raw_header() == make_header(**same).to_bytes()  # the writer writes version 8
     assert raw_header(symmetry=8, symmetry_max_t=60) == make_header(**same, symmetry=8, symmetry_max_t=60).to_bytes()
 
 
@@ -250,7 +251,7 @@ def _refused(data: bytes, match: str) -> None:
     (dict(body_len=65537, version=4), "header length"),
     (dict(body_len=60000, version=4), "truncated inside the header"),
     (dict(crc=0), "CRC"),
-    (dict(version=8), "version 8"),
+    (dict(version=9), "version 9"),
     (dict(symmetry=0), "symmetry"),
     (dict(symmetry=3), "symmetry"),
     (dict(symmetry=16), "symmetry"),
@@ -317,7 +318,7 @@ def test_hostile_chunks(case, match):
     elif case == "wrong_index":
         cb[1] = Chunk(UQ, 2, 0.0, chunks[1].payload).to_bytes()
     elif case == "unknown_kind":
-        body = bytes([12]) + uvarint(8) + uvarint(0) + b"\0" * 8
+        body = bytes([13]) + uvarint(8) + uvarint(0) + b"\0" * 8
         cb[1] = body + struct.pack("<I", zlib.crc32(body, zlib.crc32(struct.pack("<H", 1))))
     elif case == "final_too_early":
         cb[0] = Chunk(FINAL, 0, 0.0, chunks[0].payload).to_bytes()
@@ -333,30 +334,31 @@ def test_hostile_chunks(case, match):
 
 
 def _as_version(data: bytes, version: int) -> bytes:
-    """A version-7 file's bytes relabelled ``version`` (5, 6: the same layout), header CRC mended."""
+    """A version-8 file's bytes relabelled ``version`` (5, 6, 7: the same layout), header CRC mended."""
     n, p = read_uvarint(data, 9, "length")
     head = bytes([version]) + data[9:p + n]
     return MAGIC + head + struct.pack("<I", zlib.crc32(head)) + data[p + n + 4:]
 
 
 @pytest.mark.parametrize("kind,since", [(ChunkKind.UQ_TEX, 6), (ChunkKind.FINAL_TEX, 6), (ChunkKind.UQ_NBR, 7),
-                                        (ChunkKind.FINAL_NBR, 7)])
+                                        (ChunkKind.FINAL_NBR, 7), (ChunkKind.PFR_SPEC, 8)])
 def test_kinds_are_read_from_their_version_on(kind, since):
     """The texture layout's kinds (8, 9) came with format version 6, the neighbourhood layout's
-    (10, 11) with version 7: a file of that version or later may hold them, a file of the version
-    before holding one is refused by name; the older kinds read in every compact version."""
+    (10, 11) with version 7, the spectral PFR step (12) with version 8: a file of that version or
+    later may hold them, a file of the version before holding one is refused by name; the older
+    kinds read in every compact version."""
     assert kind.since == since
     header = make_header(num_chunks=2, timesteps=(0, 999))
     last = kind if kind.is_final else ChunkKind.FINAL_CTX
     first = ChunkKind.UQ_CTX if kind.is_final else kind
     data = header.to_bytes() + Chunk(first, 0, 1.0, b"\1" * 8).to_bytes() + Chunk(last, 1, 1.0, b"\2" * 8).to_bytes()
-    assert data[8] == 7 and [c.kind for c in parse(data).chunks] == [first, last]
-    for version in range(since, 8):
+    assert data[8] == 8 and [c.kind for c in parse(data).chunks] == [first, last]
+    for version in range(since, 9):
         assert [c.kind for c in parse(_as_version(data, version)).chunks] == [first, last]
     _refused(_as_version(data, since - 1), f"chunk {1 if kind.is_final else 0} is of a kind that format version {since - 1}")
     old = header.to_bytes() + Chunk(ChunkKind.UQ_CTX, 0, 1.0, b"\1" * 8).to_bytes()
     old += Chunk(ChunkKind.FINAL_CTX, 1, 1.0, b"\2" * 8).to_bytes()
-    for version in (5, 6, 7):
+    for version in (5, 6, 7, 8):
         assert [c.kind for c in parse(_as_version(old, version)).chunks] == [ChunkKind.UQ_CTX, ChunkKind.FINAL_CTX]
 
 

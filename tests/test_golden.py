@@ -9,8 +9,9 @@ encoders stay, never regenerated, and must keep decoding: tests/golden/v2/ (form
 tests/golden/v3/ (version 3 before the context layout: channel-predicted UQ steps, UQ_PRED) and
 tests/golden/v3ctx/ (version 3 with the context layout, before symmetry_max_t: rgb_sym8's
 symmetry serves every network call), tests/golden/v4/ (version 4: fixed-width fields, a stream
-per channel or pass), tests/golden/v5/ (version 5: before the texture layout) and tests/golden/v6/
-(version 6: before the neighbourhood layout).
+per channel or pass), tests/golden/v5/ (version 5: before the texture layout), tests/golden/v6/
+(version 6: before the neighbourhood layout) and tests/golden/v7/ (version 7: before the spectral
+PFR layout).
 """
 
 from __future__ import annotations
@@ -23,11 +24,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from codec_fixtures import analytic_prior
 from diffcodec.codec import decode
 from diffcodec.container import parse
 from diffcodec.kinds import ChunkKind
-from golden_cases import CASES, encode_case
+from golden_cases import CASES, case_prior, encode_case
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 
@@ -46,7 +46,8 @@ if os.environ.get("DIFFCODEC_REGEN_GOLDEN") == "1":
     _regenerate()
 MD5 = dict(reversed(line.split()) for line in (GOLDEN / "MD5SUMS").read_text().splitlines())
 #: Folders of files from earlier encoders, with the format version their files carry.
-LEGACY = {GOLDEN / "v2": 2, GOLDEN / "v3": 3, GOLDEN / "v3ctx": 3, GOLDEN / "v4": 4, GOLDEN / "v5": 5, GOLDEN / "v6": 6}
+LEGACY = {GOLDEN / "v2": 2, GOLDEN / "v3": 3, GOLDEN / "v3ctx": 3, GOLDEN / "v4": 4, GOLDEN / "v5": 5, GOLDEN / "v6": 6,
+          GOLDEN / "v7": 7}
 LEGACY_MD5 = {folder: dict(reversed(line.split()) for line in (folder / "MD5SUMS").read_text().splitlines())
               for folder in LEGACY}
 
@@ -58,7 +59,7 @@ def test_cases_hold_the_kinds_the_encoder_writes():
     texture kinds."""
     kinds = {c.kind for name in CASES for c in parse((GOLDEN / f"{name}.dfc").read_bytes()).chunks}
     assert {ChunkKind.UQ, ChunkKind.PFR, ChunkKind.FINAL, ChunkKind.UQ_CTX, ChunkKind.UQ_NBR,
-            ChunkKind.FINAL_TEX} <= kinds
+            ChunkKind.FINAL_TEX, ChunkKind.PFR_SPEC} <= kinds
     v6 = {c.kind for name in LEGACY_MD5[GOLDEN / "v6"] for c in parse((GOLDEN / "v6" / name).read_bytes()).chunks}
     assert {ChunkKind.UQ_TEX, ChunkKind.FINAL_TEX} <= v6
 
@@ -83,7 +84,7 @@ def test_golden_file_decodes_to_its_source(folder, name):
     if folder in LEGACY:  # untouched, and of its version
         assert hashlib.md5(data).hexdigest() == LEGACY_MD5[folder][f"{name}.dfc"] and data[8] == LEGACY[folder]
     source = Image.open(GOLDEN / f"{name}.png")
-    out = decode(data, analytic_prior())
+    out = decode(data, case_prior(name))
     parsed = parse(data)
     assert out.lossless == (parsed.chunks[-1].kind.is_final)
     if out.lossless:

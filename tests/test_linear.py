@@ -15,7 +15,7 @@ from diffcodec.checkpoint import attach_xstart_mse, load_prior, read_checkpoint,
 from diffcodec.codec import EncodeOptions, decode, encode
 from diffcodec.diffusion import DiffusionConfig, GaussianDiffusion, get_named_beta_schedule
 from diffcodec.errors import CheckpointError
-from diffcodec.linear import FREQS, LinearPrior, _dct, fit_linear_prior, measure_linear_mse, switch_timestep
+from diffcodec.linear import FREQS, LinearPrior, dct2, fit_linear_prior, measure_linear_mse, switch_timestep
 
 
 def _prior(from_t: int = 1000, scale: float = 4e-3) -> LinearPrior:
@@ -32,7 +32,7 @@ def _samples(lp: LinearPrior, n: int, h: int, w: int, seed: int = 0) -> np.ndarr
     sd = np.sqrt(lp.power(h, w))
     out = np.empty((n, 3, h, w))
     for i in range(n):
-        z = np.stack([_dct(rng.normal(size=(h, w)) * sd[k], inverse=True) for k in range(3)])
+        z = np.stack([dct2(rng.normal(size=(h, w)) * sd[k], inverse=True) for k in range(3)])
         out[i] = np.einsum("khw,ck->chw", z, lp.basis) + lp.mean[:, None, None]
     return out
 

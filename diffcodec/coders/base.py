@@ -86,6 +86,7 @@ class EncodeTarget:
     pfr_chunk_bits: int = 8
     pfr_margin_bits: int = 6
     every_layout: bool = False  # fit the checkerboard layouts at any image size (to measure them)
+    spectral_pfr: bool = True  # PFR steps may take the spectral layout where it codes shorter
 
     @property
     def flat_levels(self) -> np.ndarray:

@@ -113,10 +113,16 @@ class Plan:
     kappa: np.ndarray  # [C] bits/dim (expected KL rate) of each chunk
     ratio: np.ndarray  # [C] sigma_p / sigma_q
     expected_bits: np.ndarray  # [C] e = size * kappa
+    widths: np.ndarray | None = None  # per position: sigma_p / sigma_q where it varies inside a chunk
 
     @property
     def num_chunks(self) -> int:
         return len(self.starts) - 1
+
+    @property
+    def position_ratio(self) -> np.ndarray:
+        """sigma_p / sigma_q per position of ``order``."""
+        return self.ratio[self.chunk] if self.widths is None else self.widths
 
     @property
     def sizes(self) -> np.ndarray:
@@ -165,6 +171,39 @@ def make_plan(codes: bytes, grid: Grid, key: tuple[int, int], chunk_bits: int,
     chunk = c_off[g] + rank * m_g[g] // n_g[g]
     owner = np.repeat(np.arange(n_groups), m_g)
     return _finish(order, chunk, KAPPA[code][owner], RATIO[code][owner])
+
+
+#: Resolution of a group's mean rate (1/RATE_UNITS bits/dim) and of a chunk's expected bits
+#: (1/EXPECTED_UNITS bits) in :func:`make_rate_plan`: the layout and the index model are made from
+#: these exact multiples, so that an ulp of difference in the rates' floats cannot move them.
+RATE_UNITS, EXPECTED_UNITS = 1 << 12, 64
+
+
+def make_rate_plan(rsq: np.ndarray, grid: Grid, key: tuple[int, int], chunk_bits: int,
+                   order: tuple[np.ndarray, np.ndarray] | None = None) -> Plan:
+    """The layout of a prior whose width varies per dimension, r^2 = ``rsq`` (flat, C x H x W
+    order): a dimension's expected KL is e = log2(r^2) / 2 bits (the KL when delta^2 matches r^2 - 1);
+    a group's chunks are cut as :func:`make_plan` cuts them for its mean rate kappa (rounded to
+    1/:data:`RATE_UNITS` bits/dim, at least one unit), and a chunk expects the sum of its
+    dimensions' e (rounded to 1/:data:`EXPECTED_UNITS` bits)."""
+    n_groups = grid.size
+    order, g = group_order(grid, key) if order is None else order
+    dims = len(order)
+    e = 0.5 * np.log2(np.asarray(rsq, dtype=np.float64).reshape(-1)[order])
+    n_g = np.bincount(g, minlength=n_groups)
+    units = np.maximum(np.round(np.bincount(g, e, minlength=n_groups) / np.maximum(n_g, 1) * RATE_UNITS), 1)
+    d_g = np.clip((chunk_bits * RATE_UNITS) // units.astype(np.int64), 1, MAX_CHUNK_DIMS)
+    m_g = -(-n_g // d_g)
+    g_start = np.cumsum(n_g) - n_g
+    c_off = np.cumsum(m_g) - m_g
+    rank = np.arange(dims) - g_start[g]
+    chunk = c_off[g] + rank * m_g[g] // np.maximum(n_g[g], 1)
+    plan = _finish(order, chunk, np.zeros(int(m_g.sum())), np.ones(int(m_g.sum())))
+    plan.expected_bits = np.round(np.bincount(plan.chunk, e, minlength=plan.num_chunks) * EXPECTED_UNITS) / EXPECTED_UNITS
+    plan.kappa = plan.expected_bits / plan.sizes
+    plan.ratio = 2.0**plan.kappa
+    plan.widths = np.sqrt(np.asarray(rsq, dtype=np.float64).reshape(-1)[order])
+    return plan
 
 
 def plan_from_sizes(sizes: np.ndarray, kappa: np.ndarray) -> Plan:
@@ -488,8 +527,52 @@ def _sample(plan: Plan, z: torch.Tensor, mu_p: torch.Tensor, sigma_q: float) -> 
     """x = mu_p + sigma_q r z at the plan's positions."""
     flat = mu_p.reshape(-1).to(torch.float64).clone()
     order = torch.from_numpy(plan.order)
-    flat[order] = flat[order] + sigma_q * torch.from_numpy(plan.ratio[plan.chunk]) * z
+    flat[order] = flat[order] + sigma_q * torch.from_numpy(plan.position_ratio) * z
     return flat.reshape(mu_p.shape)
+
+
+def scaled_candidates(plan: Plan, z: torch.Tensor) -> np.ndarray:
+    """r z of the chosen candidates, flat in C x H x W order (every position is in the plan)."""
+    out = np.empty(len(plan.order), dtype=np.float64)
+    out[plan.order] = plan.position_ratio * z.numpy()
+    return out
+
+
+@dataclass
+class CodedChunks:
+    """One step's chunks coded: the chosen candidates, the index streams and the step's stats."""
+
+    nstar: np.ndarray
+    offset_code: int
+    std_code: int
+    stream: bytes
+    raw: bytes
+    stats: dict
+
+
+def code_chunks(d: np.ndarray, plan: Plan, key: tuple[int, int], step: int, chunk_bits: int, margin: int,
+                device: torch.device | str = "cpu") -> CodedChunks:
+    """Search and code every chunk of ``plan`` for q = N(d, 1) against p' = N(0, r^2) per
+    position (``d``: delta at the plan's positions, r: ``plan.position_ratio``)."""
+    hi = index_range(chunk_bits, margin)
+    r = plan.position_ratio
+    c = 1.0 / (r * r)
+    ln2 = math.log(2.0)
+    kl = np.bincount(plan.chunk, np.log2(r) + ((1.0 + d * d) * c - 1.0) / (2.0 * ln2), minlength=plan.num_chunks)
+    sd = np.sqrt(np.bincount(plan.chunk, d * d * c * c + 0.5 * (1.0 - c) ** 2, minlength=plan.num_chunks)) / ln2
+    cap = np.clip(np.ceil(kl) + margin, 1, hi).astype(np.int64)
+    found = search(key, step, plan, d / r, r * r, cap, device)
+    offset_code, std_code, stream, raw = encode_indices(found.nstar, plan, hi)
+    binds = 0.5 * torch.special.erfc(torch.from_numpy((cap - kl) / np.maximum(sd, 1e-12) / math.sqrt(2.0)))
+    binds[torch.from_numpy(found.certified)] = 0.0
+    stats = {"chunks": plan.num_chunks, "mean_chunk_dims": float(plan.sizes.mean()),
+             "kl_prior_bits": float(kl.sum()), "over_cap": int((kl > cap).sum()),
+             "uncertified": int((~found.certified).sum()),
+             "top_octave": int((found.nstar + 1 >= np.left_shift(1, cap - 1)).sum()),
+             "cap_binds": float(binds.sum()), "index_bits": 8 * (len(stream) + len(raw)),
+             "candidates": found.candidates, "search_seconds": found.seconds,
+             "chunk_bits": chunk_bits, "margin_bits": margin}
+    return CodedChunks(found.nstar, offset_code, std_code, stream, raw, stats)
 
 
 def encode_step(mu_q: torch.Tensor, mu_p: torch.Tensor, sigma_q: float, grid: Grid, key: tuple[int, int],
@@ -502,27 +585,9 @@ def encode_step(mu_q: torch.Tensor, mu_p: torch.Tensor, sigma_q: float, grid: Gr
     if codes is None:
         codes = fit_codes(delta**2, grid)
     plan = make_plan(codes, grid, key, chunk_bits, order)
-    hi = index_range(chunk_bits, margin)
-    r = plan.ratio[plan.chunk]
-    d = delta.ravel()[plan.order]
-    c = 1.0 / (r * r)
-    ln2 = math.log(2.0)
-    kl = np.bincount(plan.chunk, np.log2(r) + ((1.0 + d * d) * c - 1.0) / (2.0 * ln2), minlength=plan.num_chunks)
-    sd = np.sqrt(np.bincount(plan.chunk, d * d * c * c + 0.5 * (1.0 - c) ** 2, minlength=plan.num_chunks)) / ln2
-    cap = np.clip(np.ceil(kl) + margin, 1, hi).astype(np.int64)
-    found = search(key, step, plan, d / r, r * r, cap, device)
-    offset_code, std_code, stream, raw = encode_indices(found.nstar, plan, hi)
-    x = _sample(plan, regenerate(key, step, plan, found.nstar, device), mu_p.cpu(), sigma_q)
-    binds = 0.5 * torch.special.erfc(torch.from_numpy((cap - kl) / np.maximum(sd, 1e-12) / math.sqrt(2.0)))
-    binds[torch.from_numpy(found.certified)] = 0.0
-    stats = {"chunks": plan.num_chunks, "mean_chunk_dims": float(plan.sizes.mean()),
-             "kl_prior_bits": float(kl.sum()), "over_cap": int((kl > cap).sum()),
-             "uncertified": int((~found.certified).sum()),
-             "top_octave": int((found.nstar + 1 >= np.left_shift(1, cap - 1)).sum()),
-             "cap_binds": float(binds.sum()), "index_bits": 8 * (len(stream) + len(raw)),
-             "candidates": found.candidates, "search_seconds": found.seconds,
-             "chunk_bits": chunk_bits, "margin_bits": margin}
-    return PfrStep(codes, offset_code, std_code, stream, raw, x, stats)
+    coded = code_chunks(delta.ravel()[plan.order], plan, key, step, chunk_bits, margin, device)
+    x = _sample(plan, regenerate(key, step, plan, coded.nstar, device), mu_p.cpu(), sigma_q)
+    return PfrStep(codes, coded.offset_code, coded.std_code, coded.stream, coded.raw, x, coded.stats)
 
 
 def decode_step(payload: "PfrPayload", mu_p: torch.Tensor, sigma_q: float, grid: Grid, key: tuple[int, int],
@@ -584,6 +649,9 @@ class PfrPayload:
 
 
 class PfrCoder:
+    """PFR latent steps: the plain layout (kind PFR, a width per tile and channel) or the spectral
+    one (PFR_SPEC, :mod:`diffcodec.coders.spectral`), whichever has the smaller KL."""
+
     kind = ChunkKind.PFR
     needs_latent = True  # q's mean is made from x_t
 
@@ -592,12 +660,32 @@ class PfrCoder:
         mu_q, _, _ = chain.diffusion.q_posterior_mean_variance(target.x0, ctx.x, chain.t(ctx.j))
         sigma_q = math.sqrt(ctx.coefs[2])
         order = chain.memo("pfr_order", lambda: group_order(chain.grid, chain.key))
-        step = encode_step(mu_q[0], ctx.pred["mean"][0].double(), sigma_q, chain.grid, chain.key, ctx.index,
-                           target.pfr_chunk_bits, target.pfr_margin_bits, chain.device, order=order)
+        mu_p = ctx.pred["mean"][0].double()
+        delta = ((mu_q[0] - mu_p) / sigma_q).to(torch.float64).cpu().numpy()
+        codes = fit_codes(delta**2, chain.grid)
+        kind, step = ChunkKind.PFR, None
+        if target.spectral_pfr and chain.prior.linear is not None:
+            from . import spectral
+
+            basis, shape = _spectral_setup(ctx)
+            u2 = basis.forward(delta) ** 2
+            spec_codes = spectral.fit_gains(u2, shape, chain.grid)
+            spec_kl = float(spectral.kl_bits(u2, spectral.widths(spec_codes, shape, chain.grid)).sum())
+            plain_kl = float(_tile_kl_bits(chain.grid.tile_counts().ravel(), chain.grid.tile_sums(delta**2).ravel(),
+                                           np.frombuffer(codes, dtype=np.uint8).astype(np.int64)).sum())
+            del u2
+            if spec_kl < plain_kl:
+                kind = ChunkKind.PFR_SPEC
+                step = spectral.encode_step(delta, mu_p, sigma_q, shape, basis, chain.key, ctx.index,
+                                            target.pfr_chunk_bits, target.pfr_margin_bits, chain.device, order)
+                step.stats["plain_kl_bits"] = plain_kl
+        if step is None:
+            step = encode_step(mu_q[0], mu_p, sigma_q, chain.grid, chain.key, ctx.index, target.pfr_chunk_bits,
+                               target.pfr_margin_bits, chain.device, codes=codes, order=order)
         payload = PfrPayload(target.pfr_chunk_bits, target.pfr_margin_bits, step.offset_code, step.std_code,
                              step.codes, step.stream, step.raw).to_bytes()
         return StepOutput(payload, ctx.intervals, x=step.x[None], coded_bits=step.stats["index_bits"],
-                          stats=step.stats)
+                          stats={"kind": kind, **step.stats})
 
     def check(self, payload: bytes, header, kind: ChunkKind = ChunkKind.PFR) -> None:
         PfrPayload.from_bytes(payload, Grid(3, header.height, header.width, header.tile).size, header.compact)
@@ -606,6 +694,24 @@ class PfrCoder:
         chain = ctx.chain
         p = PfrPayload.from_bytes(payload, chain.grid.size, chain.header.compact)
         order = chain.memo("pfr_order", lambda: group_order(chain.grid, chain.key))
-        x = decode_step(p, ctx.pred["mean"][0].double(), math.sqrt(ctx.coefs[2]), chain.grid, chain.key,
-                        ctx.index, chain.device, order)
+        mu_p, sigma_q = ctx.pred["mean"][0].double(), math.sqrt(ctx.coefs[2])
+        if kind == ChunkKind.PFR_SPEC:
+            from . import spectral
+
+            if chain.prior.linear is None:
+                raise FormatError("a spectral PFR step needs a model with a linear prior")
+            basis, shape = _spectral_setup(ctx)
+            x = spectral.decode_step(p, mu_p, sigma_q, shape, basis, chain.key, ctx.index, chain.device, order)
+        else:
+            x = decode_step(p, mu_p, sigma_q, chain.grid, chain.key, ctx.index, chain.device, order)
         return StepOutput(payload, ctx.intervals, x=x[None])
+
+
+def _spectral_setup(ctx: StepContext):
+    """The chain's spectral basis (made once) and the step's error shape T."""
+    from . import spectral
+
+    chain = ctx.chain
+    basis = chain.memo("spectral_basis", lambda: spectral.SpectralBasis(chain.prior.linear, chain.grid))
+    coef1, _, var = ctx.coefs
+    return basis, spectral.step_shape(basis, float(chain.diffusion.alphas_cumprod[ctx.j]), coef1, math.sqrt(var))
