@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,7 +15,8 @@ from diffcodec.checkpoint import Prior
 from diffcodec.diffusion import DiffusionConfig, analytic_variance, get_named_beta_schedule
 from diffcodec.errors import OptionError
 from diffcodec.kinds import ChunkKind, LatentMethod
-from diffcodec.trajectory import (DEFAULT_COSTS, EFFORTS, PLANNED_T_MIN, SMALL_IMAGE_PIXELS, TAIL_COSTS, PlanOptions,
+from diffcodec.trajectory import (DEFAULT_COSTS, EFFORTS, PLANNED_T_MIN, SMALL_IMAGE_PIXELS, SPECTRAL_TAIL_COSTS, TAIL_COSTS,
+                                  PlanOptions,
                                   _costs, even_timesteps, plan_chain, step_kl_matrix, uq_overhead)
 
 
@@ -127,11 +129,15 @@ def test_higher_effort_never_plans_a_larger_file():
 
 def test_each_effort_plans_with_its_own_constants_unless_given_others():
     prior = _toy_prior(40, seed=5)
-    assert [EFFORTS[e].small_image_costs for e in range(1, 10)] == [DEFAULT_COSTS] * 6 + [TAIL_COSTS] * 3
+    tails = [TAIL_COSTS] * 2 + [SPECTRAL_TAIL_COSTS]
+    assert [EFFORTS[e].small_image_costs for e in range(1, 10)] == [DEFAULT_COSTS] * 6 + tails
+    assert SPECTRAL_TAIL_COSTS.pfr_kl_factor < TAIL_COSTS.pfr_kl_factor  # only PFR's factor differs
+    assert replace(SPECTRAL_TAIL_COSTS, pfr_kl_factor=TAIL_COSTS.pfr_kl_factor) == TAIL_COSTS
     for effort in range(1, 10):
         for pixels in (10_000, SMALL_IMAGE_PIXELS, SMALL_IMAGE_PIXELS + 1):
             costs = EFFORTS[effort].costs(pixels)
-            assert costs == (TAIL_COSTS if effort >= 7 and pixels <= SMALL_IMAGE_PIXELS else DEFAULT_COSTS)
+            small = tails[effort - 7] if effort >= 7 else DEFAULT_COSTS
+            assert costs == (small if pixels <= SMALL_IMAGE_PIXELS else DEFAULT_COSTS)
             assert plan_chain(prior, pixels, PlanOptions(effort=effort)) == plan_chain(prior, pixels,
                                                                                        PlanOptions(effort=effort), costs)
     given = plan_chain(prior, 10_000, PlanOptions(effort=7), DEFAULT_COSTS)
@@ -140,15 +146,18 @@ def test_each_effort_plans_with_its_own_constants_unless_given_others():
 
 def test_shipped_model_leaves_two_uq_steps_for_the_end_of_a_small_image():
     """What the efforts' constants were chosen for (Kodak and CBSD68 crops): with the shipped
-    model's error table a 128 px crop's chain ends with two UQ steps at efforts 5-9, the first of
+    model's error table a 128 px crop's chain ends with two UQ steps at efforts 5-8, the first of
     them from t >= 30 (efforts 7-9 planned one UQ step from t = 11 with the fitted constants,
-    and still do on a 768 x 512 photo, where that codes shorter)."""
+    and still do on a 768 x 512 photo, where that codes shorter); effort 9, whose constants take
+    the spectral PFR layout's lower cost, runs PFR down to t = 14 and ends with one UQ step."""
     from diffcodec.checkpoint import load_prior
     prior = load_prior(None)
-    for effort in range(5, 10):
+    for effort in range(5, 9):
         plan = plan_chain(prior, 128 * 128, PlanOptions(effort=effort))
         assert plan.coders[-2:] == (ChunkKind.UQ, ChunkKind.UQ) and ChunkKind.PFR in plan.coders
         assert plan.timesteps[0] == PLANNED_T_MIN and plan.timesteps[2] >= 30
+    nine = plan_chain(prior, 128 * 128, PlanOptions(effort=9))
+    assert nine.coders[-2:] == (ChunkKind.PFR, ChunkKind.UQ) and nine.timesteps[:2] == (PLANNED_T_MIN, 14)
     fitted = {pixels: plan_chain(prior, pixels, PlanOptions(effort=7), DEFAULT_COSTS) for pixels in (128 * 128, 768 * 512)}
     assert all(plan.coders[-2:] == (ChunkKind.PFR, ChunkKind.UQ) for plan in fitted.values())
     assert plan_chain(prior, 768 * 512, PlanOptions(effort=7)) == fitted[768 * 512]
