@@ -173,33 +173,39 @@ def make_plan(codes: bytes, grid: Grid, key: tuple[int, int], chunk_bits: int,
     return _finish(order, chunk, KAPPA[code][owner], RATIO[code][owner])
 
 
-#: Resolution of a group's mean rate (1/RATE_UNITS bits/dim) and of a chunk's expected bits
-#: (1/EXPECTED_UNITS bits) in :func:`make_rate_plan`: the layout and the index model are made from
-#: these exact multiples, so that an ulp of difference in the rates' floats cannot move them.
-RATE_UNITS, EXPECTED_UNITS = 1 << 12, 64
+#: Resolution of a dimension's expected KL in :func:`make_rate_plan` (1/EXPECTED_UNITS bits):
+#: the layout and the index model are made from these exact integers, so that an ulp of
+#: difference in the rates' floats cannot move a chunk boundary.
+EXPECTED_UNITS = 64
 
 
 def make_rate_plan(rsq: np.ndarray, grid: Grid, key: tuple[int, int], chunk_bits: int,
                    order: tuple[np.ndarray, np.ndarray] | None = None) -> Plan:
     """The layout of a prior whose width varies per dimension, r^2 = ``rsq`` (flat, C x H x W
-    order): a dimension's expected KL is e = log2(r^2) / 2 bits (the KL when delta^2 matches r^2 - 1);
-    a group's chunks are cut as :func:`make_plan` cuts them for its mean rate kappa (rounded to
-    1/:data:`RATE_UNITS` bits/dim, at least one unit), and a chunk expects the sum of its
-    dimensions' e (rounded to 1/:data:`EXPECTED_UNITS` bits)."""
-    n_groups = grid.size
+    order).  A dimension's expected KL is e = log2(r^2) / 2 bits (its KL when delta^2 matches
+    r^2 - 1), rounded to u = round(e * :data:`EXPECTED_UNITS`) units.  Each group's dimensions,
+    in :func:`group_order`'s permutation, go to chunk floor(m / (chunk_bits * EXPECTED_UNITS))
+    of their group, m = the running sum of u before a dimension plus half its own u (in
+    integers: (2 before + u) // (2 chunk_bits EXPECTED_UNITS)), and a new chunk starts after
+    every :data:`MAX_CHUNK_DIMS` dimensions: so every chunk expects about chunk_bits (a
+    dimension expecting more is alone) however unevenly the rates are spread; a chunk expects
+    the sum of its u."""
     order, g = group_order(grid, key) if order is None else order
     dims = len(order)
-    e = 0.5 * np.log2(np.asarray(rsq, dtype=np.float64).reshape(-1)[order])
-    n_g = np.bincount(g, minlength=n_groups)
-    units = np.maximum(np.round(np.bincount(g, e, minlength=n_groups) / np.maximum(n_g, 1) * RATE_UNITS), 1)
-    d_g = np.clip((chunk_bits * RATE_UNITS) // units.astype(np.int64), 1, MAX_CHUNK_DIMS)
-    m_g = -(-n_g // d_g)
+    units = np.round(0.5 * np.log2(np.asarray(rsq, dtype=np.float64).reshape(-1)[order]) * EXPECTED_UNITS)
+    units = units.astype(np.int64)
+    n_g = np.bincount(g, minlength=grid.size)
     g_start = np.cumsum(n_g) - n_g
-    c_off = np.cumsum(m_g) - m_g
     rank = np.arange(dims) - g_start[g]
-    chunk = c_off[g] + rank * m_g[g] // np.maximum(n_g[g], 1)
-    plan = _finish(order, chunk, np.zeros(int(m_g.sum())), np.ones(int(m_g.sum())))
-    plan.expected_bits = np.round(np.bincount(plan.chunk, e, minlength=plan.num_chunks) * EXPECTED_UNITS) / EXPECTED_UNITS
+    before = np.cumsum(units) - units  # running sum before each position, over the whole order ...
+    before -= before[g_start[g]]  # ... and from its group's first position (the order is group-major)
+    local = (2 * before + units) // (2 * chunk_bits * EXPECTED_UNITS) + rank // MAX_CHUNK_DIMS
+    # consecutive chunk ids over (group, local), which rises along the order: count its changes
+    new = np.concatenate([[True], (g[1:] != g[:-1]) | (local[1:] != local[:-1])]) if dims else np.zeros(0, bool)
+    chunk = np.cumsum(new) - 1
+    n_chunks = int(chunk[-1]) + 1 if dims else 0
+    plan = _finish(order, chunk, np.zeros(n_chunks), np.ones(n_chunks))
+    plan.expected_bits = np.bincount(plan.chunk, units, minlength=n_chunks) / EXPECTED_UNITS
     plan.kappa = plan.expected_bits / plan.sizes
     plan.ratio = 2.0**plan.kappa
     plan.widths = np.sqrt(np.asarray(rsq, dtype=np.float64).reshape(-1)[order])
