@@ -65,7 +65,7 @@ def _worker(args: argparse.Namespace) -> dict[str, Any]:
         img = Image.open(args.input)
         img.load()
         out["png_read_seconds"] = time.perf_counter() - t0
-        res = encode(img, prior, EncodeOptions(effort=args.effort, seed=1))
+        res = encode(img, prior, EncodeOptions(effort=args.effort, seed=1, spectral_pfr=not args.no_spectral_pfr))
         Path(args.output).write_bytes(res.data)
         out.update(seconds=res.seconds, net_seconds=res.net_seconds, net_calls=res.net_calls, bytes=len(res.data),
                    steps=[{"kind": s.kind.label, "timestep": s.timestep, "seconds": s.seconds,
@@ -86,6 +86,8 @@ def _worker(args: argparse.Namespace) -> dict[str, Any]:
 def _run(op: str, inp: Path, outp: Path, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "benchmarks.speed", "--worker", op, "--input", str(inp), "--output", str(outp),
            "--effort", str(args.effort), "--step", str(args.step), "--threads", str(args.threads)]
+    if args.no_spectral_pfr:
+        cmd.append("--no-spectral-pfr")
     if args.model:
         cmd += ["--model", args.model]
     t0 = time.perf_counter()
@@ -126,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--effort", type=int, default=5)
     ap.add_argument("--step", type=int, default=3, help="the preview decode's step")
     ap.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
+    ap.add_argument("--no-spectral-pfr", action="store_true",
+                    help="code every PFR step in the plain layout (to measure what the spectral one costs)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--smoke", action="store_true", help="one tiny generated image (seconds)")
     ap.add_argument("--table", nargs="+", metavar="JSON", default=None,
@@ -168,7 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"s, {e['net_calls']} calls, {e['peak_rss_mb']:6.0f} MB)  decode {d['seconds']:6.1f} s (net "
                   f"{d['net_seconds']:5.1f} s, {d['peak_rss_mb']:6.0f} MB)  preview@{p['step']} {p['seconds']:5.1f} s "
                   f"({p['net_calls']} calls)  {row['bits_per_dim']:.3f} bits/dim", flush=True)
-    doc = {**provenance("benchmarks.speed", argv), "threads": args.threads, "effort": args.effort, "images": rows}
+    doc = {**provenance("benchmarks.speed", argv), "threads": args.threads, "effort": args.effort,
+           "spectral_pfr": not args.no_spectral_pfr, "images": rows}
     if args.out:
         write_json(args.out, doc)
     return 0
