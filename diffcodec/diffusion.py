@@ -438,9 +438,15 @@ class GaussianDiffusion:
         nll = mean_flat(nll) / math.log(2.0)
         return {"output": torch.where(t == 0, nll, kl), "pred_xstart": out["pred_xstart"]}
 
-    def training_losses(self, model, x_start, t, loss_type: str = "hybrid", noise=None) -> dict:
+    def training_losses(self, model, x_start, t, loss_type: str = "hybrid", noise=None, teacher=None) -> dict:
         """Per-image losses: ``simple`` (eps MSE), ``hybrid`` (MSE + lambda * L_vlb with
-        lambda = 0.001 and a stop-gradient on the mean) or ``vlb`` (the bound itself)."""
+        lambda = 0.001 and a stop-gradient on the mean) or ``vlb`` (the bound itself).
+
+        With a ``teacher`` network (distillation) the MSE's target is the teacher's eps
+        prediction at the same x_t instead of the noise drawn: the regression target of the
+        mean without the noise's unpredictable part (E[eps | x_t] as well as the teacher knows it),
+        a far less noisy gradient.  ``mse`` stays the error against the true noise; the MSE the
+        loss uses is ``distill``.  The learned variance keeps its L_vlb term (the true posterior)."""
         if loss_type not in LOSS_TYPES:
             raise ValueError(f"unknown loss type {loss_type!r}")
         if noise is None:
@@ -449,8 +455,14 @@ class GaussianDiffusion:
         out = model(x_t, self.model_time(t))
         eps, v = self.split_model_output(out, x_start.shape[1])
         terms = {"mse": mean_flat((noise - eps.float()) ** 2)}
+        if teacher is not None:
+            with torch.no_grad():
+                target = self.split_model_output(teacher(x_t, self.model_time(t)), x_start.shape[1])[0].float()
+            assert target.shape == eps.shape, (target.shape, eps.shape)
+            terms["distill"] = mean_flat((target - eps.float()) ** 2)
+        fit = terms.get("distill", terms["mse"])
         if loss_type == "simple" and self.model_var_type != "learned_range":
-            terms["loss"] = terms["mse"]
+            terms["loss"] = fit
             return terms
         # L_vlb term. For hybrid the mean gets its gradient from the MSE only (stop-gradient).
         frozen = eps.detach() if loss_type == "hybrid" else eps
@@ -462,9 +474,9 @@ class GaussianDiffusion:
             terms["loss"] = vb * self.num_timesteps
         elif loss_type == "hybrid":
             # lambda * L_vlb = 0.001 * T * L_t  (Improved DDPM Sec. 3.1)
-            terms["loss"] = terms["mse"] + vb * (self.num_timesteps / 1000.0)
+            terms["loss"] = fit + vb * (self.num_timesteps / 1000.0)
         else:  # simple with a learned variance: the variance is not trained by L_simple
-            terms["loss"] = terms["mse"]
+            terms["loss"] = fit
         return terms
 
     @torch.no_grad()

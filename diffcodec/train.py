@@ -69,6 +69,9 @@ class TrainConfig:
     # 'uniform': t ~ U{0..T-1} (DDPM, iDDPM).  'codec': t drawn where the codec's chain spends its
     # bits and the eps loss taken relative to the x_0 error table of --init-from (see CodecWeighting)
     t_weighting: str = "uniform"
+    # distillation: the eps MSE's target is this checkpoint's network's prediction at the same x_t
+    # (same schedule and T; any architecture), not the noise drawn (see training_losses)
+    distill_from: str = ""
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -212,6 +215,25 @@ def trim_log(path: Path, step: int) -> None:
         path.write_text("".join(keep))
 
 
+def _load_teacher(cfg: TrainConfig, diffusion_cfg: DiffusionConfig, device: torch.device):
+    """The --distill-from network (EMA weights, frozen) and its fingerprint."""
+    if cfg.loss == "vlb":
+        raise OptionError("--distill-from replaces the eps MSE's target: use --loss hybrid or simple, not vlb")
+    path = Path(cfg.distill_from)
+    if not path.is_file():
+        raise OptionError(f"--distill-from {cfg.distill_from}: no such file")
+    blob = read_checkpoint(path)
+    if DiffusionConfig(**blob["diffusion"]) != diffusion_cfg:
+        raise OptionError(f"--distill-from {cfg.distill_from} has another diffusion configuration "
+                          f"(schedule, T, variance): its eps would not be this chain's")
+    teacher = UNet(UNetConfig(**blob["unet"])).to(device)
+    teacher.load_state_dict({k: v.float() for k, v in blob["ema"].items()})
+    teacher = teacher.eval().requires_grad_(False)
+    if device.type == "cpu":
+        teacher = teacher.to(memory_format=torch.channels_last)
+    return teacher, str(blob.get("fingerprint"))
+
+
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
     """Run (or resume) training as ``cfg`` says; returns a summary dict."""
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -250,12 +272,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sampler = ImportanceSampler(cfg.num_timesteps) if cfg.importance_sampling else None
-    step, history, weighting, batches_seed = 0, [], None, cfg.seed
+    step, history, weighting, batches_seed, resumed = 0, [], None, cfg.seed, None
 
     out_path = Path(cfg.out)
     if out_path.exists():
         blob = read_checkpoint(out_path)
-        tr = blob.get("train")
+        tr = resumed = blob.get("train")
         if not tr:
             raise DiffcodecError(f"{out_path} has no training state to resume from")
         if UNetConfig(**blob["unet"]) != unet_cfg or DiffusionConfig(**blob["diffusion"]) != diffusion_cfg:
@@ -286,6 +308,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             weighting = CodecWeighting(diffusion.alphas_cumprod, blob["xstart_mse"].numpy())
     if cfg.t_weighting == "codec" and weighting is None:
         raise OptionError("--t-weighting codec needs --init-from a model with an x_0 error table")
+    teacher, teacher_fp = _load_teacher(cfg, diffusion_cfg, device) if cfg.distill_from else (None, None)
+    if resumed is not None and resumed.get("teacher") != teacher_fp:
+        raise DiffcodecError(f"{out_path} was trained with another --distill-from "
+                             f"({resumed.get('teacher') or 'none'}, now {teacher_fp or 'none'})")
     model = torch.nn.parallel.DistributedDataParallel(net) if distributed else net
 
     def save() -> None:
@@ -294,7 +320,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                 "step": step, "model": net.state_dict(), "optimizer": opt.state_dict(),
                 "sampler": sampler.state_dict() if sampler else None, "config": asdict(cfg),
                 "history": history, "xstart_mse": None if weighting is None else torch.from_numpy(weighting.table),
-                "data_seed": batches_seed,
+                "data_seed": batches_seed, "teacher": teacher_fp,
             })
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" \
@@ -323,12 +349,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         for group in opt.param_groups:
             group["lr"] = _lr(cfg, step)
         with autocast:
-            terms = diffusion.training_losses(model, x, t, cfg.loss, noise=noise)
+            terms = diffusion.training_losses(model, x, t, cfg.loss, noise=noise, teacher=teacher)
+        fit = terms.get("distill", terms["mse"])
         if vb_weights is None:
             loss = (terms["loss"] * weights).mean()
         else:  # the eps loss relative to the model's error at t, L_vlb unbiased
             vb = terms.get("vb", torch.zeros_like(terms["mse"])) * (cfg.num_timesteps / 1000.0)
-            loss = (terms["mse"] * weights + vb * vb_weights).mean()
+            loss = (fit * weights + vb * vb_weights).mean()
         if not torch.isfinite(loss):
             raise DiffcodecError(f"loss became {loss.item()} at step {step}")
         opt.zero_grad(set_to_none=True)
@@ -360,6 +387,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         step += 1
         bar.update(1)
         info = {"loss": f"{loss.item():.4f}", "mse": f"{terms['mse'].mean().item():.4f}"}
+        if teacher is not None:
+            info["distill"] = f"{fit.mean().item():.5f}"
         if running_bpd is not None:
             info["bpd~"] = f"{running_bpd:.3f}"
         if heldout is not None and step % cfg.eval_every == 0 and rank == 0:

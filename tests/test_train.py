@@ -343,3 +343,67 @@ def test_learning_rate_schedules():
     assert _lr(lin, 59) == pytest.approx(1e-3) and _lr(lin, 85) == pytest.approx(5e-4)
     with pytest.raises(DiffcodecError, match="lr decay"):
         _lr(TrainConfig(**base, lr_decay="step"), 0)
+
+
+def test_distillation_loss_targets_the_teachers_eps():
+    """With a teacher, the MSE the loss uses is against the teacher's eps at the same x_t (closed
+    form below); the reported ``mse`` is still the true noise's; a student equal to its teacher
+    pays exactly nothing for the mean."""
+    import copy
+
+    from diffcodec.unet import UNet
+
+    d = DiffusionConfig("cosine", 50).build()
+    torch.manual_seed(1)
+    teacher = UNet(named_config("tiny")).eval()
+    torch.manual_seed(2)
+    student = UNet(named_config("tiny")).eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 3, 16, 16, generator=g) * 2 - 1
+    t = torch.tensor([0, 7, 25, 49])
+    noise = torch.randn(x.shape, generator=g)
+    with torch.no_grad():
+        plain = d.training_losses(student, x, t, "hybrid", noise=noise)
+        terms = d.training_losses(student, x, t, "hybrid", noise=noise, teacher=teacher)
+        x_t = d.q_sample(x, t, noise)
+        te = d.split_model_output(teacher(x_t, d.model_time(t)), 3)[0]
+        se = d.split_model_output(student(x_t, d.model_time(t)), 3)[0]
+        same = d.training_losses(copy.deepcopy(teacher), x, t, "hybrid", noise=noise, teacher=teacher)
+    torch.testing.assert_close(terms["distill"], ((te - se) ** 2).mean(dim=(1, 2, 3)))
+    torch.testing.assert_close(terms["mse"], plain["mse"])
+    torch.testing.assert_close(terms["vb"], plain["vb"])
+    torch.testing.assert_close(terms["loss"], terms["distill"] + terms["vb"] * (50 / 1000.0))
+    assert not torch.allclose(terms["distill"], terms["mse"])
+    assert torch.equal(same["distill"], torch.zeros(4)) and bool((same["mse"] > 0).all())
+
+
+def test_distilled_training_resumes_exactly_and_refuses_another_teacher(image_folder, tmp_path):
+    base = TrainConfig(data=image_folder, model="tiny", crop=16, batch_size=2, num_timesteps=50, steps=0,
+                       device="cpu", save_every=10**6, importance_sampling=False)
+    t1, t2, t100 = tmp_path / "t1.pt", tmp_path / "t2.pt", tmp_path / "t100.pt"
+    train(replace(base, out=str(t1)), progress=False)
+    train(replace(base, out=str(t2), seed=1), progress=False)
+    train(replace(base, out=str(t100), num_timesteps=100), progress=False)
+    distil = replace(base, distill_from=str(t1), steps=3)
+    train(replace(distil, out=str(tmp_path / "a.pt")), progress=False)
+    train(replace(distil, out=str(tmp_path / "b.pt"), steps=1), progress=False)
+    train(replace(distil, out=str(tmp_path / "b.pt")), progress=False)  # resumes from step 1
+    train(replace(base, out=str(tmp_path / "plain.pt"), steps=3), progress=False)
+    a, b = read_checkpoint(tmp_path / "a.pt"), read_checkpoint(tmp_path / "b.pt")
+    plain = read_checkpoint(tmp_path / "plain.pt")
+    _assert_same_state(a["ema"], b["ema"], "ema")
+    _assert_same_state(a["train"]["model"], b["train"]["model"], "model")
+    assert a["train"]["teacher"] == read_checkpoint(t1)["fingerprint"] and plain["train"]["teacher"] is None
+    assert any(not torch.equal(a["ema"][k], plain["ema"][k]) for k in a["ema"])  # the teacher was used
+
+    with pytest.raises(DiffcodecError, match="another --distill-from"):
+        train(replace(distil, out=str(tmp_path / "b.pt"), distill_from=str(t2), steps=4), progress=False)
+    with pytest.raises(DiffcodecError, match="another --distill-from"):
+        train(replace(distil, out=str(tmp_path / "b.pt"), distill_from="", steps=4), progress=False)
+    with pytest.raises(OptionError, match="another diffusion configuration"):
+        train(replace(distil, out=str(tmp_path / "x.pt"), distill_from=str(t100)), progress=False)
+    with pytest.raises(OptionError, match="not vlb"):
+        train(replace(distil, out=str(tmp_path / "x.pt"), loss="vlb"), progress=False)
+    with pytest.raises(OptionError, match="no such file"):
+        train(replace(distil, out=str(tmp_path / "x.pt"), distill_from=str(tmp_path / "none.pt")), progress=False)
+    assert not (tmp_path / "x.pt").exists()
