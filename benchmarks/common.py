@@ -426,13 +426,21 @@ def training_history(checkpoint: str | os.PathLike[str]) -> list[dict[str, float
 
 
 def plot_training(curves: Mapping[str, list[dict[str, float]]], out_png: str | os.PathLike[str],
-                  title: str | None = None) -> Path:
-    """Held-out bits/dim against training step, one line per labelled history."""
+                  title: str | None = None, x: str = "step") -> Path:
+    """Held-out bits/dim against training step (``x="step"``) or the run's wall time
+    (``x="minutes"``: runs compared at equal compute), one line per labelled history."""
+    if x not in ("step", "minutes"):
+        raise ValueError(f"x must be 'step' or 'minutes', not {x!r}")
+    if x == "minutes":
+        missing = [label for label, history in curves.items() if any("seconds" not in h for h in history)]
+        if missing:
+            raise ValueError(f"no wall time in the history of {', '.join(missing)}: plot against step")
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for label, history in curves.items():
-        ax.plot([h["step"] for h in history], [h["heldout_bpd"] for h in history], marker="o", ms=3, label=label)
-    ax.set_xlabel("training step (batch 16)")
+        xs = [h["step"] if x == "step" else h["seconds"] / 60.0 for h in history]
+        ax.plot(xs, [h["heldout_bpd"] for h in history], marker="o", ms=3, label=label)
+    ax.set_xlabel("training step (batch 16)" if x == "step" else "training wall time (minutes, evaluations included)")
     ax.set_ylabel("held-out bound (bits/dim)")
     ax.grid(alpha=0.3)
     ax.legend()

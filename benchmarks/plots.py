@@ -58,12 +58,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     tr.add_argument("out_png")
     tr.add_argument("checkpoints", nargs="+", help="LABEL=checkpoint.pt")
     tr.add_argument("--title", default=None)
+    tr.add_argument("--x", choices=["step", "minutes"], default="step",
+                    help="against training step, or wall time (runs at equal compute)")
     args = ap.parse_args(argv)
     if args.cmd == "rd":
         out = plot_rd(args.jsons, args.out_png, args.metric, (0.0, args.xmax), args.title)
     elif args.cmd == "training":
         curves = {label: training_history(path) for label, _, path in (c.partition("=") for c in args.checkpoints)}
-        out = plot_training(curves, args.out_png, args.title)
+        try:
+            out = plot_training(curves, args.out_png, args.title, args.x)
+        except ValueError as e:
+            ap.error(str(e))
     else:
         out = plot_lossless_bars(args.lossless_json, parse_extra(args.extra), args.out_png, args.title)
     print(out)

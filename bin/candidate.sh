@@ -8,7 +8,8 @@
 #   bash bin/candidate.sh runs/m.pt NAME [OUTDIR]     # OUTDIR: benchmarks/results/default_model
 #
 # Writes OUTDIR/NAME_{kodak4,cbsd68_12}_effort5.json, ..._bound_1000.json, and WORK/NAME.pt with
-# its error table (WORK=/tmp/candidate); DATA=../shared/data; THREADS=1.
+# its error table and (LINEAR=1, the default) its linear x_0 estimate as the shipped model has
+# (WORK=/tmp/candidate); DATA=../shared/data; THREADS=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ckpt="$1"; name="$2"; out="${3:-benchmarks/results/default_model}"
@@ -28,7 +29,13 @@ for n, a in load_images(data / "cbsd68", 12, 128).items():
 PY
 python bin/export_model.py "$ckpt" "$work/$name.pt"
 OMP_NUM_THREADS=$threads diffcodec errtable --data "$data/cbsd68" --model "$work/$name.pt" -o "$work/${name}_table.pt"
-models=("$name=$work/${name}_table.pt")
+model="$work/${name}_table.pt"
+if [ "${LINEAR:-1}" = 1 ]; then  # the shipped model codes with its linear x_0 estimate: so must the candidate
+  OMP_NUM_THREADS=$threads diffcodec linear --train "$data/train" --data "$data/cbsd68" --model "$model" \
+    -o "$work/${name}_linear.pt"
+  model="$work/${name}_linear.pt"
+fi
+models=("$name=$model")
 if [ "${SHIPPED:-1}" = 1 ]; then models+=("shipped=diffcodec/models/default.pt"); fi
 for set in kodak4 cbsd68_12; do
   for entry in "${models[@]}"; do

@@ -676,6 +676,12 @@ def test_training_curve_plot(tmp_path):
     out = tmp_path / "train.png"
     assert plots.main(["training", str(out), f"shipped={default_model_path()}"]) == 0
     assert _Image.open(out).size == (640, 400)
+    by_time = tmp_path / "train_minutes.png"
+    assert plots.main(["training", str(by_time), "--x", "minutes", f"shipped={default_model_path()}"]) == 0
+    assert _Image.open(by_time).size == (640, 400) and by_time.read_bytes() != out.read_bytes()
+    from benchmarks.common import plot_training
+    with pytest.raises(ValueError, match="no wall time in the history of a"):
+        plot_training({"a": [{"step": 1, "heldout_bpd": 4.0}]}, tmp_path / "x.png", x="minutes")
 
 
 def test_sweep_steps_forced_timesteps(images_dir, tmp_path, table_model_path):
