@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from .checkpoint import read_checkpoint, save_checkpoint
+from .checkpoint import load_prior, read_checkpoint, save_checkpoint
 from .data import ImageCrops
 from .diffusion import DiffusionConfig, GaussianDiffusion
 from .errors import DiffcodecError, OptionError
@@ -222,16 +222,11 @@ def _load_teacher(cfg: TrainConfig, diffusion_cfg: DiffusionConfig, device: torc
     path = Path(cfg.distill_from)
     if not path.is_file():
         raise OptionError(f"--distill-from {cfg.distill_from}: no such file")
-    blob = read_checkpoint(path)
-    if DiffusionConfig(**blob["diffusion"]) != diffusion_cfg:
+    prior = load_prior(path, device)
+    if prior.diffusion != diffusion_cfg:
         raise OptionError(f"--distill-from {cfg.distill_from} has another diffusion configuration "
                           f"(schedule, T, variance): its eps would not be this chain's")
-    teacher = UNet(UNetConfig(**blob["unet"])).to(device)
-    teacher.load_state_dict({k: v.float() for k, v in blob["ema"].items()})
-    teacher = teacher.eval().requires_grad_(False)
-    if device.type == "cpu":
-        teacher = teacher.to(memory_format=torch.channels_last)
-    return teacher, str(blob.get("fingerprint"))
+    return prior.net, prior.fingerprint
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
