@@ -15,7 +15,7 @@ Usage (from the repository root)::
 
     python -m benchmarks.plots rd OUT.png A.json B.json ... [--metric psnr-rgb] [--xmax 2]
     python -m benchmarks.plots lossless OUT.png lossless.json [--extra "ours (bound)=2.5" ...]
-    python -m benchmarks.plots training OUT.png LABEL=model.pt [LABEL=run.pt ...]
+    python -m benchmarks.plots training OUT.png LABEL=model.pt [LABEL=run.pt ...] [--offset LABEL=STEPS]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 from benchmarks.common import METRIC_LABELS, plot_lossless_bars, plot_rd, plot_training, training_history
 
-__all__ = ["METRIC_LABELS", "main", "parse_extra", "plot_lossless_bars", "plot_rd", "plot_training"]
+__all__ = ["METRIC_LABELS", "main", "offset_steps", "parse_extra", "plot_lossless_bars", "plot_rd", "plot_training"]
 
 
 def parse_extra(items: Sequence[str]) -> dict[str, float]:
@@ -34,9 +34,19 @@ def parse_extra(items: Sequence[str]) -> dict[str, float]:
     for item in items:
         label, sep, value = item.rpartition("=")
         if not sep or not label:
-            raise argparse.ArgumentTypeError(f"--extra expects LABEL=VALUE, got {item!r}")
+            raise argparse.ArgumentTypeError(f"expected LABEL=VALUE, got {item!r}")
         extra[label] = float(value)
     return extra
+
+
+def offset_steps(curves: dict[str, list[dict[str, float]]], offsets: dict[str, int]) -> dict[str, list[dict[str, float]]]:
+    """The curves with ``offsets[label]`` added to each step of the labelled ones (a run started
+    with ``--init-from`` counts its steps from 0; its initial weights had trained for some)."""
+    unknown = sorted(set(offsets) - set(curves))
+    if unknown:
+        raise ValueError(f"--offset names no curve: {', '.join(unknown)} (curves: {', '.join(curves)})")
+    return {label: [{**h, "step": h["step"] + offsets.get(label, 0)} for h in history]
+            for label, history in curves.items()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,14 +70,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     tr.add_argument("--title", default=None)
     tr.add_argument("--x", choices=["step", "minutes"], default="step",
                     help="against training step, or wall time (runs at equal compute)")
+    tr.add_argument("--offset", action="append", default=[], metavar="LABEL=STEPS",
+                    help="add STEPS to a curve's steps: a run started with --init-from counts from 0, "
+                         "and this puts it after the steps its initial weights had")
     args = ap.parse_args(argv)
     if args.cmd == "rd":
         out = plot_rd(args.jsons, args.out_png, args.metric, (0.0, args.xmax), args.title)
     elif args.cmd == "training":
         curves = {label: training_history(path) for label, _, path in (c.partition("=") for c in args.checkpoints)}
         try:
+            offsets = parse_extra(args.offset)
+            if any(v != int(v) for v in offsets.values()):
+                raise ValueError(f"--offset takes whole steps: {' '.join(args.offset)}")
+            curves = offset_steps(curves, {k: int(v) for k, v in offsets.items()})
             out = plot_training(curves, args.out_png, args.title, args.x)
-        except ValueError as e:
+        except (ValueError, argparse.ArgumentTypeError) as e:
             ap.error(str(e))
     else:
         out = plot_lossless_bars(args.lossless_json, parse_extra(args.extra), args.out_png, args.title)

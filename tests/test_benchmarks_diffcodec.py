@@ -684,6 +684,32 @@ def test_training_curve_plot(tmp_path):
         plot_training({"a": [{"step": 1, "heldout_bpd": 4.0}]}, tmp_path / "x.png", x="minutes")
 
 
+def test_training_plot_offsets_a_run_started_from_weights(tmp_path):
+    """--offset LABEL=STEPS moves one curve's steps (a run from --init-from counts from 0), leaves
+    the others and the rest of each point alone, and names an unknown label."""
+    from PIL import Image as _Image
+
+    from benchmarks import plots
+    from diffcodec.checkpoint import default_model_path
+
+    curves = {"a": [{"step": 0, "heldout_bpd": 3.0, "seconds": 1.0}, {"step": 4000, "heldout_bpd": 2.9}],
+              "b": [{"step": 5, "heldout_bpd": 2.8}]}
+    moved = plots.offset_steps(curves, {"a": 64926})
+    assert moved == {"a": [{"step": 64926, "heldout_bpd": 3.0, "seconds": 1.0}, {"step": 68926, "heldout_bpd": 2.9}],
+                     "b": [{"step": 5, "heldout_bpd": 2.8}]}
+    assert curves["a"][0]["step"] == 0  # the input is not changed
+    with pytest.raises(ValueError, match="--offset names no curve: c"):
+        plots.offset_steps(curves, {"c": 1})
+    out = tmp_path / "offset.png"
+    assert plots.main(["training", str(out), f"shipped={default_model_path()}", "--offset", "shipped=100000"]) == 0
+    plain = tmp_path / "plain.png"
+    assert plots.main(["training", str(plain), f"shipped={default_model_path()}"]) == 0
+    assert _Image.open(out).size == (640, 400) and out.read_bytes() != plain.read_bytes()
+    for bad in ("other=1", "shipped=1.5", "shipped"):
+        with pytest.raises(SystemExit):
+            plots.main(["training", str(out), f"shipped={default_model_path()}", "--offset", bad])
+
+
 def test_sweep_steps_forced_timesteps(images_dir, tmp_path, table_model_path):
     """The chain axis: the planner's (plan) or a forced one, whose timesteps every file codes."""
     out = tmp_path / "sweep.json"
